@@ -1,0 +1,50 @@
+"""`east-ds`: the command line. Each subcommand lives in its stage's module and is imported only when used,
+so `east-ds grade` never loads vLLM, Ray or DeepSpeed.
+
+    east-ds run CONFIG.yaml [key=value ...]   the iterative EAST driver
+    east-ds rollout / grade / weight / train / eval / report   the stages one at a time
+    east-ds demo                               the CPU demo (vanilla against EAST on a tiny model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, function that adds its parser). The module is imported only for that subcommand.
+COMMANDS = {
+    "run": ("east_ds.driver", "add_parser"),
+    "rollout": ("east_ds.rollout_cli", "add_rollout_parser"),
+    "eval": ("east_ds.rollout_cli", "add_eval_parser"),
+    "grade": ("east_ds.grading_cli", "add_parser"),
+    "weight": ("east_ds.weight_stage", "add_parser"),
+    "train": ("east_ds.train", "add_parser"),
+    "report": ("east_ds.report", "add_parser"),
+    "demo": ("east_ds.demo", "add_parser"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="east-ds", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, (module, fn) in COMMANDS.items():
+        if wanted is not None and name != wanted:
+            sub.add_parser(name)
+            continue
+        if wanted is None:  # help listing: no heavy imports, just the names
+            sub.add_parser(name, help=f"see `east-ds {name} --help`")
+            continue
+        getattr(importlib.import_module(module), fn)(sub)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if not argv else 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The weighting stage: rollouts table -> questions.parquet + examples.parquet (+ graded.parquet).
+
+`east-ds weight ROLLOUTS --a A --value entropy --loss sft --out DIR` runs it alone; the driver calls `weigh`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from east_ds.config import WeightingConfig
+from east_ds.selection import select_examples
+from east_ds.tables import TableError, read_table, write_table
+from east_ds.weighting import VALUES, WeightingError, attach_weights, grade_rollouts
+
+ROLLOUT_REQUIRED = ("question_id", "question", "gold", "response")
+
+
+def weigh(rollouts: pd.DataFrame, cfg: WeightingConfig, loss: str, out_dir: str | Path,
+          where: str = "rollouts", perplexity: pd.Series | None = None) -> dict:
+    """Grade, cluster, filter and weight; select `loss` examples; write the three tables. Returns metrics.
+
+    `perplexity` (question_id -> mean token NLL of its selected response) is needed only for value=perplexity.
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    graded, questions = grade_rollouts(rollouts, cluster_by=cfg.cluster_by, where=where)
+    t_grade = time.perf_counter() - t0
+    if cfg.value == "perplexity":
+        if perplexity is None:
+            raise WeightingError("value 'perplexity' needs the perplexity of each question's selected response")
+        questions["perplexity"] = questions["question_id"].map(perplexity)
+    questions = attach_weights(questions, cfg.a, cfg.value)
+    examples = select_examples(graded, questions, loss, seed=cfg.seed, sft_examples=cfg.sft_examples)
+    write_table(graded, out / "graded.parquet")
+    write_table(questions, out / "questions.parquet")
+    write_table(examples, out / "examples.parquet")
+    kept = questions[questions["kept"]]
+    return {
+        "questions": int(len(questions)),
+        "kept": int(len(kept)),
+        "dropped_all_correct": int((questions["drop_reason"] == "all_correct").sum()),
+        "dropped_all_wrong": int((questions["drop_reason"] == "all_wrong").sum()),
+        "dropped_skipped": int((questions["drop_reason"] == "skipped").sum()),
+        "examples": int(len(examples)),
+        "train_accuracy": float(graded["correct"].mean()),
+        "mean_entropy_kept": float(kept["entropy"].mean()),
+        "weight_min": float(kept["weight"].min()),
+        "weight_max": float(kept["weight"].max()),
+        "grade_seconds": t_grade,
+        "weigh_seconds": time.perf_counter() - t0,
+    }
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weight", help="grade, cluster and weight a rollouts table; select training examples",
+                       description=__doc__)
+    p.add_argument("rollouts", help="JSONL or Parquet with question_id, question, gold, response [, sample_index]")
+    p.add_argument("--a", type=float, default=1.0, help="exponent of the mapping function (0: vanilla)")
+    p.add_argument("--value", choices=[v for v in VALUES if v != "perplexity"], default="entropy")
+    p.add_argument("--loss", choices=["sft", "dpo", "kto"], default="sft")
+    p.add_argument("--cluster-by", choices=["equivalent", "exact"], default="equivalent")
+    p.add_argument("--sft-examples", choices=["one", "all"], default="one")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = WeightingConfig(a=args.a, value=args.value, cluster_by=args.cluster_by,
+                          sft_examples=args.sft_examples, seed=args.seed)
+    try:
+        rollouts = read_table(args.rollouts, required=ROLLOUT_REQUIRED)
+        m = weigh(rollouts, cfg, args.loss, args.out, where=str(args.rollouts))
+    except (TableError, WeightingError) as e:
+        print(f"east-ds weight: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{m['kept']}/{m['questions']} questions kept (all correct {m['dropped_all_correct']}, "
+          f"all wrong {m['dropped_all_wrong']}); {m['examples']} {args.loss} examples; "
+          f"weights {m['weight_min']:.3f}..{m['weight_max']:.3f}; train accuracy {m['train_accuracy']:.3f}")
+    print(f"wrote {args.out}/questions.parquet, examples.parquet, graded.parquet")
+    return 0

@@ -1,0 +1,185 @@
+"""The EAST core: grade and cluster each question's answers, entropy, filters, and the mapping function.
+
+Pure: imports no Ray, vLLM, DeepSpeed or torch. EAST.md section 1, steps 2-6:
+
+    p_k  = |cluster k| / n                                 (answers of one question, clustered)
+    h(x) = - sum_k p_k log p_k                             (natural log; any base cancels in f)
+    f(h_i; a) = h_i^a * N / sum_j h_j^a                    (over the N questions that survive the filter)
+
+A question is dropped when every response is wrong (nothing to learn) or every response is correct (h = 0,
+which a < 0 could not raise to a power). The baselines of EAST.md section 3 use the same normalisation with a
+different uncertainty value: accuracy-based 1 - A(x), rejected-based R(x), perplexity-based mean token NLL.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+VALUES = ("entropy", "accuracy", "rejected", "perplexity")
+
+
+class WeightingError(ValueError):
+    """Rollouts that cannot be weighted; the message names the question or column."""
+
+
+def entropy(cluster_ids: Sequence[int]) -> float:
+    """h = -sum_k p_k log p_k of the empirical distribution of cluster ids (natural log). 0 for one cluster."""
+    n = len(cluster_ids)
+    if n == 0:
+        raise WeightingError("entropy of zero answers is undefined")
+    counts = np.bincount(np.asarray(cluster_ids, dtype=np.int64))
+    p = counts[counts > 0] / n
+    return float(-(p * np.log(p)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def mapping_weights(values: Sequence[float], a: float) -> np.ndarray:
+    """f(v_i; a) = v_i^a * N / sum_j v_j^a for strictly positive values; the weights average exactly 1.
+
+    Computed in log space (a log v minus its log-sum-exp), so |a| = 3 on tiny or huge values neither
+    overflows nor underflows. a = 0 returns all ones exactly.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or len(v) == 0:
+        raise WeightingError("mapping_weights needs a non-empty 1-D array of values")
+    if not np.all(np.isfinite(v)) or np.any(v <= 0):
+        raise WeightingError("mapping_weights needs finite values > 0 (dropped questions must be filtered out)")
+    if a == 0:
+        return np.ones_like(v)
+    z = a * np.log(v)
+    z -= z.max()
+    w = np.exp(z)
+    return w * (len(v) / w.sum())
+
+
+def grade_question(
+    answers: Sequence[str | None],
+    gold: str,
+    cluster: Callable[[list], list[int]],
+    equivalent: Callable[[str, str], bool],
+) -> tuple[list[int], list[bool]]:
+    """Cluster one question's extracted answers and grade each cluster once against the gold.
+
+    Returns (cluster id per response, correct per response). A None answer is wrong. Members of a cluster share
+    their correctness: with equivalence clustering they are equal answers; with exact clustering, equal strings.
+    """
+    ids = cluster(list(answers))
+    verdict: dict[int, bool] = {}
+    for cid, ans in zip(ids, answers):
+        if cid not in verdict:
+            verdict[cid] = ans is not None and equivalent(ans, gold)
+    return ids, [verdict[c] for c in ids]
+
+
+def question_stats(cluster_ids: Sequence[int], correct: Sequence[bool]) -> dict:
+    """n, n_correct, n_clusters, entropy, accuracy, and rejected R = largest wrong cluster / n."""
+    n = len(cluster_ids)
+    wrong_sizes: dict[int, int] = {}
+    for cid, ok in zip(cluster_ids, correct):
+        if not ok:
+            wrong_sizes[cid] = wrong_sizes.get(cid, 0) + 1
+    n_correct = int(sum(bool(c) for c in correct))
+    return {
+        "n": n,
+        "n_correct": n_correct,
+        "n_clusters": len(set(cluster_ids)),
+        "entropy": entropy(cluster_ids),
+        "accuracy": n_correct / n,
+        "rejected": max(wrong_sizes.values(), default=0) / n,
+    }
+
+
+def drop_reason(stats: dict) -> str:
+    """Why a question is filtered out ('' when kept): 'all_wrong' or 'all_correct' (EAST.md step 5)."""
+    if stats["n_correct"] == 0:
+        return "all_wrong"
+    if stats["n_correct"] == stats["n"]:
+        return "all_correct"
+    return ""
+
+
+def uncertainty(questions: pd.DataFrame, value: str) -> np.ndarray:
+    """The per-question value the mapping function raises to the power a (EAST.md sections 1 and 3)."""
+    if value == "entropy":
+        return questions["entropy"].to_numpy(dtype=np.float64)
+    if value == "accuracy":
+        return 1.0 - questions["accuracy"].to_numpy(dtype=np.float64)
+    if value == "rejected":
+        return questions["rejected"].to_numpy(dtype=np.float64)
+    if value == "perplexity":
+        if "perplexity" not in questions.columns:
+            raise WeightingError("value 'perplexity' needs a per-question `perplexity` column (mean token NLL)")
+        return questions["perplexity"].to_numpy(dtype=np.float64)
+    raise WeightingError(f"unknown uncertainty value {value!r}; choose one of {list(VALUES)}")
+
+
+def grade_rollouts(
+    rollouts: pd.DataFrame,
+    cluster_by: str = "equivalent",
+    where: str = "rollouts",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Grade and cluster every question's responses.
+
+    Returns (graded rollouts with `answer, correct, cluster` columns, questions table of QUESTION_COLUMNS without
+    `weight` and with `kept`, `drop_reason`). Rows with finish_reason "skipped" are excluded from the statistics.
+    """
+    from east_ds.grading import cluster_answers, extract_answer, is_equivalent
+
+    required = ("question_id", "gold", "response")
+    missing = [c for c in required if c not in rollouts.columns]
+    if missing:
+        raise WeightingError(f"{where}: missing column(s) {missing}; found {list(rollouts.columns)}")
+    if len(rollouts) == 0:
+        raise WeightingError(f"{where}: no rows")
+    if cluster_by not in ("equivalent", "exact"):
+        raise WeightingError(f"cluster_by must be 'equivalent' or 'exact', not {cluster_by!r}")
+
+    df = rollouts.copy()
+    if "sample_index" not in df.columns:
+        df["sample_index"] = df.groupby("question_id", sort=False).cumcount()
+    df["response"] = df["response"].fillna("").astype(str)
+    skipped = df["finish_reason"].eq("skipped") if "finish_reason" in df.columns else pd.Series(False, df.index)
+    df["answer"] = [None if s else extract_answer(r) for r, s in zip(df["response"], skipped)]
+    df["correct"] = False
+    df["cluster"] = -1
+
+    def cluster(answers):
+        return cluster_answers(answers, mode=cluster_by)
+
+    rows = []
+    for qid, group in df[~skipped].groupby("question_id", sort=False):
+        golds = group["gold"].astype(str).unique()
+        if len(golds) != 1:
+            raise WeightingError(f"{where}: question {qid!r} has {len(golds)} different gold answers")
+        if len(group) < 2:
+            raise WeightingError(
+                f"{where}: question {qid!r} has {len(group)} response; entropy needs n >= 2 samples per question"
+            )
+        ids, correct = grade_question(group["answer"].tolist(), golds[0], cluster, is_equivalent)
+        df.loc[group.index, "cluster"] = ids
+        df.loc[group.index, "correct"] = correct
+        stats = question_stats(ids, correct)
+        rows.append({"question_id": qid, **stats, "drop_reason": drop_reason(stats)})
+    for qid in df.loc[skipped, "question_id"].unique():
+        if not any(r["question_id"] == qid for r in rows):
+            rows.append({"question_id": qid, "n": 0, "n_correct": 0, "n_clusters": 0, "entropy": math.nan,
+                         "accuracy": math.nan, "rejected": math.nan, "drop_reason": "skipped"})
+    questions = pd.DataFrame(rows)
+    questions["kept"] = questions["drop_reason"].eq("")
+    return df, questions
+
+
+def attach_weights(questions: pd.DataFrame, a: float, value: str = "entropy") -> pd.DataFrame:
+    """Add `weight` = f(value; a) over the kept questions (global normalisation); NaN for dropped ones."""
+    kept = questions["kept"].to_numpy(dtype=bool)
+    if not kept.any():
+        reasons = questions["drop_reason"].value_counts().to_dict()
+        raise WeightingError(f"every question was dropped by the filters ({reasons}); nothing to train on")
+    out = questions.copy()
+    out["weight"] = np.nan
+    values = uncertainty(out.loc[kept], value)
+    out.loc[kept, "weight"] = mapping_weights(values, a)
+    return out

@@ -1,0 +1,147 @@
+"""The EAST core: entropy, the mapping function, filters and baselines, with hand-derived values."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from east_ds.weighting import (
+    WeightingError,
+    attach_weights,
+    drop_reason,
+    entropy,
+    mapping_weights,
+    question_stats,
+)
+
+
+def test_entropy_hand_values():
+    # one cluster: p = 1, h = 0
+    assert entropy([0, 0, 0, 0]) == 0.0
+    # two equal clusters: h = -2 * 0.5 log 0.5 = log 2
+    assert entropy([0, 1, 0, 1]) == pytest.approx(math.log(2))
+    # 3 of 4 and 1 of 4: h = -(0.75 log 0.75 + 0.25 log 0.25) = 0.5623351446...
+    assert entropy([0, 0, 0, 1]) == pytest.approx(0.5623351446188083)
+    # n distinct answers: h = log n
+    assert entropy(list(range(16))) == pytest.approx(math.log(16))
+
+
+def test_mapping_hand_values():
+    h = [math.log(2), 2 * math.log(2)]  # h2 = 2 h1
+    # a = 1: weights proportional to h, mean 1 -> 2/3, 4/3
+    np.testing.assert_allclose(mapping_weights(h, 1.0), [2 / 3, 4 / 3])
+    # a = 2: proportional to 1, 4 -> 2 * (1/5, 4/5) = 0.4, 1.6
+    np.testing.assert_allclose(mapping_weights(h, 2.0), [0.4, 1.6])
+    # a = -1: proportional to 1, 1/2 -> 2 * (2/3, 1/3) = 4/3, 2/3 (confident question up-weighted)
+    np.testing.assert_allclose(mapping_weights(h, -1.0), [4 / 3, 2 / 3])
+    # a = 0: exactly ones
+    assert mapping_weights(h, 0.0).tolist() == [1.0, 1.0]
+
+
+def test_mapping_scale_invariant_and_stable():
+    h = np.array([0.1, 0.5, 1.3, 2.7])
+    for a in (-3.0, -0.5, 1.0, 3.0):
+        # log base / dividing by log n cancels out
+        np.testing.assert_allclose(mapping_weights(h, a), mapping_weights(h / math.log(16), a))
+    # extreme values stay finite
+    w = mapping_weights([1e-300, 1e300], 3.0)
+    assert np.all(np.isfinite(w)) and w.sum() == pytest.approx(2.0)
+
+
+def test_mapping_rejects_zero_and_nan():
+    with pytest.raises(WeightingError):
+        mapping_weights([0.0, 1.0], 1.0)
+    with pytest.raises(WeightingError):
+        mapping_weights([float("nan"), 1.0], 1.0)
+    with pytest.raises(WeightingError):
+        mapping_weights([], 1.0)
+
+
+positive = st.floats(min_value=1e-6, max_value=10.0, allow_nan=False)
+exponents = st.floats(min_value=-3.0, max_value=3.0, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(positive, min_size=1, max_size=50), exponents)
+def test_weights_average_one(values, a):
+    w = mapping_weights(values, a)
+    assert np.all(w >= 0)
+    assert w.mean() == pytest.approx(1.0, rel=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(positive, min_size=1, max_size=50), exponents, st.randoms(use_true_random=False))
+def test_order_does_not_matter(values, a, rnd):
+    perm = list(range(len(values)))
+    rnd.shuffle(perm)
+    w = mapping_weights(values, a)
+    wp = mapping_weights([values[i] for i in perm], a)
+    np.testing.assert_allclose(wp, w[perm], rtol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(positive, min_size=2, max_size=50), st.floats(min_value=0.05, max_value=3.0))
+def test_positive_a_is_monotone_in_entropy(values, a):
+    v = np.asarray(values)
+    w = mapping_weights(v, a)
+    order = np.argsort(v, kind="stable")
+    assert np.all(np.diff(w[order]) >= -1e-12)
+    # and a < 0 reverses it
+    wn = mapping_weights(v, -a)
+    assert np.all(np.diff(wn[order]) <= 1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(positive, min_size=1, max_size=50))
+def test_a_zero_is_all_ones(values):
+    assert mapping_weights(values, 0.0).tolist() == [1.0] * len(values)
+
+
+def test_question_stats_and_filters():
+    # 4 responses: clusters 0,0,1,2; cluster 0 correct; clusters 1 and 2 wrong with one member each
+    s = question_stats([0, 0, 1, 2], [True, True, False, False])
+    assert s["n"] == 4 and s["n_correct"] == 2 and s["n_clusters"] == 3
+    assert s["accuracy"] == 0.5
+    assert s["rejected"] == 0.25  # largest wrong cluster has 1 of 4
+    # h = -(0.5 log 0.5 + 2 * 0.25 log 0.25) = 1.5 log 2
+    assert s["entropy"] == pytest.approx(1.5 * math.log(2))
+    assert drop_reason(s) == ""
+    assert drop_reason(question_stats([0, 0], [True, True])) == "all_correct"
+    assert drop_reason(question_stats([0, 1], [False, False])) == "all_wrong"
+
+
+def _questions(entropies, kept):
+    return pd.DataFrame({
+        "question_id": [f"q{i}" for i in range(len(entropies))],
+        "entropy": entropies,
+        "accuracy": [0.5] * len(entropies),
+        "rejected": [0.25] * len(entropies),
+        "kept": kept,
+        "drop_reason": ["" if k else "all_correct" for k in kept],
+    })
+
+
+def test_attach_weights_normalises_over_kept_only():
+    q = attach_weights(_questions([1.0, 3.0, 0.0], [True, True, False]), a=1.0)
+    # kept: h = 1, 3 -> weights 2 * (1/4, 3/4) = 0.5, 1.5; dropped: NaN
+    assert q["weight"].iloc[0] == pytest.approx(0.5)
+    assert q["weight"].iloc[1] == pytest.approx(1.5)
+    assert math.isnan(q["weight"].iloc[2])
+
+
+def test_attach_weights_baselines():
+    q = _questions([1.0, 1.0], [True, True])
+    q["accuracy"] = [0.75, 0.5]  # 1 - A = 0.25, 0.5 -> a=1: 2/3, 4/3
+    np.testing.assert_allclose(attach_weights(q, 1.0, "accuracy")["weight"], [2 / 3, 4 / 3])
+    q["rejected"] = [0.5, 0.125]  # -> 2 * (0.8, 0.2)
+    np.testing.assert_allclose(attach_weights(q, 1.0, "rejected")["weight"], [1.6, 0.4])
+    with pytest.raises(WeightingError, match="perplexity"):
+        attach_weights(q, 1.0, "perplexity")
+
+
+def test_everything_dropped_is_an_error():
+    with pytest.raises(WeightingError, match="every question was dropped"):
+        attach_weights(_questions([0.0, 0.0], [False, False]), a=1.0)
