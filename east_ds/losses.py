@@ -1,0 +1,120 @@
+"""Entropy-weighted SFT, DPO and KTO losses (EAST, arXiv 2503.23913, section 2 of docs/EAST.md). Pure torch.
+
+Every loss is computed per example, multiplied by that example's weight w_i, and reduced once, by
+`weighted_batch_loss`: sum_i w_i * loss_i / B with B the global batch size. Nothing here knows about ranks or
+DeepSpeed; the world size and the accumulation steps come in as arguments.
+
+Shapes: B_m = examples in a micro-batch, T = padded sequence length, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each target token under `logits`, zero where `loss_mask` is 0.
+
+    logits (B_m, T, V) predict the token at t+1 from position t; input_ids (B_m, T); loss_mask (B_m, T) is 1 on
+    the tokens that are targets (response tokens and the EOS), 0 on prompt and padding. Returns (B_m, T-1),
+    aligned with input_ids[:, 1:].
+    """
+    targets = input_ids[:, 1:]
+    mask = loss_mask[:, 1:].to(logits.dtype)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B_m, T-1, V), float32 for a stable log-softmax
+    picked = torch.gather(logp, 2, targets.unsqueeze(-1)).squeeze(-1)  # (B_m, T-1)
+    return picked * mask.float()
+
+
+def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Summed log-probability of the response tokens (incl. EOS) of each sequence: log pi(y|x). Shape (B_m,)."""
+    return token_logps(logits, input_ids, loss_mask).sum(-1)
+
+
+def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Per-example SFT loss: mean token NLL over the response tokens of each example. Shape (B_m,).
+
+    loss_i = -(1/|y_i|) sum_t log pi(y_i,t | x_i, y_i,<t). An example with no target token (cannot happen after
+    train_data's checks) would give 0, not NaN.
+    """
+    lp = token_logps(logits, input_ids, loss_mask)
+    n = loss_mask[:, 1:].sum(-1).clamp(min=1).to(lp.dtype)
+    return -lp.sum(-1) / n
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Per-example sigmoid DPO loss (Rafailov et al. 2023, eq. 7). All inputs (B_m,) summed log-probs.
+
+    loss_i = -log sigmoid(beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))]).
+    """
+    margin = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)
+    return -F.logsigmoid(beta * margin)
+
+
+def kto_loss(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    z0: torch.Tensor | float,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    """Per-example KTO loss (Ethayarajh et al. 2024, eq. 8, as in TRL). logps, ref_logps (B_m,), desirable (B_m,) bool.
+
+    r_i = log pi(y_i|x_i) - log ref(y_i|x_i);  z0 = the detached KL reference point (see `kto_reference_point`).
+    desirable:   lambda_D * (1 - sigmoid(beta * (r_i - z0)))
+    undesirable: lambda_U * (1 - sigmoid(beta * (z0 - r_i)))
+    """
+    z0 = torch.as_tensor(z0, dtype=logps.dtype, device=logps.device).detach()
+    r = logps - ref_logps
+    good = desirable_weight * (1 - torch.sigmoid(beta * (r - z0)))
+    bad = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r)))
+    return torch.where(desirable.bool(), good, bad)
+
+
+def kto_reference_point(kl_logratio_sum: torch.Tensor | float, kl_count: torch.Tensor | float) -> torch.Tensor:
+    """KTO's z0 = max(0, mean_j [log pi(y'_j|x_j) - log ref(y'_j|x_j)]) over mismatched pairs, detached.
+
+    The caller sums the log-ratios and counts the pairs over the whole global batch (all micro-batches, all ranks)
+    so z0 does not depend on how the batch is split. The KL estimate is not weighted (EAST.md 1.7).
+    """
+    s = torch.as_tensor(kl_logratio_sum, dtype=torch.float32).detach()
+    n = torch.as_tensor(kl_count, dtype=torch.float32).clamp(min=1)
+    return (s / n).clamp(min=0.0)
+
+
+def weighted_batch_loss(
+    losses: torch.Tensor,
+    weights: torch.Tensor,
+    global_batch_size: int,
+    world_size: int = 1,
+    grad_accum_steps: int = 1,
+) -> torch.Tensor:
+    """The one reduction: the micro-batch's share of L = sum_{i in global batch} w_i * loss_i / B.
+
+    losses, weights: (B_m,) for the examples of this micro-batch on this rank. B = `global_batch_size`, the number
+    of examples in the optimizer step over all ranks and accumulation steps (a constant, not this micro-batch's
+    size, so a short or padded micro-batch cannot change any example's share).
+
+    Returns  sum_{i in micro} w_i * loss_i * (world_size * grad_accum_steps) / B.
+
+    Why the factor: DeepSpeed divides each micro-batch loss by grad_accum_steps in `backward` and averages the
+    gradients over the world_size data-parallel ranks. The gradient it applies is therefore
+        (1 / world) * sum_ranks (1 / gas) * sum_micro grad[sum_i w_i loss_i * world * gas / B]
+        = sum_{i in global batch} w_i * grad loss_i / B = grad L,
+    which is the same for 1 rank x 16 micro-batches and 8 ranks x 2: every example contributes w_i / B whatever
+    the split. With world_size = grad_accum_steps = 1 and all w_i = 1 this is sum_i loss_i / B, the plain
+    (unweighted) mean over the batch, so a = 0 reproduces unweighted training exactly.
+    """
+    if losses.shape != weights.shape:
+        raise ValueError(f"losses {tuple(losses.shape)} and weights {tuple(weights.shape)} differ in shape")
+    scale = world_size * grad_accum_steps / global_batch_size
+    return (weights.to(losses.dtype) * losses).sum() * scale
