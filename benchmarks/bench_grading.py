@@ -1,0 +1,170 @@
+"""Grading throughput and agreement: east_ds.grading against math-verify on a rollout-shaped workload.
+
+Workload: for each question (MATH500 golds + a GSM8K sample), 16 responses with few distinct final answers,
+as a sampled rollout has: the gold, equivalent rewrites (`\\frac{1}{2}` / `0.5` / `1/2`, thousands commas,
+`\\dfrac`, `\\text{}` units), 2-3 plausible wrong variants, and a response without an answer.
+
+Timed passes (each starts with empty memo caches):
+  east (rollout): per question, extract the 16 answers, cluster them by answer_key, and compare each
+                  distinct key with the gold once (what the EAST core does);
+  east (plain):   grade(response, gold) for every response, caches cleared before every call;
+  math-verify:    parse(response) + verify(parse(gold), ...) for every response (gold parsed once).
+Agreement: per response, east grade == math-verify verify; disagreements are printed for inspection.
+
+    python benchmarks/bench_grading.py [MATH500.jsonl] [GSM8K.jsonl] [--gsm N] [--show K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+from east_ds import grading
+from east_ds.grading import answer_key, extract_answer, grade, is_equivalent
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+N_PER_Q = 16
+
+
+def _rewrites(g: str) -> list[str]:
+    """Equivalent spellings of the gold answer g."""
+    out = [g]
+    m = re.fullmatch(r"-?\d+", g)
+    if m:
+        v = int(g)
+        out += [f"{v:,}", f"{v}.0", f"\\text{{{v}}}", f"{v} \\text{{ units}}"]
+    m = re.fullmatch(r"(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}", g)
+    if m:
+        a, b = int(m.group(2)), int(m.group(3))
+        out += [f"{m.group(1)}{a}/{b}", f"{m.group(1)}\\dfrac{{{a}}}{{{b}}}"]
+        d = b
+        for p in (2, 5):
+            while d % p == 0:
+                d //= p
+        if d == 1:
+            out.append(f"{m.group(1)}{a / b:g}")
+    if "\\sqrt{" in g:
+        out.append(re.sub(r"\\sqrt\{(\d)\}", r"\\sqrt\1", g))
+    if "^\\circ" in g:
+        out.append(g.replace("^\\circ", ""))
+    return out
+
+
+def _wrongs(g: str, rng: random.Random) -> list[str]:
+    """Plausible wrong answers: a nearby number, a changed digit, a sign flip."""
+    m = re.fullmatch(r"-?\d+", g)
+    if m:
+        v = int(g)
+        return [str(v + rng.choice([1, -1, 2, 10])), str(v * 2), str(-v if v else 1)]
+    digits = [i for i, c in enumerate(g) if c.isdigit()]
+    out = []
+    for _ in range(3):
+        if digits:
+            i = rng.choice(digits)
+            out.append(g[:i] + str((int(g[i]) + rng.randint(1, 8)) % 10) + g[i + 1 :])
+        else:
+            out.append(g + "+1")
+    return out + ["-(" + g + ")"]
+
+
+def build(math_path: Path, gsm_path: Path, n_gsm: int, seed: int = 0) -> list[tuple[str, list[str]]]:
+    rng = random.Random(seed)
+    golds = [json.loads(x)["answer"] for x in math_path.read_text().splitlines() if x.strip()]
+    gsm = [json.loads(x)["answer"] for x in gsm_path.read_text().splitlines() if x.strip()]
+    golds += [a.rsplit("#### ", 1)[-1].replace(",", "").strip() for a in rng.sample(gsm, min(n_gsm, len(gsm)))]
+    work = []
+    for g in golds:
+        good, bad = _rewrites(g), _wrongs(g, rng)
+        answers = [rng.choice(good) for _ in range(8)] + [bad[0]] * 4 + [bad[1]] * 3
+        rng.shuffle(answers)
+        texts = [f"Step by step: we compute the value carefully.\nSo the final answer is $\\boxed{{{a}}}$."
+                 for a in answers]
+        texts.append("I am not sure how to finish this one.")  # no extractable answer
+        work.append((g, texts))
+    return work
+
+
+def run_east_rollout(work) -> list[list[bool]]:
+    grading.clear_caches()
+    out = []
+    for gold, texts in work:
+        answers = [extract_answer(t) for t in texts]
+        keys = [answer_key(a) for a in answers]
+        verdict: dict[str, bool] = {}
+        for k, a in zip(keys, answers):
+            if k not in verdict:
+                verdict[k] = a is not None and is_equivalent(a, gold)
+        out.append([verdict[k] for k in keys])
+    return out
+
+
+def run_east_plain(work) -> list[list[bool]]:
+    res = []
+    for gold, texts in work:
+        row = []
+        for t in texts:
+            grading.clear_caches()  # no memo hits at all: the cost of one isolated call
+            row.append(grade(t, gold))
+        res.append(row)
+    return res
+
+
+def run_math_verify(work) -> list[list[bool]]:
+    from math_verify import parse, verify
+
+    out = []
+    for gold, texts in work:
+        g = parse(f"${gold}$")
+        out.append([bool(verify(g, parse(t))) for t in texts])
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("math500", nargs="?", default=str(DATA / "math500_test.jsonl"))
+    ap.add_argument("gsm8k", nargs="?", default=str(DATA / "gsm8k_test.jsonl"))
+    ap.add_argument("--gsm", type=int, default=300, help="GSM8K questions to add (default 300)")
+    ap.add_argument("--show", type=int, default=40, help="disagreements to print (default 40)")
+    args = ap.parse_args()
+    work = build(Path(args.math500), Path(args.gsm8k), args.gsm)
+    # Import cost is paid once per process, not per response: import both graders' dependencies first.
+    import math_verify  # noqa: F401
+
+    import east_ds.latex_math  # noqa: F401
+    n = sum(len(t) for _, t in work)
+    rows, results = [], {}
+    for name, fn in (("east (rollout, answer_key)", run_east_rollout), ("east (plain grade)", run_east_plain),
+                     ("math-verify parse+verify", run_math_verify)):
+        t0 = time.perf_counter()
+        results[name] = fn(work)
+        dt = time.perf_counter() - t0
+        rows.append((name, dt, n / dt))
+    base = rows[-1][2]
+    print(f"{len(work)} questions x {N_PER_Q + 1} responses = {n} responses")
+    print(f"{'grader':<30}{'seconds':>10}{'resp/s':>12}{'vs math-verify':>16}")
+    for name, dt, rps in rows:
+        print(f"{name:<30}{dt:>10.2f}{rps:>12.0f}{rps / base:>15.1f}x")
+    east, mv = results["east (rollout, answer_key)"], results["math-verify parse+verify"]
+    plain = results["east (plain grade)"]
+    same_modes = sum(a == b for qa, qb in zip(east, plain) for a, b in zip(qa, qb))
+    print(f"east rollout vs plain grade agree: {same_modes}/{n}")
+    dis = [(g, t, e, m) for (g, ts), qe, qm in zip(work, east, mv) for t, e, m in zip(ts, qe, qm) if e != m]
+    print(f"agreement with math-verify: {n - len(dis)}/{n} = {100 * (n - len(dis)) / n:.2f}%")
+    seen = set()
+    for g, t, e, m in dis:
+        a = extract_answer(t)
+        if (g, a) in seen:
+            continue
+        seen.add((g, a))
+        if len(seen) > args.show:
+            break
+        print(f"  gold={g!r:40} answer={a!r:40} east={e} math-verify={m}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

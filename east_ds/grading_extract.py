@@ -1,0 +1,265 @@
+"""Final-answer extraction and answer-string normalisation (pure stdlib, linear time).
+
+Used by `east_ds.grading`. Everything here is string work: no expression is evaluated. Every scan is
+bounded or linear in the input, so a 2 MB response or 50,000 nested braces cannot stall a caller.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_ANSWER_CHARS = 1000  # longer answers are compared as strings only
+_MAX_BOXED_SCAN = 5000  # a \boxed{...} longer than this is not an answer
+_MAX_TRIES = 5  # how many trailing \boxed occurrences we try before giving up
+
+
+def match_brace(text: str, open_pos: int, limit: int = _MAX_BOXED_SCAN) -> int:
+    """Index of the `}` closing the `{` at open_pos, or -1 (unbalanced or longer than limit).
+
+    Escaped braces `\\{` `\\}` do not count. Bounded by `limit` characters, so hostile input stays cheap.
+    """
+    depth = 0
+    end = min(len(text), open_pos + limit)
+    i = open_pos
+    while i < end:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+def _boxed_at(text: str, pos: int, cmd_len: int) -> tuple[str, int] | None:
+    """Content and end index of the \\boxed starting at pos (`\\boxed{...}` or `\\boxed 5`)."""
+    j = pos + cmd_len
+    n = len(text)
+    while j < n and j < pos + cmd_len + 20 and text[j] in " \t":
+        j += 1
+    if j < n and text[j] == "{":
+        k = match_brace(text, j)
+        if k < 0:
+            return None
+        return text[j + 1 : k], k + 1
+    if j == pos + cmd_len:  # `\boxedfoo` is another macro, not `\boxed foo`
+        return None
+    k = j
+    while k < n and k < j + 200 and text[k] not in " \t\n$":
+        k += 1
+    return (text[j:k], k) if k > j else None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{}/\\fbox{} of text; adjacent boxes (`\\boxed{1}, \\boxed{2}`) are joined."""
+    found: list[tuple[int, str, int]] = []  # (start, content, end), from the right
+    hi = len(text)
+    for _ in range(_MAX_TRIES):
+        pb, pf = text.rfind("\\boxed", 0, hi), text.rfind("\\fbox", 0, hi)
+        pos, cmd_len = (pb, 6) if pb >= pf else (pf, 5)
+        if pos < 0:
+            break
+        hi = pos
+        got = _boxed_at(text, pos, cmd_len)
+        if got is None:
+            if found:
+                break
+            continue
+        content, end = got
+        if found:
+            gap = text[end : found[-1][0]]
+            if len(gap) > 12 or gap.strip(" \t\n,;$.") not in ("", "and", "\\text{and}", "\\quad"):
+                break
+        found.append((pos, content, end))
+    if not found:
+        return None
+    return ", ".join(c for _, c, _ in reversed(found))
+
+
+_PHRASES = ("final answer is", "the answer is", "answer is:", "final answer:", "answer:", "# answer")
+
+
+def _tail(text: str) -> str | None:
+    """The answer that follows a phrase such as 'The answer is': a math span, or the rest of the sentence."""
+    t = text[:600].lstrip(" :*\t\n")
+    for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if t.startswith(open_):
+            end = t.find(close, len(open_))
+            if end > 0:
+                return t[len(open_) : end].strip()
+    line = t.split("\n", 1)[0]
+    m = re.search(r"\.(\s|$)|\bI hope\b", line)
+    if m:
+        line = line[: m.start()]
+    line = line.strip().rstrip(".").strip()
+    return line or None
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a model response or reference solution, or None when it has none.
+
+    Priority: last \\boxed{}/\\fbox{} (nested braces; `\\boxed 5`), GSM8K `#### N`, the last of
+    "final answer is" / "The answer is" / "Answer:" / "# Answer", then the last number of the text.
+    Linear time: only str.rfind, bounded brace scans and one regex with no nested quantifiers.
+    """
+    if not text:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    boxed = last_boxed(text)
+    if boxed is not None and boxed.strip():
+        return boxed.strip()
+    pos = text.rfind("####")
+    if pos >= 0:
+        ans = text[pos + 4 :].strip().split("\n", 1)[0].strip()
+        if ans:
+            return ans.replace(",", "") if _NUMBER.fullmatch(ans) else ans
+    low = text.lower()
+    best, blen = -1, 0
+    for p in _PHRASES:
+        q = low.rfind(p)
+        if q > best:
+            best, blen = q, len(p)
+    if best >= 0:
+        ans = _tail(text[best + blen :])
+        if ans:
+            return ans
+    last = None
+    for m in _NUMBER.finditer(text):
+        last = m.group(0)
+    return last.rstrip(",") if last else None
+
+
+# ---- normalisation -----------------------------------------------------------------------------------------
+
+_TEXT_CMDS = ("\\text", "\\textbf", "\\textit", "\\textrm", "\\textnormal", "\\mbox", "\\mathrm", "\\textsf",
+              "\\mathit", "\\mathsf")
+_UNICODE = {"\u2212": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u00f7": "/", "\u03c0": "\\pi ",
+            "\u221a": "\\sqrt", "\u221e": "\\infty ", "\u00b0": "", "\u2264": "\\leq ", "\u2265": "\\geq ",
+            "\u2260": "\\neq ", "\u00a0": " ", "\u2013": "-", "\u2009": " ", "\u202f": " "}
+_GLUE = ("\\left", "\\right", "\\bigl", "\\bigr", "\\Bigl", "\\Bigr", "\\big", "\\Big", "\\!", "\\,")
+_DROP = ("\\displaystyle", "\\;", "\\:", "\\quad", "\\qquad", "\\limits", "\\$", "$", "\\ ")
+_RENAME = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\dbinom", "\\binom"),
+           ("\\geqslant", "\\geq"), ("\\leqslant", "\\leq"), ("\\ge ", "\\geq "), ("\\le ", "\\leq "),
+           ("\\ne ", "\\neq "), (">=", "\\geq "), ("<=", "\\leq "), ("!=", "\\neq "), ("\\lt", "<"), ("\\gt", ">"),
+           ("\\emptyset", "\\{\\}"), ("\\varnothing", "\\{\\}"), ("\\mp", "\\pm"), ("\\approx", "="),
+           ("\\colon", ":"), ("\\tbinom", "\\binom"), ("\\dots", ""), ("\\ldots", ""), ("\\cdots", ""))
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|\bdegrees?\b")
+_PERCENT = re.compile(r"\\%|%|\bpercent(age)?\b|\bpct\b")
+_UNITS = {"cm", "m", "km", "mm", "ft", "feet", "foot", "in", "inch", "inches", "yd", "yards", "mi", "miles",
+          "mile", "kg", "g", "lb", "lbs", "pounds", "oz", "s", "sec", "seconds", "min", "minutes", "hr", "hrs",
+          "hours", "days", "weeks", "years", "mph", "units", "sq", "square", "cubic", "meters", "cents",
+          "dollars", "cups", "ml", "l", "liters", "gallons", "points", "ways", "people", "students", "apples"}
+_WORD_TAIL = re.compile(r"(?:\s*\b[a-zA-Z]{2,}\b\.?)+(?:\s*\^\s*\{?[23]\}?)?\s*$")
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_SPACE_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
+
+
+def _strip_wrappers(s: str) -> str:
+    """Remove `$..$`, `\\(..\\)`, `\\[..\\]`, a whole-answer `\\boxed{..}` and trailing punctuation."""
+    for _ in range(10):
+        s0 = s
+        s = s.strip().rstrip(".,;").strip()
+        for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+            if s.startswith(open_) and s.endswith(close) and len(s) >= len(open_) + len(close):
+                s = s[len(open_) : len(s) - len(close)]
+        if "\\boxed" in s or "\\fbox" in s:
+            b = last_boxed(s)
+            if b is not None:
+                s = b
+        if s == s0:
+            break
+    return s
+
+
+def _replace_text_groups(s: str) -> str:
+    """`\\text{..}` and friends: drop units after a value (`5\\text{ cm}^2`), keep the words of a prose answer."""
+    pieces: list[tuple[int, int, str]] = []
+    for cmd in _TEXT_CMDS:
+        start = 0
+        while (p := s.find(cmd + "{", start)) >= 0:
+            k = match_brace(s, p + len(cmd))
+            if k < 0:
+                break
+            pieces.append((p, k + 1, s[p + len(cmd) + 1 : k]))
+            start = k + 1
+    if not pieces:
+        return s
+    pieces.sort()
+    outside = []
+    last = 0
+    for a, b, _ in pieces:
+        outside.append(s[last:a])
+        last = b
+    outside.append(s[last:])
+    has_value = bool(re.search(r"[0-9]|\\(frac|sqrt|pi)", "".join(outside)))
+    out, last = [], 0
+    for a, b, content in pieces:
+        if a < last:
+            continue
+        out.append(s[last:a])
+        c = content.strip()
+        if c.lower() in ("and", "or", ","):
+            out.append(",")
+        elif has_value and re.fullmatch(r"[a-zA-Z .]*", c):
+            # a unit: also drop the exponent of `\text{cm}^2`
+            m = re.match(r"\s*\^\s*\{?[23]\}?", s[b:])
+            if m:
+                b += m.end()
+        else:
+            out.append(" " + content + " " if re.fullmatch(r"[a-zA-Z .]*", c) else content)
+        last = b
+    out.append(s[last:])
+    return "".join(out)
+
+
+def normalize(answer: str) -> str:
+    """Canonical spelling of one answer: wrappers, spacing macros, units, degrees, `$` and `\\%` handled.
+
+    A percentage keeps a single trailing `%` so the comparison can accept both 28 and 0.28 for 28%.
+    """
+    s = answer[: MAX_ANSWER_CHARS * 2]
+    if "\x00" in s:
+        s = s.replace("\x00", "")
+    for k, v in _UNICODE.items():
+        if k in s:
+            s = s.replace(k, v)
+    # Matrix row separators `\\` must survive the removal of `\ ` (a spacing macro) below.
+    s = s.replace("\n", " ").replace("\\\\", " \x01 ")
+    s = _strip_wrappers(s)
+    s = s.replace("{,}", ",")
+    for d in _GLUE:  # `10,\\!080` is one number
+        s = s.replace(d, "")
+    for d in _DROP:
+        s = s.replace(d, " ")
+    for a, b in _RENAME:
+        s = s.replace(a, b)
+    s = s.replace("\\{", " \\{ ").replace("\\}", " \\} ")
+    s = s.replace("\x01", "\\\\")
+    s = _DEGREES.sub(" ", s)
+    s = _replace_text_groups(s)
+    pct = False
+    if _PERCENT.search(s):
+        pct = True
+        s = _PERCENT.sub(" ", s)
+    s = re.sub(r"\s+", " ", s).strip()
+    s = _strip_wrappers(s)
+    # Leading prose such as "x \in", "k =" is left to the structure parser; trailing unit words go here.
+    m = _WORD_TAIL.search(s)
+    if m and m.start() > 0 and re.search(r"[0-9}]\s*$", s[: m.start()]):
+        words = re.findall(r"[a-zA-Z]+", m.group(0))
+        if all(w.lower() in _UNITS or len(w) >= 4 for w in words):
+            s = s[: m.start()].strip()
+    if _THOUSANDS.fullmatch(s) or _SPACE_THOUSANDS.fullmatch(s):
+        s = s.replace(",", "").replace(" ", "")
+    if s.startswith("\\text{") and s.endswith("}") and match_brace(s, 5) == len(s) - 1:
+        s = s[6:-1].strip()
+    return s + "%" if pct and s else s
