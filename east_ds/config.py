@@ -51,6 +51,10 @@ class RolloutConfig:
     max_model_len: int = 2048  # prompt + response tokens; longer prompts are recorded as skipped
     enforce_eager: bool = True  # no CUDA graphs: faster start, needed for sleep/wake on some versions
     shard_size: int = 64  # prompts per rollout shard written to disk (the unit of resume and retry)
+    enable_prefix_caching: bool = True  # vLLM reuses KV of shared prompt prefixes; reset after each weight update
+    enable_sleep: bool = False  # GPU only: build engines with sleep mode so sleep()/wake() free GPU memory
+    max_shard_retries: int = 2  # a shard whose engine actor dies is retried this many times on a new actor
+    weight_bucket_mb: int = 256  # in-memory / NCCL weight updates move tensors in buckets of at most this size
 
 
 @dataclass(frozen=True)
@@ -74,17 +78,21 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
     grad_clip: float = 1.0
     max_len: int = 1024  # prompt + response tokens; longer examples are truncated from the right and counted
     max_prompt_len: int = 512  # DPO/KTO prompt budget
     beta: float = 0.01  # DPO / KTO temperature
     kto_desirable_weight: float = 1.0  # KTO lambda_D
     kto_undesirable_weight: float = 1.0  # KTO lambda_U
-    deepspeed_config: str = "ds_configs/zero2.json"  # ZeRO and precision policy only; batch sizes come from here
+    deepspeed_config: str = "ds_configs/zero2.json"  # ZeRO policy only; batch sizes come from this TrainConfig,
+    # precision from ModelConfig.dtype; a relative path is looked up from the cwd, then the east_ds repo root
     gradient_checkpointing: bool = True
     group_by_length: bool = True  # length-grouped batches waste less on padding
     save_every_steps: int = 0  # DeepSpeed checkpoint every k optimizer steps (0: only at the end)
     seed: int = 0
+    max_steps: int = 0  # stop this call after k optimizer steps in total (0: all epochs); the schedule spans all epochs
+    length_group_size: int = 16  # length grouping sorts within windows of this many global batches
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,360 @@
+"""Data-parallel vLLM engines as Ray actors: placement, sharded generation with retry, live weight updates.
+
+    pool = EnginePool(model_path, rollout_cfg, model_cfg)      # Ray must be initialised (ray_utils.init_ray)
+    samples = pool.generate(prompt_token_ids, Sampling(n=4, temperature=1.0), seeds=[...])
+    pool.update_weights_from_path(exported_hf_dir)             # or update_weights_from_state_dict(state_dict)
+    pool.shutdown()
+
+Placement. On GPU clusters one placement group holds `num_engines * tensor_parallel_size` single-GPU bundles,
+packed per node; engine e takes bundles [e*tp, (e+1)*tp). On CPU machines engines are plain actors with one
+logical CPU each, no GPUs, at most one engine per core (vLLM-CPU with a small KV-cache space).
+
+Work. Prompts are cut into shards (the unit of scheduling, retry and, in rollout.py, of resume). Shards go to
+whichever engine is free, at most two queued per engine; results come back in prompt order. An engine actor that
+dies has its in-flight shards retried on a replacement actor (same index, same seed, same current weights).
+
+Too long. A prompt with `len(prompt) + max_new_tokens > max_model_len` is not sent: its samples are recorded
+with finish_reason "skipped" and a skip_reason. DECIDED: the full new-token budget must fit, so every response
+that is cut short is cut by the budget ("length"), never silently by the context window.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from east_ds.config import ModelConfig, RolloutConfig
+from east_ds.weight_sync import bucket_meta, iter_buckets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int = 1  # samples per prompt
+    temperature: float = 0.0  # 0 is greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+
+
+def check_model_path(path: str) -> None:
+    """Fail fast, naming `path`, when it is neither a local model directory nor a hub name we could load."""
+    if not path:
+        raise FileNotFoundError("no model path given")
+    p = Path(path).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"model path {path!r} exists but has no config.json")
+        return
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1
+    if looks_local:
+        raise FileNotFoundError(f"model path {path!r} does not exist")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+            raise FileNotFoundError(
+                f"model {path!r} is not a local directory and is not in the Hugging Face cache (HF_HUB_OFFLINE=1)"
+            )
+
+
+def model_max_len(path: str, trust_remote_code: bool = False) -> int | None:
+    """The model's context length from its config, or None when the config does not say."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        v = getattr(c, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def skip_record(reason: str) -> dict:
+    return {"response": "", "num_tokens": 0, "finish_reason": "skipped", "skip_reason": reason, "engine": -1,
+            "seconds": 0.0}
+
+
+class EnginePool:
+    """`cfg.num_engines` vLLM engines (Ray actors) serving one policy. See the module docstring."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, model_cfg: ModelConfig):
+        import ray
+
+        check_model_path(model_path)  # before any actor starts
+        if not ray.is_initialized():
+            raise RuntimeError("Ray is not initialised: call east_ds.ray_utils.init_ray() first")
+        self.model_path = str(model_path)
+        self.cfg = cfg
+        self.model_cfg = model_cfg
+        limit = model_max_len(self.model_path, model_cfg.trust_remote_code)
+        self.max_model_len = min(cfg.max_model_len, limit) if limit else cfg.max_model_len
+        self.num_gpus = int(ray.cluster_resources().get("GPU", 0))
+        self.on_gpu = self.num_gpus > 0
+        n = cfg.num_engines
+        if not self.on_gpu:
+            cores = os.cpu_count() or 1
+            if n > cores:
+                log.warning("num_engines=%d > %d cores: using %d vLLM-CPU engines", n, cores, cores)
+                n = cores
+        self.num_engines = n
+        self._pg = None
+        if self.on_gpu:
+            from ray.util.placement_group import placement_group
+
+            bundles = [{"GPU": 1, "CPU": 1}] * (n * cfg.tensor_parallel_size)
+            self._pg = placement_group(bundles, strategy="PACK")
+            ray.get(self._pg.ready())
+        self._weights: tuple[str, Any] = ("path", None)  # what a replacement actor must load: original weights
+        self._generation = [0] * n  # bumped when engine i is replaced
+        self.engines = [self._start_actor(i) for i in range(n)]
+        ray.get([e.info.remote() for e in self.engines])  # wait until every engine has built
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Actors
+
+    def _start_actor(self, i: int):
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from east_ds.vllm_engine import LLMEngine
+
+        cfg, tp = self.cfg, self.cfg.tensor_parallel_size
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0")}
+        options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
+        if self.on_gpu:
+            strategy = PlacementGroupSchedulingStrategy(
+                placement_group=self._pg,
+                placement_group_bundle_index=i * tp,
+                placement_group_capture_child_tasks=True,  # TP > 1: vLLM's Ray workers land in this group
+            )
+            if tp == 1:
+                options.update(num_cpus=1, num_gpus=1, scheduling_strategy=strategy)
+            else:  # the TP workers take the GPUs; the engine actor only coordinates them
+                env["VLLM_RAY_BUNDLE_INDICES"] = ",".join(str(i * tp + k) for k in range(tp))
+                options.update(num_cpus=0, num_gpus=0, scheduling_strategy=strategy)
+        else:
+            env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
+            options.update(num_cpus=1, num_gpus=0)
+        actor_cls = ray.remote(LLMEngine).options(runtime_env={"env_vars": env}, **options)
+        actor = actor_cls.remote(
+            self.model_path,
+            engine_index=i,
+            seed=cfg.seed + i,
+            dtype=self.model_cfg.dtype,
+            max_model_len=self.max_model_len,
+            tensor_parallel_size=tp,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enforce_eager=cfg.enforce_eager,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            enable_sleep=cfg.enable_sleep,
+            trust_remote_code=self.model_cfg.trust_remote_code,
+        )
+        kind, source = self._weights
+        if kind == "path" and source is not None:
+            ray.get(actor.update_weights_from_path.remote(source))
+        elif kind == "refs":
+            ray.get(actor.update_weights_from_refs.remote(source))
+        return actor
+
+    def _replace_actor(self, i: int) -> None:
+        import ray
+
+        log.warning("engine %d died; starting a replacement", i)
+        try:
+            ray.kill(self.engines[i])
+        except Exception:
+            pass
+        self._generation[i] += 1
+        self.engines[i] = self._start_actor(i)
+        ray.get(self.engines[i].info.remote())
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Generation
+
+    def fits(self, prompt_len: int, max_new_tokens: int) -> str:
+        """'' when the prompt fits, else the skip reason."""
+        if prompt_len + max_new_tokens > self.max_model_len:
+            return (f"prompt has {prompt_len} tokens; with max_new_tokens={max_new_tokens} that exceeds "
+                    f"max_model_len={self.max_model_len}")
+        return ""
+
+    def run_shards(
+        self,
+        shards: Sequence[tuple[Any, list[dict]]],
+        on_done: Callable[[Any, list[list[dict]]], None] | None = None,
+        desc: str | None = None,
+    ) -> dict[Any, list[list[dict]]]:
+        """Run `(key, requests)` shards on the engines; return {key: per-request sample records}.
+
+        Requests are as in `LLMEngine.generate`; each sample record gains `engine` and `seconds` (the wall time of
+        the engine call that produced its shard). `on_done(key, records)` is called as each shard finishes (in
+        completion order). A shard whose engine dies is retried on a replacement, at most `max_shard_retries`
+        times; other errors propagate.
+        """
+        import ray
+        from tqdm.auto import tqdm
+
+        pending = deque(shards)
+        attempts: Counter = Counter()
+        slots = deque(i for _ in range(2) for i in range(self.num_engines))  # two queued shards per engine
+        inflight: dict[Any, tuple[int, int, Any, list[dict]]] = {}
+        out: dict[Any, list[list[dict]]] = {}
+        bar = tqdm(total=sum(len(r) for _, r in shards), desc=desc or "prompts", unit="prompt",
+                   disable=os.environ.get("EAST_DS_NO_TQDM") == "1")
+        try:
+            while pending or inflight:
+                while pending and slots:
+                    i = slots.popleft()
+                    key, reqs = pending.popleft()
+                    ref = self.engines[i].generate.remote(reqs)
+                    inflight[ref] = (i, self._generation[i], key, reqs)
+                [ref], _ = ray.wait(list(inflight), num_returns=1)
+                i, gen, key, reqs = inflight.pop(ref)
+                try:
+                    results, seconds = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                    attempts[key] += 1
+                    if attempts[key] > self.cfg.max_shard_retries:
+                        raise RuntimeError(f"shard {key!r} failed {attempts[key]} times; last error: {e}") from e
+                    if gen == self._generation[i]:  # not yet replaced (a second queued shard may see it first)
+                        self._replace_actor(i)
+                    pending.appendleft((key, reqs))
+                    slots.append(i)
+                    continue
+                for sample_list in results:
+                    for s in sample_list:
+                        s.update(engine=i, seconds=seconds, skip_reason="")
+                out[key] = results
+                if on_done is not None:
+                    on_done(key, results)
+                bar.update(len(reqs))
+                slots.append(i)
+        finally:
+            bar.close()
+        return out
+
+    def generate(
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        sampling: Sampling,
+        seeds: Sequence[int | None] | None = None,
+        desc: str | None = None,
+    ) -> list[list[dict]]:
+        """Sample `sampling.n` responses per prompt; return, in prompt order, a list of n sample records each.
+
+        A record is {response, num_tokens, finish_reason, skip_reason, engine, seconds}. `seeds[i]` fixes prompt
+        i's samples whichever engine runs it; None leaves them to the engine's own seed.
+        """
+        seeds = list(seeds) if seeds is not None else [None] * len(prompt_token_ids)
+        results: list[list[dict] | None] = [None] * len(prompt_token_ids)
+        todo = []
+        for i, ids in enumerate(prompt_token_ids):
+            reason = self.fits(len(ids), sampling.max_new_tokens)
+            if reason:
+                results[i] = [skip_record(reason) for _ in range(sampling.n)]
+            else:
+                todo.append(i)
+        size = max(1, self.cfg.shard_size)
+        shards = [(k, [self.request(prompt_token_ids[i], sampling, seeds[i]) for i in todo[k:k + size]])
+                  for k in range(0, len(todo), size)]
+        done = self.run_shards(shards, desc=desc)
+        for k, _ in shards:
+            for i, recs in zip(todo[k:k + size], done[k]):
+                results[i] = recs
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def request(ids: Sequence[int], sampling: Sampling, seed: int | None) -> dict:
+        return {"prompt_token_ids": list(ids), "n": sampling.n, "temperature": sampling.temperature,
+                "top_p": sampling.top_p, "max_tokens": sampling.max_new_tokens, "seed": seed}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Weight updates (prefix caches are reset by the engines after each)
+
+    def update_weights_from_path(self, path: str) -> dict:
+        """Load the HF checkpoint at `path` (exported by the trainer) into every running engine."""
+        import ray
+
+        check_model_path(str(path))
+        t0 = time.perf_counter()
+        ray.get([e.update_weights_from_path.remote(str(path)) for e in self.engines])
+        self._weights = ("path", str(path))
+        return {"seconds": time.perf_counter() - t0}
+
+    def update_weights_from_state_dict(
+        self, state_dict: Mapping[str, Any] | Iterable[tuple[str, Any]], bucket_mb: int | None = None
+    ) -> dict:
+        """Send weights (HF names -> tensors) through Ray's object store in buckets of at most `bucket_mb` MiB.
+
+        Every engine reads the same objects (one copy per node). Each engine unpacks one bucket at a time inside a
+        single in-place reload. The last update's buckets stay referenced so that a replacement actor can load
+        them; they are released by the next update or `shutdown`.
+        """
+        import ray
+
+        items = state_dict.items() if isinstance(state_dict, Mapping) else state_dict
+        bucket_bytes = (bucket_mb or self.cfg.weight_bucket_mb) * 2**20
+        t0 = time.perf_counter()
+        refs, nbytes = [], 0
+        for bucket in iter_buckets(items, bucket_bytes):
+            nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
+            refs.append(ray.put(bucket))
+        ray.get([e.update_weights_from_refs.remote(refs) for e in self.engines])
+        self._weights = ("refs", refs)
+        return {"seconds": time.perf_counter() - t0, "buckets": len(refs), "bytes": nbytes}
+
+    # GPU only (untested on the CPU machines): trainer rank 0 broadcasts buckets over NCCL.
+
+    def init_weight_group(self, host: str, port: int) -> tuple[list, int]:
+        """Start every engine joining the NCCL group; returns (refs to wait on, world size).
+
+        The trainer creates `vllm_engine.TrainerWeightBroadcaster(host, port, world_size)` as rank 0 concurrently,
+        then waits on the refs.
+        """
+        tp = self.cfg.tensor_parallel_size
+        world = 1 + self.num_engines * tp
+        refs = [e.init_weight_group.remote(host, port, 1 + i * tp, world) for i, e in enumerate(self.engines)]
+        return refs, world
+
+    def update_weights_nccl(self, buckets_meta: list) -> list:
+        """Ask every engine to receive buckets described by `buckets_meta` (weight_sync.bucket_meta of each);
+        returns refs to wait on after rank 0 has broadcast every bucket in order."""
+        return [e.update_weights_nccl.remote(buckets_meta) for e in self.engines]
+
+    bucket_meta = staticmethod(bucket_meta)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # GPU sharing and teardown
+
+    def sleep(self) -> None:
+        """Free GPU memory for the trainer (vLLM sleep level 1). A no-op on CPU or when enable_sleep is off."""
+        import ray
+
+        ray.get([e.sleep.remote() for e in self.engines])
+
+    def wake(self) -> None:
+        import ray
+
+        ray.get([e.wake.remote() for e in self.engines])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for e in self.engines:
+            try:
+                ray.kill(e)
+            except Exception:
+                pass
+        self.engines = []
+        self._weights = ("path", None)
+        if self._pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self._pg)
+            self._pg = None

@@ -1,0 +1,216 @@
+"""One vLLM engine: the body of a Ray actor that generates samples and takes live weight updates.
+
+This is the only east_ds module that imports vLLM. `EnginePool` (engine_pool.py) wraps `LLMEngine` in
+`ray.remote` and places it; everything crossing the actor boundary is plain Python (token ids, dicts, strings) or
+Ray object references to weight buckets.
+
+Weight updates, all through vLLM's in-place `reload_weights` worker method (vLLM 0.32; calling the model's
+`load_weights` directly does not work there):
+  - from a path: an HF checkpoint the trainer exported (`weights_path=...`);
+  - in memory: buckets of `(name, tensor)` in Ray's object store; each worker pulls them one at a time through a
+    lazy iterator, so one reload call sees the whole model while at most one bucket is unpacked at once;
+  - over NCCL (GPU only, untested here): trainer rank 0 broadcasts each bucket to every worker of every engine,
+    in the same lazy-iterator style, so a bucket is received only when the reload asks for it.
+After every update the prefix cache is reset, so no KV computed with the old weights can be served.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from vllm import LLM, SamplingParams
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Functions run inside vLLM workers through `collective_rpc(callable, args=...)`. `worker` is the vLLM worker; the
+# functions are module-level so they pickle by reference when workers live in other processes (TP > 1).
+
+
+def _reload_from_refs(worker, bucket_refs: list) -> None:
+    """Reload weights from Ray object refs of buckets, pulling one bucket at a time."""
+    import ray
+
+    def weights():
+        for ref in bucket_refs:
+            yield from ray.get(ref)
+
+    worker.reload_weights(weights_iterator=weights())
+
+
+def _init_nccl_group(worker, host: str, port: int, rank_offset: int, world_size: int) -> None:
+    """Join the trainer's weight-broadcast group as rank `rank_offset + worker rank` (trainer rank 0 is 0)."""
+    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+    from vllm.distributed.utils import StatelessProcessGroup
+
+    rank = rank_offset + worker.rank
+    group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size)
+    worker._east_weight_comm = PyNcclCommunicator(group, device=worker.device)
+
+
+def _reload_from_nccl(worker, buckets_meta: list[list[tuple[str, str, tuple]]]) -> None:
+    """Receive each bucket by broadcast from rank 0 as the reload iterates, and load it."""
+    import torch
+
+    comm = worker._east_weight_comm
+
+    def weights():
+        for meta in buckets_meta:
+            for name, dtype, shape in meta:
+                t = torch.empty(shape, dtype=getattr(torch, dtype), device=worker.device)
+                comm.broadcast(t, src=0, stream=torch.cuda.current_stream())
+                yield name, t
+
+    worker.reload_weights(weights_iterator=weights())
+
+
+class TrainerWeightBroadcaster:
+    """Trainer rank 0's end of the NCCL weight group (GPU only; untested on the CPU machines).
+
+    Rank 0 of the group is the trainer; engine e's worker w is rank 1 + e * tp + w. Create it on the trainer while
+    the engines call `init_weight_group` (both sides block until everyone has joined), then for each update:
+    `pool.update_weights_nccl(metas)` on the engines (async) and `broadcast(bucket)` here for each bucket in order.
+    """
+
+    def __init__(self, host: str, port: int, world_size: int, device: int = 0):
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        group = StatelessProcessGroup.create(host=host, port=port, rank=0, world_size=world_size)
+        self.comm = PyNcclCommunicator(group, device=device)
+
+    def broadcast(self, bucket) -> None:
+        import torch
+
+        for _, t in bucket:
+            self.comm.broadcast(t.to(self.comm.device), src=0, stream=torch.cuda.current_stream())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The engine.
+
+
+class LLMEngine:
+    """Holds one `vllm.LLM`. Engine `engine_index` uses `seed` (already offset by the pool: base seed + index).
+
+    On GPU machines with `tensor_parallel_size > 1` vLLM runs its TP workers as Ray actors inside the placement
+    group this actor was scheduled in.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        engine_index: int,
+        seed: int,
+        dtype: str = "bfloat16",
+        max_model_len: int = 2048,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+        enable_prefix_caching: bool = True,
+        enable_sleep: bool = False,
+        trust_remote_code: bool = False,
+    ):
+        self.engine_index = engine_index
+        self.on_gpu = _has_cuda()
+        kwargs: dict[str, Any] = dict(
+            model=model_path,
+            seed=seed,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            trust_remote_code=trust_remote_code,
+        )
+        if self.on_gpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = enable_sleep
+            if tensor_parallel_size > 1:
+                kwargs["distributed_executor_backend"] = "ray"
+        self.enable_sleep = enable_sleep and self.on_gpu
+        self.llm = LLM(**kwargs)
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+
+    def info(self) -> dict:
+        return {"engine": self.engine_index, "max_model_len": self.max_model_len, "pid": os.getpid()}
+
+    def generate(self, requests: list[dict]) -> tuple[list[list[dict]], float]:
+        """Generate for a list of requests; return per-request sample records and the wall seconds taken.
+
+        A request is `{prompt_token_ids, n, temperature, top_p, max_tokens, seed}` (seed None: the engine's
+        generator; an int: that request's samples depend only on it, not on the engine or the batch).
+        A sample record is `{response, num_tokens, finish_reason}`; temperature 0 is greedy.
+        """
+        if not requests:
+            return [], 0.0
+        t0 = time.perf_counter()
+        prompts = [{"prompt_token_ids": list(r["prompt_token_ids"])} for r in requests]
+        params = [
+            SamplingParams(
+                n=r["n"],
+                temperature=r["temperature"],
+                top_p=r["top_p"] if r["temperature"] > 0 else 1.0,
+                max_tokens=r["max_tokens"],
+                seed=r.get("seed"),
+            )
+            for r in requests
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        results = [
+            [
+                {"response": c.text, "num_tokens": len(c.token_ids), "finish_reason": str(c.finish_reason)}
+                for c in sorted(out.outputs, key=lambda c: c.index)
+            ]
+            for out in outputs
+        ]
+        return results, time.perf_counter() - t0
+
+    # -- weight updates ------------------------------------------------------------------------------------------
+
+    def update_weights_from_path(self, path: str) -> float:
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - t0
+
+    def update_weights_from_refs(self, bucket_refs: list) -> float:
+        """`bucket_refs`: a list of Ray object refs, each to a bucket (list of `(name, tensor)`)."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc(_reload_from_refs, args=(bucket_refs,))
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - t0
+
+    def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
+        self.llm.collective_rpc(_init_nccl_group, args=(host, port, rank_offset, world_size))
+
+    def update_weights_nccl(self, buckets_meta: list) -> float:
+        t0 = time.perf_counter()
+        self.llm.collective_rpc(_reload_from_nccl, args=(buckets_meta,))
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - t0
+
+    def reset_prefix_cache(self) -> bool:
+        return bool(self.llm.reset_prefix_cache())
+
+    # -- sharing GPUs with the trainer ---------------------------------------------------------------------------
+
+    def sleep(self) -> None:
+        """Level 1: weights offloaded to CPU, KV cache discarded. A no-op on CPU or without sleep mode."""
+        if self.enable_sleep:
+            self.llm.sleep(level=1)
+
+    def wake(self) -> None:
+        if self.enable_sleep:
+            self.llm.wake_up()
+            self.llm.reset_prefix_cache()
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
