@@ -289,8 +289,9 @@ def _expr_of(s: str):
     return leaf.value if leaf.kind == "expr" else sympy.Rational(leaf.value.numerator, leaf.value.denominator)
 
 
-def _equation_eq(a: tuple, b: tuple) -> bool:
-    """l1 = r1 and l2 = r2 are the same equation when (l1 - r1) / (l2 - r2) is a nonzero constant."""
+def _equation_eq(a: tuple, b: tuple, positive: bool = False) -> bool:
+    """l1 = r1 and l2 = r2 are the same equation when (l1 - r1) / (l2 - r2) is a nonzero constant
+    (a positive one for inequalities, so that x < 5 and 5 < x differ)."""
     from east_ds.latex_math import _points, numeric
 
     e = [_expr_of(x) for x in (a[1], a[2], b[1], b[2])]
@@ -298,13 +299,15 @@ def _equation_eq(a: tuple, b: tuple) -> bool:
         return False
     d1, d2 = e[0] - e[1], e[2] - e[3]
     if d1.free_symbols != d2.free_symbols or not d1.free_symbols:
-        return d1 == d2
+        return bool(d1 == d2)
     ratios = []
     for p in _points(d1.free_symbols):
         v1, v2 = numeric(d1, p), numeric(d2, p)
         if v1 is None or v2 is None or abs(v2) < 1e-12:
             return False
         ratios.append(v1 / v2)
+    if positive and not (abs(ratios[0].imag) < 1e-12 and ratios[0].real > 0):
+        return False
     return all(abs(r - ratios[0]) <= 1e-9 * max(1, abs(ratios[0])) for r in ratios) and abs(ratios[0]) > 1e-12
 
 
@@ -323,7 +326,7 @@ def _struct_eq(a: tuple, b: tuple) -> bool:
     if ka == kb == "eq":
         return _equation_eq(a, b)
     if ka == kb == "rel":
-        return a[1] == b[1] and _equation_eq(("eq", a[2], a[3]), ("eq", b[2], b[3]))
+        return a[1] == b[1] and _equation_eq(("eq", a[2], a[3]), ("eq", b[2], b[3]), positive=True)
     fa, fb = _flat(a), _flat(b)
     if fa is not None and fb is not None:
         return len(fa) == len(fb) and all(map(_struct_eq, fa, fb))

@@ -236,6 +236,7 @@ def normalize(answer: str) -> str:
     s = s.replace("\n", " ").replace("\\\\", " \x01 ")
     s = _strip_wrappers(s)
     s = s.replace("{,}", ",")
+    s = re.sub(r",\\!\s*", ",", s)  # `11,\\! 111` is one number too
     for d in _GLUE:  # `10,\\!080` is one number
         s = s.replace(d, "")
     for d in _DROP:

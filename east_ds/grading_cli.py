@@ -1,0 +1,118 @@
+"""`east-ds grade FILE`: grade a table of responses against gold answers.
+
+Reads a JSONL or Parquet file with columns `response` and `gold`, writes the same rows plus `answer` (the
+extracted final answer, null when none) and `correct` (bool) to `<stem>.graded.jsonl` / `<stem>.graded.parquet`
+beside the input (same format), and prints the accuracy. Bad input (unreadable file or JSON line, missing
+column, no rows) is reported with the file, row and key, and exits with status 2.
+
+    python -m east_ds.grading_cli FILE [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from east_ds.grading import extract_answer, grade
+
+REQUIRED = ("response", "gold")
+
+
+class InputError(Exception):
+    """A problem with the input file; the message names the file, row and key."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the `grade` subcommand on an argparse subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "grade",
+        help="grade responses against gold answers (JSONL or Parquet with columns response, gold)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(p)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="input .jsonl or .parquet with columns `response` and `gold`")
+    p.add_argument("--out", default=None,
+                   help="output path (default: <stem>.graded.jsonl or <stem>.graded.parquet beside FILE)")
+
+
+def _read(path: Path):
+    import pandas as pd
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        try:
+            df = pd.read_parquet(path)
+        except Exception as err:  # pyarrow raises several unrelated types for a corrupt file
+            raise InputError(f"{path}: cannot read Parquet: {err}") from None
+        for key in REQUIRED:
+            if key not in df.columns:
+                raise InputError(f"{path}: missing column {key!r} (columns: {list(df.columns)})")
+        return df
+    rows = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}: row {lineno}: invalid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}: row {lineno}: expected a JSON object")
+            for key in REQUIRED:
+                if key not in row:
+                    raise InputError(f"{path}: row {lineno}: missing key {key!r}")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _default_out(path: Path) -> Path:
+    ext = ".parquet" if path.suffix == ".parquet" else ".jsonl"
+    return path.with_name(path.stem + ".graded" + ext)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Grade args.file; write the graded table; print accuracy. Returns the exit status (2 on bad input)."""
+    path = Path(args.file)
+    try:
+        df = _read(path)
+        if len(df) == 0:
+            raise InputError(f"{path}: no rows")
+        for i, (resp, gold) in enumerate(zip(df["response"], df["gold"]), 1):
+            for key, v in (("response", resp), ("gold", gold)):
+                if v is not None and not isinstance(v, str):
+                    raise InputError(f"{path}: row {i}: key {key!r} must be a string, got {type(v).__name__}")
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    responses = ["" if r is None else r for r in df["response"]]
+    golds = ["" if g is None else str(g) for g in df["gold"]]
+    df["answer"] = [extract_answer(r) for r in responses]
+    df["correct"] = [grade(r, g) for r, g in zip(responses, golds)]
+    out = Path(args.out) if getattr(args, "out", None) else _default_out(path)
+    if out.suffix == ".parquet":
+        df.to_parquet(out, index=False)
+    else:
+        df.to_json(out, orient="records", lines=True, force_ascii=False)
+    acc = float(df["correct"].mean())
+    print(f"{path}: {int(df['correct'].sum())}/{len(df)} correct, accuracy {acc:.4f} -> {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m east_ds.grading_cli", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
