@@ -1,0 +1,434 @@
+"""DeepSpeed ZeRO training engine for entropy-weighted SFT, DPO and KTO. The only module that imports deepspeed.
+
+Works in any process that is one rank of a job: a `deepspeed` launcher process (east_ds.train), a Ray actor
+(east_ds.train_actors), or a plain single process (world of 1, used by tests and benchmarks).
+
+    reference_logprobs(model_path, train_cfg, model_cfg, examples_path, out_path) -> metrics
+    fit(model_path, train_cfg, model_cfg, examples_path, out_dir, resume=True) -> metrics
+
+Departures and choices, numbered:
+1. Batch sizes come only from TrainConfig; the DeepSpeed JSON holds ZeRO policy. micro x accumulation x world
+   != global is an error naming the numbers; a JSON with batch, optimizer, scheduler or clipping fields is an
+   error. Precision comes from ModelConfig.dtype (bf16/fp16 sections are generated).
+2. Loss scaling: each micro-batch's loss is sum_i w_i l_i * world * gas / B (losses.weighted_batch_loss), which
+   cancels DeepSpeed's 1/gas and rank averaging exactly.
+3. KTO's z0 is estimated per global batch (no-grad forward over all the step's KL pairs, all-reduced) before
+   the step's backward passes, so it does not change with the split. TRL estimates it per micro-batch.
+4. The last incomplete global batch of an epoch is dropped; the data order is a function of (seed, epoch), so
+   the step number is the whole data-order position saved in the DeepSpeed checkpoint.
+5. The model is reloaded from `model_path` on every call (nothing is kept between iterations).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from east_ds import train_data as td
+from east_ds.config import ModelConfig, TrainConfig
+from east_ds.losses import (
+    dpo_loss, kto_loss, kto_reference_point, sequence_logps, sft_loss, weighted_batch_loss,
+)
+from east_ds.schema import REFERENCE_COLUMNS
+from east_ds.tables import append_jsonl, read_table, write_json, write_table
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                     "optimizer", "scheduler", "gradient_clipping")
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distributed setup and DeepSpeed config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join (or create, for a lone process) the process group: gloo on CPU, nccl on CUDA. Returns (rank, world)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # a lone process: a world of one on loopback
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=str(_free_port()))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown_distributed() -> None:
+    """barrier + destroy_process_group (PLATFORM.md: a rank can abort at exit without it)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def resolve_path(p: str) -> Path:
+    """A DeepSpeed JSON path as given, else relative to the repository root."""
+    q = Path(p)
+    if q.is_file() or q.is_absolute():
+        return q
+    return REPO_ROOT / q
+
+
+def build_ds_config(train_cfg: TrainConfig, model_cfg: ModelConfig, world_size: int, training: bool = True) -> dict:
+    """The full DeepSpeed config: ZeRO policy from the JSON, everything else generated from the configs."""
+    path = resolve_path(train_cfg.deepspeed_config)
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepSpeed config {train_cfg.deepspeed_config!r} not found (looked at {path})")
+    cfg = json.loads(path.read_text())
+    bad = [k for k in FORBIDDEN_DS_KEYS if k in cfg]
+    if bad:
+        raise ValueError(f"{path}: sets {bad}; batch sizes, optimizer, schedule and clipping come from TrainConfig "
+                         f"(training.*), the JSON holds ZeRO policy only")
+    m, g, B = train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, train_cfg.global_batch_size
+    if m * g * world_size != B:
+        raise ValueError(f"micro_batch_size ({m}) x gradient_accumulation_steps ({g}) x world size ({world_size}) "
+                         f"= {m * g * world_size} != global_batch_size ({B})")
+    want_bf16, want_fp16 = model_cfg.dtype == "bfloat16", model_cfg.dtype == "float16"
+    for key, want in (("bf16", want_bf16), ("fp16", want_fp16)):
+        if key in cfg and bool(cfg[key].get("enabled", False)) != want:
+            raise ValueError(f"{path}: {key}.enabled disagrees with model.dtype={model_cfg.dtype!r}; "
+                             f"leave precision to model.dtype")
+    cfg["bf16"] = {"enabled": want_bf16}
+    cfg["fp16"] = {"enabled": want_fp16, **({"initial_scale_power": 16} if want_fp16 else {})}
+    cfg.update(train_micro_batch_size_per_gpu=m, gradient_accumulation_steps=g, train_batch_size=B)
+    zero = cfg.setdefault("zero_optimization", {"stage": 0})
+    if training:
+        offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+        cfg["optimizer"] = {"type": "AdamW", "params": {
+            "lr": train_cfg.lr, "betas": list(train_cfg.adam_betas), "eps": train_cfg.adam_eps,
+            "weight_decay": train_cfg.weight_decay,
+            # torch's AdamW needs no compilation; offloaded optimizers need DeepSpeed's CPUAdam
+            **({} if offload else {"torch_adam": True}),
+        }}
+        cfg["gradient_clipping"] = train_cfg.grad_clip
+    elif zero.get("stage", 0) != 3:
+        cfg["zero_optimization"] = {"stage": 0}  # a no-grad forward needs no optimizer sharding
+    return cfg
+
+
+def linear_schedule(total_steps: int, warmup_ratio: float):
+    """LR multiplier: linear warmup over ceil(ratio x total) steps, then linear decay to 0 at total_steps.
+    Step 0 uses (1 / (warmup + 1)) when warming up, 1 when not."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return f
+
+
+def load_model(model_path: str, model_cfg: ModelConfig, ds_config: dict):
+    """(model, tokenizer, keepalive). ZeRO-3 loads partitioned through HfDeepSpeedConfig, which must stay alive
+    (the caller holds `keepalive`) until deepspeed.initialize; zero.Init crashed with transformers 5.19."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations import HfDeepSpeedConfig
+
+    p = Path(model_path)
+    if (p.is_absolute() or model_path.startswith((".", "/")) or os.path.sep in model_path) and not p.exists():
+        raise FileNotFoundError(f"model path {model_path!r} does not exist")
+    keepalive = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"].get("stage", 0) == 3 else None
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[model_cfg.dtype]
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
+                                                     trust_remote_code=model_cfg.trust_remote_code)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot load model {model_path!r}: {e}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.config.use_cache = False
+    return model, tok, keepalive
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The engine
+
+
+class TrainingEngine:
+    """A DeepSpeed engine around a causal LM, with the weighted losses. One per rank per call."""
+
+    def __init__(self, model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, total_steps: int = 1,
+                 training: bool = True):
+        import deepspeed
+
+        self.cfg, self.model_cfg = train_cfg, model_cfg
+        self.rank, self.world = init_distributed()
+        self.ds_config = build_ds_config(train_cfg, model_cfg, self.world, training)
+        model, self.tokenizer, self._hf_ds = load_model(model_path, model_cfg, self.ds_config)
+        if training and train_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.stage = self.ds_config["zero_optimization"].get("stage", 0)
+        kw = {}
+        if training:
+            sched = linear_schedule(total_steps, train_cfg.warmup_ratio)
+            kw = {"model_parameters": [p for p in model.parameters() if p.requires_grad],
+                  "lr_scheduler": lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, sched)}
+        self.engine, *_ = deepspeed.initialize(model=model, config=self.ds_config, **kw)
+        self.engine.train(training)
+        self.pad_id = self.tokenizer.pad_token_id
+
+    # -- forward ---------------------------------------------------------------------------------------------
+    def _logps(self, ids, attn, lmask, per_token_mean: bool = False) -> torch.Tensor:
+        dev = self.engine.device
+        logits = self.engine(input_ids=ids.to(dev), attention_mask=attn.to(dev), use_cache=False).logits
+        if per_token_mean:
+            return sft_loss(logits, ids.to(dev), lmask.to(dev))
+        return sequence_logps(logits, ids.to(dev), lmask.to(dev))
+
+    def example_losses(self, mb: dict, z0: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example losses (m,) of one micro-batch from train_data.micro_batch_tensors."""
+        loss = self.cfg.loss
+        dev = self.engine.device
+        if loss == "sft":
+            return self._logps(mb["input_ids"], mb["attention_mask"], mb["loss_mask"], per_token_mean=True)
+        ref = mb["ref"].to(dev)
+        lp = self._logps(mb["input_ids"], mb["attention_mask"], mb["loss_mask"])
+        if loss == "dpo":
+            m = int(mb["num_examples"])
+            return dpo_loss(lp[:m], lp[m:], ref[:, 0], ref[:, 1], self.cfg.beta)
+        return kto_loss(lp, ref[:, 0], mb["labels"].to(dev), z0.to(dev), self.cfg.beta,
+                        self.cfg.kto_desirable_weight, self.cfg.kto_undesirable_weight)
+
+    def kto_z0(self, micro_batches: list[dict]) -> torch.Tensor:
+        """z0 of one global batch: no-grad forward over this rank's KL pairs, summed and all-reduced."""
+        import deepspeed.comm as dist
+
+        acc = torch.zeros(2, dtype=torch.float64)
+        with torch.no_grad():
+            for mb in micro_batches:
+                lp = self._logps(mb["kl_input_ids"], mb["kl_attention_mask"], mb["kl_loss_mask"]).double().cpu()
+                acc += torch.stack([(lp - mb["ref"][:, 1].double()).sum(), torch.tensor(float(len(lp)))])
+        acc = acc.to(self.engine.device)
+        dist.all_reduce(acc)
+        return kto_reference_point(acc[0].float(), acc[1].float())
+
+    # -- one optimizer step -----------------------------------------------------------------------------------
+    def train_step(self, micro_batches: list[dict]) -> dict:
+        """Forward/backward over this rank's micro-batches of one step, then the optimizer step. Metrics are
+        global (all-reduced): loss = sum_i w_i l_i / B, loss_unweighted = sum_i l_i / B."""
+        import deepspeed.comm as dist
+
+        t0 = time.perf_counter()
+        lr = float(self.engine.get_lr()[0])
+        B = self.cfg.global_batch_size
+        z0 = self.kto_z0(micro_batches) if self.cfg.loss == "kto" else None
+        acc = torch.zeros(4, dtype=torch.float64)  # sum w l, sum l, real tokens, padded positions
+        for mb in micro_batches:
+            per = self.example_losses(mb, z0)
+            w = mb["weights"].to(per.device)
+            loss = weighted_batch_loss(per, w, B, self.world, self.cfg.gradient_accumulation_steps)
+            self.engine.backward(loss)
+            self.engine.step()
+            real, total = td.num_tokens(mb)
+            acc += torch.tensor([float((w * per.detach()).double().sum()), float(per.detach().double().sum()),
+                                 real, total], dtype=torch.float64)
+        acc = acc.to(self.engine.device)
+        dist.all_reduce(acc)
+        acc = acc.cpu()
+        dt = time.perf_counter() - t0
+        gn = self.engine.get_global_grad_norm()
+        out = {"loss": acc[0].item() / B, "loss_unweighted": acc[1].item() / B, "lr": lr,
+               "grad_norm": float(gn) if gn is not None else float("nan"), "step_time": dt,
+               "tokens": int(acc[2]), "tokens_per_s": acc[2].item() / dt, "padding_frac": 1 - acc[2].item() /
+               max(1.0, acc[3].item())}
+        if z0 is not None:
+            out["kto_z0"] = float(z0)
+        return out
+
+    @torch.no_grad()
+    def eval_losses(self, micro_batches: list[dict]) -> torch.Tensor:
+        """Per-example losses of micro-batches without a step (z0 computed from them for KTO)."""
+        z0 = self.kto_z0(micro_batches) if self.cfg.loss == "kto" else None
+        return torch.cat([self.example_losses(mb, z0).detach().cpu() for mb in micro_batches])
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def save_checkpoint(self, ckpt_dir: Path, step: int, client_state: dict) -> None:
+        """DeepSpeed checkpoint `step_<n>` (all ranks), then rank 0 removes older ones."""
+        import deepspeed.comm as dist
+
+        self.engine.save_checkpoint(str(ckpt_dir), tag=f"step_{step}", client_state={**client_state, "step": step})
+        dist.barrier()
+        if self.rank == 0:
+            for old in ckpt_dir.glob("step_*"):
+                if old.name != f"step_{step}":
+                    shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+    def load_checkpoint(self, ckpt_dir: Path) -> dict | None:
+        """client_state of the latest checkpoint in ckpt_dir (weights, optimizer, schedule restored), or None."""
+        if not (ckpt_dir / "latest").is_file():
+            return None
+        path, client = self.engine.load_checkpoint(str(ckpt_dir))
+        if path is None:
+            raise RuntimeError(f"{ckpt_dir}: DeepSpeed could not load the latest checkpoint")
+        return client
+
+    def export_hf(self, out_dir: Path) -> None:
+        """A save_pretrained directory (consolidated from ZeRO-3) plus the tokenizer; written to a temp dir and
+        renamed, so out_dir is either complete or absent."""
+        import deepspeed.comm as dist
+
+        if self.stage == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()  # gathered on rank 0, in training dtype
+        else:
+            state = self.engine.module.state_dict() if self.rank == 0 else None
+        if self.rank == 0:
+            tmp = out_dir.with_name(out_dir.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            module = self.engine.module
+            module.config.use_cache = True
+            module.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+            module.config.use_cache = False
+            self.tokenizer.save_pretrained(str(tmp))
+            shutil.rmtree(out_dir, ignore_errors=True)
+            os.replace(tmp, out_dir)
+        dist.barrier()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.engine.destroy()
+        self.engine = None
+        self._hf_ds = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Phases
+
+
+def reference_logprobs(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, examples_path: str,
+                       out_path: str) -> dict:
+    """Summed response log-probs of the frozen starting model for DPO/KTO, stored as REFERENCE_COLUMNS.
+
+    Every rank scores a strided share of the examples; rank 0 writes `out_path` = the usable rows of the
+    examples table (rows dropped by tokenisation are left out and counted) plus the reference columns.
+    """
+    import deepspeed.comm as dist
+
+    loss = train_cfg.loss
+    if loss == "sft":
+        raise ValueError("SFT needs no reference log-probs (training.loss is 'sft')")
+    t0 = time.perf_counter()
+    eng = TrainingEngine(model_path, train_cfg, model_cfg, training=False)
+    df = read_table(examples_path)
+    ex = td.tokenize_examples(df, eng.tokenizer, loss, train_cfg.max_len, train_cfg.max_prompt_len,
+                              where=str(examples_path))
+    mine = list(range(eng.rank, len(ex), eng.world))
+    m = train_cfg.micro_batch_size
+    n_batches = td.ceil_div(td.ceil_div(len(ex), eng.world), m)  # equal on all ranks (ZeRO-3 forwards together)
+    results = []
+    with torch.no_grad():
+        for b in range(n_batches):
+            idx = mine[b * m : (b + 1) * m]
+            real = len(idx)
+            idx = idx + [0] * (m - real)  # filler so every rank forwards the same number of batches
+            n_cols = len(ex.seqs[0])
+            batch = td.collate([ex.seqs[j][c] for c in range(n_cols) for j in idx], eng.pad_id)
+            lp = eng._logps(batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).double().cpu()
+            lp = lp.view(n_cols, m).T  # (m, n_cols)
+            results.extend((idx[k], lp[k].tolist()) for k in range(real))
+    gathered = [None] * eng.world
+    dist.all_gather_object(gathered, results)
+    metrics = {"rows": ex.stats["rows"], "kept": len(ex), **ex.stats, "seconds": time.perf_counter() - t0}
+    if eng.rank == 0:
+        ref = np.full((len(ex), len(REFERENCE_COLUMNS[loss])), np.nan)
+        for part in gathered:
+            for j, vals in part:
+                ref[j] = vals
+        out = df.iloc[ex.rows].reset_index(drop=True).copy()
+        for c, col in enumerate(REFERENCE_COLUMNS[loss]):
+            out[col] = ref[:, c]
+        write_table(out, out_path)
+    dist.barrier()
+    eng.close()
+    return metrics
+
+
+def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, examples_path: str, out_dir: str,
+        resume: bool = True, progress: bool = True) -> dict:
+    """Train on examples_path; DeepSpeed checkpoints in out_dir/ds_checkpoint, HF export in out_dir/hf,
+    per-step metrics in out_dir/metrics.jsonl. With `resume`, continue from the latest DeepSpeed checkpoint
+    (weights, optimizer, schedule and data position). Stops after train_cfg.max_steps total steps if set."""
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    ckpt_dir = out / "ds_checkpoint"
+    df = read_table(examples_path)
+    from transformers import AutoTokenizer  # tokenise before building the engine: bad input fails fast
+
+    if not Path(model_path).exists() and (model_path.startswith((".", "/")) or os.path.sep in model_path):
+        raise FileNotFoundError(f"model path {model_path!r} does not exist")
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
+    ex = td.tokenize_examples(df, tok, train_cfg.loss, train_cfg.max_len, train_cfg.max_prompt_len,
+                              where=str(examples_path), need_reference=train_cfg.loss != "sft")
+    lengths = ex.lengths()
+    steps = td.plan(lengths, train_cfg.global_batch_size, train_cfg.micro_batch_size, train_cfg.epochs,
+                    train_cfg.seed, train_cfg.group_by_length, train_cfg.length_group_size)
+    total = len(steps)
+    stop = min(total, train_cfg.max_steps) if train_cfg.max_steps > 0 else total
+    fingerprint = {"examples": len(ex), "global_batch_size": train_cfg.global_batch_size, "seed": train_cfg.seed,
+                   "epochs": train_cfg.epochs, "total_steps": total}
+    eng = TrainingEngine(model_path, train_cfg, model_cfg, total_steps=total)
+    start = 0
+    if resume:
+        client = eng.load_checkpoint(ckpt_dir)
+        if client is not None:
+            got = {k: client.get(k) for k in fingerprint}
+            if got != fingerprint:
+                raise ValueError(f"{ckpt_dir}: checkpoint was made for {got}, this run is {fingerprint}")
+            start = int(client["step"])
+            log.info("resumed from %s at step %d", ckpt_dir, start)
+    seq_lens = [[len(ids) for ids, _ in s] for s in ex.seqs]
+    metrics_path = out / "metrics.jsonl"
+    bar = None
+    if eng.rank == 0 and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=stop, initial=start, desc=f"train {train_cfg.loss}", unit="step")
+    last: dict = {}
+    spe = total // train_cfg.epochs
+    for s in range(start, stop):
+        mbs = [td.micro_batch_tensors(ex, idx, eng.pad_id) for idx in td.rank_micro_batches(steps[s], eng.rank,
+                                                                                             eng.world)]
+        last = eng.train_step(mbs)
+        w = ex.weights[[j for mb in steps[s] for j in mb]]
+        last.update(step=s + 1, epoch=s // spe, weight_min=float(w.min()), weight_mean=float(w.mean()),
+                    weight_max=float(w.max()))
+        if eng.rank == 0:
+            append_jsonl(last, metrics_path)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+        if train_cfg.save_every_steps and (s + 1) % train_cfg.save_every_steps == 0 and s + 1 < stop:
+            eng.save_checkpoint(ckpt_dir, s + 1, fingerprint)
+    if bar is not None:
+        bar.close()
+    if stop > start or not (ckpt_dir / "latest").is_file():
+        eng.save_checkpoint(ckpt_dir, stop, fingerprint)
+    eng.export_hf(out / "hf")
+    summary = {"steps": stop, "total_steps": total, "start_step": start, "examples": len(ex), **ex.stats,
+               "padding_frac_plan": td.padding_fraction(steps, seq_lens), "seconds": time.perf_counter() - t_start,
+               "world_size": eng.world, **{f"last_{k}": v for k, v in last.items()}}
+    if eng.rank == 0:
+        write_json(summary, out / "train_summary.json")
+    eng.close()
+    return summary
