@@ -294,7 +294,8 @@ def plot_phases(run: Run, out: Path) -> Path | None:
     ax.set_xlabel("iteration")
     ax.set_ylabel("seconds")
     ax.set_title(f"Time per phase: {run.label}")
-    ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    handles, labels = ax.get_legend_handles_labels()  # legend top-down in the same order as the stack
+    ax.legend(handles[::-1], labels[::-1], fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -1,0 +1,144 @@
+"""Metrics sinks: where the driver's per-phase metric dicts go. Only the driver logs, on rank 0.
+
+    sink = make_sink(run_dir, rank)      # JSONL (+ TensorBoard if installed) on rank 0, a no-op elsewhere
+    sink.log({"iteration": k, "eval_accuracy": 0.41, "phase_seconds": {...}}, step=k)
+    sink.close()
+
+`JsonlSink` writes one JSON object per call to `run_dir/metrics.jsonl` (the file `east-ds report` reads).
+`TensorBoardSink` flattens nested dicts to `a/b` scalar tags and skips values that are not numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Sink(Protocol):
+    def log(self, metrics: dict, step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullSink:
+    """Discards everything (ranks other than 0, tests)."""
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class JsonlSink:
+    """Appends one JSON line per `log` call. The line is written with a single `write` on an O_APPEND file and
+    flushed to disk, so a crash leaves at most one torn final line (which `tables.read_jsonl` skips); a later
+    append (a resumed run) first ends such a torn line, so it never swallows the new record.
+
+    `step` is stored under "step" unless the metrics already carry that key.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, metrics: dict, step: int) -> None:
+        record = {"step": step, **metrics}
+        line = (json.dumps(record, default=_json_default, allow_nan=True) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # end a torn last line left by a crash
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        pass
+
+
+def _json_default(v: Any) -> Any:
+    """numpy scalars, Paths and the like: a number if it is one, else its string."""
+    try:
+        return float(v) if hasattr(v, "__float__") and not isinstance(v, str) else str(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def flatten_scalars(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """{"a": {"b": 1, "c": "x"}, "d": True} -> {"a/b": 1.0, "d": 1.0}: nested keys joined by '/', numbers only
+    (bools count as 0/1; strings, lists, None and NaN/inf are skipped)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        tag = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten_scalars(value, tag))
+            continue
+        try:
+            if isinstance(value, (str, bytes)) or value is None:
+                continue
+            x = float(value)  # int, float, bool, numpy scalar, 0-d tensor
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(x):
+            out[tag] = x
+    return out
+
+
+def tensorboard_available() -> bool:
+    """True when a SummaryWriter can be imported (torch.utils.tensorboard needs the tensorboard package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+class TensorBoardSink:
+    """Scalars to TensorBoard event files in `log_dir`. Build it only when `tensorboard_available()`."""
+
+    def __init__(self, log_dir: str | Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, metrics: dict, step: int) -> None:
+        for tag, value in flatten_scalars(metrics).items():
+            self.writer.add_scalar(tag, value, global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MultiSink:
+    """Fans each call out to several sinks, in order."""
+
+    def __init__(self, sinks: list[Sink]):
+        self.sinks = list(sinks)
+
+    def log(self, metrics: dict, step: int) -> None:
+        for s in self.sinks:
+            s.log(metrics, step)
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()
+
+
+def make_sink(run_dir: str | Path, rank: int = 0, tensorboard: bool | None = None) -> Sink:
+    """Rank 0: JSONL at run_dir/metrics.jsonl, plus TensorBoard at run_dir/tensorboard when it is installed
+    (`tensorboard=None`) or asked for (`True`: an ImportError if it is not installed). Other ranks: NullSink."""
+    if rank != 0:
+        return NullSink()
+    run_dir = Path(run_dir)
+    sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl")]
+    if tensorboard or (tensorboard is None and tensorboard_available()):
+        sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+    return MultiSink(sinks)
