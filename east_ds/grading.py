@@ -114,6 +114,8 @@ def _structure(s: str, depth: int = 0) -> tuple:
     parts = _split_top(s, ("\\cup",))
     if len(parts) > 1:
         return ("union", tuple(_structure(p, depth + 1) for p in parts))
+    if len(s) > 2 and s[0] in "([" and s[-1] in ")]" and s[1:].lstrip().startswith("\\begin{"):
+        s = s[1:-1].strip()  # `\left[\begin{array}..\end{array}\right]`: the brackets are the matrix's own
     mm = _MATRIX.fullmatch(s)
     if mm:
         rows = [r for r in mm.group(2).split("\\\\") if r.strip()]
