@@ -1,0 +1,136 @@
+"""The run directory: where each phase's output lives, and whether it is finished.
+
+    runs/<name>/config.yaml            the resolved config (a rerun with a different config is refused)
+    runs/<name>/metrics.jsonl          one line per finished iteration, rebuilt from the iterations' metrics.json
+    runs/<name>/iter_0/                evaluation of the starting model
+    runs/<name>/iter_<k>/rollouts.parquet, graded.parquet, questions.parquet, examples.parquet,
+                         train/ (DeepSpeed checkpoints, resumable), checkpoint/ (Hugging Face layout),
+                         eval.parquet, metrics.json
+
+Every file is written atomically (temp file + rename) and `checkpoint/` is renamed into place whole, so "the
+output exists" means "the phase finished": a rerun after a crash skips finished phases and redoes only the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from east_ds.config import RunConfig, to_dict
+from east_ds.tables import read_jsonl, write_json
+
+
+class RunDirError(RuntimeError):
+    """The run directory holds a different run."""
+
+
+@dataclass(frozen=True)
+class IterDir:
+    path: Path
+
+    @property
+    def rollouts(self) -> Path:
+        return self.path / "rollouts.parquet"
+
+    @property
+    def questions(self) -> Path:
+        return self.path / "questions.parquet"
+
+    @property
+    def examples(self) -> Path:
+        return self.path / "examples.parquet"
+
+    @property
+    def train(self) -> Path:
+        return self.path / "train"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint"
+
+    @property
+    def eval(self) -> Path:
+        return self.path / "eval.parquet"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+
+class RunDir:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.path = cfg.run_dir
+
+    def iteration(self, k: int) -> IterDir:
+        return IterDir(self.path / f"iter_{k}")
+
+    def claim(self) -> None:
+        """Write config.yaml, or check that an existing one describes the same run (a resume)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        mine = to_dict(self.cfg)
+        f = self.path / "config.yaml"
+        if f.exists():
+            theirs = yaml.safe_load(f.read_text()) or {}
+            diff = _diff(theirs, mine)
+            # The number of iterations may grow: extending a finished run is a resume.
+            diff = [d for d in diff if d != "iterations"]
+            if diff:
+                raise RunDirError(
+                    f"{self.path} holds a run with a different config (keys {diff}); "
+                    "use another `name=` or `output_dir=`, or delete the directory"
+                )
+        tmp = f.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(mine, sort_keys=False))
+        os.replace(tmp, f)
+
+    def policy_path(self) -> str:
+        """The latest finished checkpoint, or the starting model."""
+        k = self.last_checkpoint()
+        return str(self.iteration(k).checkpoint) if k > 0 else self.cfg.model.path
+
+    def last_checkpoint(self) -> int:
+        k = 0
+        while self.iteration(k + 1).checkpoint.is_dir():
+            k += 1
+        return k
+
+    def publish_checkpoint(self, it: IterDir, exported: Path) -> None:
+        """Move the trainer's Hugging Face export into `checkpoint/` in one rename."""
+        if it.checkpoint.exists():
+            shutil.rmtree(it.checkpoint)
+        os.replace(exported, it.checkpoint)
+
+    def write_iteration_metrics(self, it: IterDir, metrics: dict) -> None:
+        write_json(metrics, it.metrics)
+        self.rebuild_metrics_log()
+
+    def rebuild_metrics_log(self) -> None:
+        """metrics.jsonl from the iterations' metrics.json: rebuilt, never appended, so a rerun adds no duplicates."""
+        lines = []
+        k = 0
+        while self.iteration(k).path.is_dir():
+            m = self.iteration(k).metrics
+            if m.is_file():
+                lines.append(json.dumps(json.loads(m.read_text()), sort_keys=True))
+            k += 1
+        tmp = self.path / "metrics.jsonl.tmp"
+        tmp.write_text("".join(line + "\n" for line in lines))
+        os.replace(tmp, self.path / "metrics.jsonl")
+
+    def metrics_log(self) -> list[dict]:
+        return read_jsonl(self.path / "metrics.jsonl")
+
+
+def _diff(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if a == b else [prefix]

@@ -1,0 +1,61 @@
+"""Config parsing: YAML sections, key=value overrides, and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from east_ds.config import ConfigError, RunConfig, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    t = cfg.training
+    assert t.micro_batch_size * t.gradient_accumulation_steps * t.num_ranks == t.global_batch_size
+
+
+def test_paper_settings():
+    sft = load_config(CONFIGS[0].parent / "gsm8k_sft_east.yaml")
+    dpo = load_config(CONFIGS[0].parent / "math_dpo_vanilla.yaml")
+    assert (sft.training.lr, sft.training.epochs, sft.training.global_batch_size) == (2e-6, 3, 16)
+    assert sft.weighting.a == 1.0 and dpo.weighting.a == 0.0
+    assert dpo.training.lr == 2e-7 and dpo.training.beta == 0.01 and dpo.training.max_prompt_len == 512
+
+
+def test_overrides_and_types(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: x\ntraining:\n  lr: 1.0e-5\n")
+    cfg = load_config(f, ["weighting.a=-1.5", "training.epochs=2", "rollout.n=4", "data.train_limit=null"])
+    assert cfg.training.lr == 1e-5 and cfg.weighting.a == -1.5 and cfg.training.epochs == 2
+    assert cfg.rollout.n == 4 and cfg.data.train_limit is None
+    # an int is accepted where a float is expected, and stored as a float
+    assert load_config(f, ["weighting.a=2"]).weighting.a == 2.0
+
+
+@pytest.mark.parametrize("override, message", [
+    (["training.lrr=1"], "training.lrr"),
+    (["colour=red"], "colour"),
+    (["training.epochs=three"], "training.epochs"),
+    (["training.loss=ppo"], "training.loss"),
+    (["rollout.n=1.5"], "rollout.n"),
+    (["training.gradient_checkpointing=1"], "training.gradient_checkpointing"),
+    (["training=3"], "training"),
+    (["nonsense"], "key=value"),
+])
+def test_errors_name_the_key(tmp_path, override, message):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: x\n")
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(f, override)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
