@@ -233,12 +233,15 @@ class TrainingEngine:
         lr = float(self.engine.get_lr()[0])
         B = self.cfg.global_batch_size
         z0 = self.kto_z0(micro_batches) if self.cfg.loss == "kto" else None
+        own_norm = None
         acc = torch.zeros(4, dtype=torch.float64)  # sum w l, sum l, real tokens, padded positions
         for mb in micro_batches:
             per = self.example_losses(mb, z0)
             w = mb["weights"].to(per.device)
             loss = weighted_batch_loss(per, w, B, self.world, self.cfg.gradient_accumulation_steps)
             self.engine.backward(loss)
+            if self.stage == 0 and self.engine.is_gradient_accumulation_boundary():
+                own_norm = self._grad_norm()  # fp32 stage 0: DeepSpeed clips without recording the norm
             self.engine.step()
             real, total = td.num_tokens(mb)
             acc += torch.tensor([float((w * per.detach()).double().sum()), float(per.detach().double().sum()),
@@ -248,6 +251,8 @@ class TrainingEngine:
         acc = acc.cpu()
         dt = time.perf_counter() - t0
         gn = self.engine.get_global_grad_norm()
+        if gn is None and self.stage == 0:
+            gn = own_norm
         out = {"loss": acc[0].item() / B, "loss_unweighted": acc[1].item() / B, "lr": lr,
                "grad_norm": float(gn) if gn is not None else float("nan"), "step_time": dt,
                "tokens": int(acc[2]), "tokens_per_s": acc[2].item() / dt, "padding_frac": 1 - acc[2].item() /
@@ -255,6 +260,11 @@ class TrainingEngine:
         if z0 is not None:
             out["kto_z0"] = float(z0)
         return out
+
+    @torch.no_grad()
+    def _grad_norm(self) -> float:
+        grads = [p.grad.double().pow(2).sum() for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.stack(grads).sum().sqrt()) if grads else float("nan")
 
     @torch.no_grad()
     def eval_losses(self, micro_batches: list[dict]) -> torch.Tensor:
