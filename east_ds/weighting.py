@@ -158,7 +158,8 @@ def grade_rollouts(
             raise WeightingError(
                 f"{where}: question {qid!r} has {len(group)} response; entropy needs n >= 2 samples per question"
             )
-        ids, correct = grade_question(group["answer"].tolist(), golds[0], cluster, is_equivalent)
+        answers = [a if isinstance(a, str) else None for a in group["answer"]]  # pandas turns None into NaN
+        ids, correct = grade_question(answers, golds[0], cluster, is_equivalent)
         df.loc[group.index, "cluster"] = ids
         df.loc[group.index, "correct"] = correct
         stats = question_stats(ids, correct)
