@@ -1,0 +1,190 @@
+"""Rollout and evaluation stages: questions in, a Parquet table of sampled (or greedy) responses out.
+
+run_rollout  n samples per question (EAST step 1) -> out_dir/rollouts.parquet, one row per sample
+run_eval     greedy, one sample per question, graded  -> eval.parquet, {"accuracy", "n", "n_skipped"}
+
+Resume. A rollout is cut into shards of `cfg.shard_size` questions; each finished shard is written atomically to
+out_dir/shards/shard_NNNNN.parquet as it arrives, then all are consolidated into rollouts.parquet. A rerun after a
+crash generates only the shards whose files are missing. shards/manifest.json records the settings and the
+question ids; a rerun with different ones is an error rather than a silent mix of two rollouts.
+
+Seeds. Question j of shard k is sampled with seed hash(cfg.seed, k, j) (vLLM's per-request seed; sample i of
+the question uses seed + i inside vLLM), so a shard's samples do not depend on which engine ran it and a retried
+or regenerated shard reproduces them. Hashing keeps the seed ranges of different questions apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from east_ds.config import RolloutConfig
+from east_ds.data import SYSTEM_PROMPT, render_prompt
+from east_ds.engine_pool import EnginePool, Sampling
+from east_ds.schema import ROLLOUT_COLUMNS
+from east_ds.tables import read_table, write_json, write_table
+
+EXTRA_COLUMNS = ("engine", "seconds", "skip_reason", "seed")
+
+
+def request_seed(seed: int, shard: int, position: int) -> int:
+    """The vLLM seed of question `position` in shard `shard`: a stable 31-bit hash, not seed + something."""
+    h = hashlib.sha256(f"east-rollout:{seed}:{shard}:{position}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def _prompts(questions: pd.DataFrame, tokenizer, system_prompt: str) -> tuple[list[str], list[list[int]]]:
+    texts = [render_prompt(tokenizer, q, system_prompt) for q in questions["question"].astype(str)]
+    # The rendered prompt already holds the template's BOS (data.render_prompt).
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    return texts, ids
+
+
+def _rows(q: dict, prompt: str, samples: list[dict], seed: int | None) -> list[dict]:
+    return [
+        {"question_id": str(q["question_id"]), "sample_index": i, "question": str(q["question"]),
+         "gold": str(q["gold"]), "prompt": prompt, "response": s["response"], "num_tokens": int(s["num_tokens"]),
+         "finish_reason": s["finish_reason"], "engine": int(s["engine"]), "seconds": float(s["seconds"]),
+         "skip_reason": s.get("skip_reason", ""), "seed": -1 if seed is None else int(seed)}
+        for i, s in enumerate(samples)
+    ]
+
+
+def _shard_path(out_dir: Path, k: int) -> Path:
+    return out_dir / "shards" / f"shard_{k:05d}.parquet"
+
+
+def run_rollout(
+    pool: EnginePool,
+    questions: pd.DataFrame,
+    tokenizer,
+    cfg: RolloutConfig,
+    out_dir: str | Path,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> pd.DataFrame:
+    """Sample cfg.n responses per question; write out_dir/rollouts.parquet (ROLLOUT_COLUMNS + EXTRA_COLUMNS).
+
+    `questions` has question_id, question, gold. Resumable (see the module docstring). Rows are in question
+    order, then sample_index. The returned frame's `attrs["stats"]` (also out_dir/rollout_stats.json) counts the
+    shards generated and reused, tokens and seconds.
+    """
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    questions = questions.reset_index(drop=True)
+    sampling = Sampling(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    size = max(1, cfg.shard_size)
+    num_shards = (len(questions) + size - 1) // size
+
+    manifest = {
+        "n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+        "seed": cfg.seed, "shard_size": size, "system_prompt": system_prompt, "num_shards": num_shards,
+        "question_ids": hashlib.sha256("\n".join(questions["question_id"].astype(str)).encode()).hexdigest(),
+    }
+    manifest_path = out_dir / "shards" / "manifest.json"
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old != manifest:
+            diff = sorted(k for k in manifest if old.get(k) != manifest[k])
+            raise ValueError(f"{out_dir}: existing shards were made with different settings ({diff}); "
+                             f"use another out_dir or delete {out_dir / 'shards'}")
+    else:
+        write_json(manifest, manifest_path)
+
+    prompts, ids = _prompts(questions, tokenizer, system_prompt)
+    records = questions.to_dict("records")
+    missing = [k for k in range(num_shards) if not _shard_path(out_dir, k).is_file()]
+
+    # Requests of the missing shards; prompts too long to fit are recorded as skipped without an engine call.
+    shards, skipped = [], {}
+    for k in missing:
+        reqs, slots = [], []
+        for j in range(k * size, min((k + 1) * size, len(questions))):
+            seed = request_seed(cfg.seed, k, j - k * size)
+            reason = pool.fits(len(ids[j]), sampling.max_new_tokens)
+            if reason:
+                skipped[j] = reason
+            else:
+                reqs.append(pool.request(ids[j], sampling, seed))
+                slots.append(j)
+        shards.append((k, reqs, slots))
+    slots_of = {k: slots for k, _, slots in shards}
+
+    def write_shard(k: int, results: list[list[dict]]) -> None:
+        by_q = dict(zip(slots_of[k], results))
+        rows = []
+        for j in range(k * size, min((k + 1) * size, len(questions))):
+            seed = request_seed(cfg.seed, k, j - k * size)
+            if j in skipped:
+                samples = [{"response": "", "num_tokens": 0, "finish_reason": "skipped", "engine": -1,
+                            "seconds": 0.0, "skip_reason": skipped[j]} for _ in range(cfg.n)]
+            else:
+                samples = by_q[j]
+            rows += _rows(records[j], prompts[j], samples, seed)
+        write_table(pd.DataFrame(rows, columns=list(ROLLOUT_COLUMNS + EXTRA_COLUMNS)), _shard_path(out_dir, k))
+
+    empty = [(k, r) for k, r, _ in shards if not r]
+    for k, _ in empty:  # every question of the shard skipped
+        write_shard(k, [])
+    pool.run_shards([(k, r) for k, r, _ in shards if r], on_done=write_shard, desc="rollout")
+
+    df = pd.concat([read_table(_shard_path(out_dir, k)) for k in range(num_shards)], ignore_index=True)
+    _check_complete(df, questions, cfg.n)
+    write_table(df, out_dir / "rollouts.parquet")
+    gen = df[df["finish_reason"] != "skipped"]
+    seconds = time.perf_counter() - t0
+    stats = {
+        "shards_total": num_shards, "shards_generated": len(missing), "shards_reused": num_shards - len(missing),
+        "generated_shard_ids": missing, "rows": len(df), "skipped_questions": int((df["finish_reason"] == "skipped")
+                                                                                  .sum() // max(cfg.n, 1)),
+        "num_tokens": int(gen["num_tokens"].sum()), "seconds": seconds,
+    }
+    write_json(stats, out_dir / "rollout_stats.json")
+    df.attrs["stats"] = stats
+    return df
+
+
+def _check_complete(df: pd.DataFrame, questions: pd.DataFrame, n: int) -> None:
+    """Every (question, sample) exactly once, in question order."""
+    expect = [(str(q), i) for q in questions["question_id"] for i in range(n)]
+    got = list(zip(df["question_id"].astype(str), df["sample_index"].astype(int)))
+    if got != expect:
+        raise RuntimeError(f"rollout table has {len(got)} rows, expected {len(expect)} (question, sample) pairs "
+                           "in order; delete the shards directory and rerun")
+
+
+def run_eval(
+    pool: EnginePool,
+    questions: pd.DataFrame,
+    tokenizer,
+    max_new_tokens: int,
+    out_path: str | Path,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> dict:
+    """Greedy decoding (temperature 0, one sample), graded with east_ds.grading.grade; writes `out_path`.
+
+    The table has the rollout columns plus `answer` (extracted final answer, "none" when there is none) and
+    `correct`. A skipped (too long) question counts as wrong. Returns {"accuracy", "n", "n_skipped"}.
+    """
+    from east_ds.grading import extract_answer, grade
+
+    questions = questions.reset_index(drop=True)
+    prompts, ids = _prompts(questions, tokenizer, system_prompt)
+    results = pool.generate(ids, Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens), desc="eval")
+    rows = []
+    for q, prompt, samples in zip(questions.to_dict("records"), prompts, results):
+        rows += _rows(q, prompt, samples, None)
+    df = pd.DataFrame(rows, columns=list(ROLLOUT_COLUMNS + EXTRA_COLUMNS))
+    answers, correct = [], []
+    for resp, gold, fin in zip(df["response"], df["gold"], df["finish_reason"]):
+        ans = extract_answer(resp) if fin != "skipped" else None
+        answers.append("none" if ans is None else ans)
+        correct.append(bool(fin != "skipped" and grade(resp, gold)))
+    df["answer"], df["correct"] = answers, correct
+    write_table(df, out_path)
+    n = len(df)
+    return {"accuracy": float(sum(correct)) / n if n else 0.0, "n": n,
+            "n_skipped": int((df["finish_reason"] == "skipped").sum())}

@@ -1,0 +1,153 @@
+"""`east-ds rollout` and `east-ds eval` (also `python -m east_ds.rollout_cli rollout|eval ...`).
+
+    east-ds rollout --model PATH --data train.jsonl --format gsm8k --limit 100 --n 8 --num-engines 2 --out DIR
+    east-ds eval    --model PATH --data test.jsonl --format gsm8k --max-new-tokens 512 --out DIR/eval.parquet
+    east-ds rollout --config run.yaml rollout.n=4 data.train_limit=32 --out DIR
+
+Settings come from, in increasing priority: RolloutConfig/ModelConfig/DataConfig defaults, `--config CFG.yaml`
+(sections model, data, rollout, evaluation), `key=value` overrides (`rollout.n=4`), then explicit flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. rollout.n=4")
+    p.add_argument("--config", help="run config YAML (sections model, data, rollout, evaluation)")
+    p.add_argument("--model", help="hub name or local HF model directory (model.path)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model.dtype")
+    p.add_argument("--data", help="GSM8K/MATH JSONL or Parquet file, or hub dataset name")
+    p.add_argument("--format", choices=["gsm8k", "math"], help="data.format")
+    p.add_argument("--split", help="split when --data is a hub dataset")
+    p.add_argument("--limit", type=int, help="use only the first k questions")
+    p.add_argument("--system-prompt", help="data.system_prompt")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--num-engines", type=int, help="rollout.num_engines")
+    p.add_argument("--tensor-parallel-size", type=int, help="rollout.tensor_parallel_size")
+    p.add_argument("--max-model-len", type=int, help="rollout.max_model_len")
+    p.add_argument("--ray-address", default="", help="join this Ray cluster ('auto'); default: start a local one")
+
+
+def add_rollout_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("rollout", help="sample n responses per question into rollouts.parquet",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--n", type=int, help="samples per question")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--shard-size", type=int)
+    p.add_argument("--out", required=True, help="output directory (rollouts.parquet, shards/)")
+    p.set_defaults(func=run_rollout_cli)
+    return p
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="greedy accuracy of a model on a test set",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--out", required=True, help="output table (eval.parquet)")
+    p.set_defaults(func=run_eval_cli)
+    return p
+
+
+def _configs(args, eval_mode: bool):
+    """(ModelConfig, DataConfig, RolloutConfig, eval max_new_tokens) from config file, overrides and flags."""
+    from east_ds.config import load_config
+
+    run = load_config(args.config, args.overrides)
+    model = run.model
+    if args.model:
+        model = dataclasses.replace(model, path=args.model)
+    if args.dtype:
+        model = dataclasses.replace(model, dtype=args.dtype)
+    data = run.data
+    source = args.data or (data.test if eval_mode else data.train)
+    split = args.split or (data.test_split if eval_mode else data.train_split)
+    limit = args.limit if args.limit is not None else (data.test_limit if eval_mode else data.train_limit)
+    data = dataclasses.replace(data, format=args.format or data.format,
+                               system_prompt=args.system_prompt or data.system_prompt)
+    flags = {"num_engines": args.num_engines, "tensor_parallel_size": args.tensor_parallel_size,
+             "max_model_len": args.max_model_len, "max_new_tokens": args.max_new_tokens}
+    for name in ("n", "temperature", "top_p", "seed", "shard_size"):
+        flags[name] = getattr(args, name, None)
+    rollout = dataclasses.replace(run.rollout, **{k: v for k, v in flags.items() if v is not None})
+    eval_tokens = args.max_new_tokens or run.evaluation.max_new_tokens
+    if not model.path:
+        raise SystemExit("no model: pass --model or set model.path")
+    if not source:
+        raise SystemExit("no data: pass --data or set data.train / data.test")
+    return model, data, rollout, source, split, limit, eval_tokens
+
+
+def _start(model, rollout, ray_address: str):
+    """Check the model path (before Ray), start Ray and the pool; return (pool, tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from east_ds.engine_pool import EnginePool, check_model_path
+    from east_ds.ray_utils import init_ray
+
+    check_model_path(model.path)
+    tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
+    init_ray(ray_address)
+    return EnginePool(model.path, rollout, model), tokenizer
+
+
+def run_rollout_cli(args) -> int:
+    from east_ds.data import load_dataset
+    from east_ds.rollout import run_rollout
+
+    try:
+        model, data, rollout, source, split, limit, _ = _configs(args, eval_mode=False)
+        questions = load_dataset(source, data.format, split, limit)
+        pool, tokenizer = _start(model, rollout, args.ray_address)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        df = run_rollout(pool, questions, tokenizer, rollout, args.out, data.system_prompt)
+    finally:
+        pool.shutdown()
+    stats = df.attrs["stats"]
+    print(json.dumps({k: v for k, v in stats.items() if k != "generated_shard_ids"}))
+    print(f"wrote {Path(args.out) / 'rollouts.parquet'} ({len(df)} rows)")
+    return 0
+
+
+def run_eval_cli(args) -> int:
+    from east_ds.data import load_dataset
+    from east_ds.rollout import run_eval
+
+    try:
+        model, data, rollout, source, split, limit, eval_tokens = _configs(args, eval_mode=True)
+        questions = load_dataset(source, data.format, split, limit)
+        pool, tokenizer = _start(model, rollout, args.ray_address)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        metrics = run_eval(pool, questions, tokenizer, eval_tokens, args.out, data.system_prompt)
+    finally:
+        pool.shutdown()
+    print(json.dumps(metrics))
+    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} questions; wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m east_ds.rollout_cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_rollout_parser(sub)
+    add_eval_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

