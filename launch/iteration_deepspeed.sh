@@ -33,6 +33,7 @@ NUM_GPUS=${NUM_GPUS:-1}                     # training ranks on this node (CPU: 
 HOSTFILE=${HOSTFILE:-}                      # a DeepSpeed hostfile for multi-node training (empty: this node)
 MASTER_PORT=${MASTER_PORT:-29500}
 RESUME=${RESUME:-0}
+LOSS_KEY=${LOSS_KEY:-training.loss}           # the train CLI override that sets the loss (must match the examples)
 
 model=${1:?usage: iteration_deepspeed.sh MODEL ITER_DIR [train key=value ...]}
 iter_dir=${2:?usage: iteration_deepspeed.sh MODEL ITER_DIR [train key=value ...]}
@@ -79,7 +80,7 @@ launcher=("$DEEPSPEED" --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT")
 [[ -n "$HOSTFILE" ]] && launcher=("$DEEPSPEED" --hostfile "$HOSTFILE" --master_port "$MASTER_PORT")
 stage train "$iter_dir/checkpoint/hf" \
   "${launcher[@]}" --module east_ds.train --config "$TRAIN_CONFIG" --examples "$examples" --model "$model" \
-  --out "$iter_dir/checkpoint" training.loss="$LOSS" "${train_overrides[@]+"${train_overrides[@]}"}"
+  --out "$iter_dir/checkpoint" "$LOSS_KEY=$LOSS" "${train_overrides[@]+"${train_overrides[@]}"}"
 
 # ---- 5. evaluate the trained model: greedy, one sample per test question ------------------------------------
 if [[ -n "$TEST_DATA" ]]; then

@@ -76,6 +76,7 @@ if (( size_kb > 10240 )); then
   echo "ray_job.sh: working dir $working_dir is ${size_kb} KiB; keep it small (install east_ds on the nodes)" >&2
 fi
 
-set -x
+cmd=("$RAY_BIN" job submit --address "$ADDRESS" --working-dir "$working_dir")
+echo "+ ${cmd[*]} ... -- ${entrypoint[*]}" >&2
 "$RAY_BIN" job submit --address "$ADDRESS" --working-dir "$working_dir" \
   "${wait_flag[@]+"${wait_flag[@]}"}" "${job_id[@]+"${job_id[@]}"}" $SUBMIT_ARGS -- "${entrypoint[@]}"
