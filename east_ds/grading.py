@@ -337,6 +337,9 @@ def _struct_eq(a: tuple, b: tuple) -> bool:
 
 # ---- public API ------------------------------------------------------------------------------------------------
 
+_WORDS = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")  # a word or words: never parsed as a product of symbols
+
+
 @lru_cache(maxsize=_CACHE)
 def _norm(answer: str) -> str:
     return normalize(answer)
@@ -369,6 +372,8 @@ def is_equivalent(pred: str, gold: str) -> bool:
         return False
     if a.replace(" ", "") == b.replace(" ", ""):
         return True
+    if _WORDS.fullmatch(a) and _WORDS.fullmatch(b):  # prose answers ("Yes", "even"): case-insensitive
+        return _text_form(a) == _text_form(b)
     return _safe(lambda: _struct_eq(_structure(a), _structure(b)), default=False)
 
 

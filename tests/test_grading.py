@@ -355,3 +355,12 @@ def test_add_parser_registers_grade():
     add_parser(top.add_subparsers(dest="cmd"))
     args = top.parse_args(["grade", "f.jsonl"])
     assert args.cmd == "grade" and args.file == "f.jsonl" and callable(run)
+
+
+@pytest.mark.parametrize("pred, gold, expected", [
+    ("yes", "Yes", True),
+    ("Even", "\\text{even}", True),
+    ("no", "yes", False),
+])
+def test_prose_answers_ignore_case(pred, gold, expected):
+    assert is_equivalent(pred, gold) is expected
