@@ -248,7 +248,7 @@ def test_two_ranks_launcher_zero3_and_ray_zero2_match_one_rank(setup):
     out = setup["root"] / "launcher"
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", "29731", "--module",
            "east_ds.train", "--examples", setup["weighted"], "--model", setup["model"], "--out", str(out),
-           "model.dtype=float32", "training.lr=1e-2", "training.epochs=1", "training.global_batch_size=4",
+           "model.dtype=float32", "training.lr=0.01", "training.epochs=1", "training.global_batch_size=4",
            "training.micro_batch_size=1", "training.gradient_accumulation_steps=2", "training.warmup_ratio=0.0",
            "training.grad_clip=100.0", "training.adam_eps=0.001", "training.max_len=96", "training.max_steps=2",
            "training.deepspeed_config=ds_configs/zero3.json"]
@@ -281,7 +281,7 @@ def test_two_ranks_launcher_zero3_and_ray_zero2_match_one_rank(setup):
         assert b[k]["kto_z0"] == pytest.approx(a[k]["kto_z0"], abs=1e-6)
         assert b[k]["loss"] == pytest.approx(a[k]["loss"], abs=1e-5)
         assert b[k]["grad_norm"] == pytest.approx(a[k]["grad_norm"], rel=1e-5)
-    assert a[1]["kto_z0"] > 0  # the second step really exercises z0
+    assert a[1]["loss_unweighted"] != pytest.approx(0.5, abs=1e-4)  # the policy moved: step 2 is a real check
     assert max_diff(params(setup["root"] / "kto_ray" / "hf"), params(one_k / "hf")) < 1e-5
 
 
