@@ -34,6 +34,7 @@ from east_ds.rundir import IterDir, RunDir, RunDirError
 from east_ds.schema import REFERENCE_COLUMNS
 from east_ds.tables import TableError, read_table
 from east_ds.weight_stage import weigh
+from east_ds.weighting import WeightingError
 
 
 class Phases:
@@ -91,7 +92,7 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
 
     rd = RunDir(cfg)
     rd.claim()
-    sink = sink or make_sink(rd.path, rank=0)
+    sink = sink or make_sink(rd.path, rank=0, jsonl=False)  # metrics.jsonl is rebuilt by RunDir
     system = cfg.data.system_prompt
     train_q = load_dataset(cfg.data.train, cfg.data.format, cfg.data.train_split, cfg.data.train_limit)
     test_q = (load_dataset(cfg.data.test, cfg.data.format, cfg.data.test_split, cfg.data.test_limit)
@@ -101,6 +102,7 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     init_ray(cfg.placement.ray_address)
     pool = EnginePool(rd.policy_path(), cfg.rollout, cfg.model)
     placement = Placement(cfg.placement.mode, pool)
+    trainer = None
     try:
         # Iteration 0: the starting model's accuracy, the baseline every later iteration is compared with.
         it0 = rd.iteration(0)
@@ -142,16 +144,15 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
                 phases.skip("train")
             else:
                 placement.before_training()
-                group = TrainerGroup(policy, cfg.training, cfg.model, cfg.training.num_ranks)
-                try:
-                    needed = REFERENCE_COLUMNS[cfg.training.loss]
-                    if needed and not set(needed) <= set(read_table(it.examples).columns):
-                        with phases("reference"):
-                            group.reference_logprobs(str(it.examples), str(it.examples))
-                    with phases("train"):
-                        m["train"] = group.fit(str(it.examples), str(it.train), resume=True)
-                finally:
-                    group.shutdown()
+                if trainer is None:  # one process group for the whole run; the model is loaded per call
+                    trainer = TrainerGroup(policy, cfg.training, cfg.model, cfg.training.num_ranks)
+                trainer.set_model_path(policy)
+                needed = REFERENCE_COLUMNS[cfg.training.loss]
+                if needed and not set(needed) <= set(read_table(it.examples).columns):
+                    with phases("reference"):
+                        m["reference"] = trainer.reference_logprobs(str(it.examples), str(it.examples))
+                with phases("train"):
+                    m["train"] = trainer.fit(str(it.examples), str(it.train), resume=True)
                 placement.after_training()
                 rd.publish_checkpoint(it, it.train / "hf")
 
@@ -174,6 +175,8 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
             print(f"[east-ds] iteration {k} done in {m['iteration_seconds']:.1f} s"
                   + (f"; test accuracy {acc:.3f}" if acc is not None else ""), flush=True)
     finally:
+        if trainer is not None:
+            trainer.shutdown()
         pool.shutdown()
         sink.close()
     return rd.metrics_log()
@@ -195,7 +198,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         log = run(cfg)
-    except (ConfigError, RunDirError, TableError) as e:
+    except (ConfigError, RunDirError, TableError, WeightingError, FileNotFoundError) as e:
         print(f"east-ds run: error: {e}", file=sys.stderr)
         return 2
     for m in log:

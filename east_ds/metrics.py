@@ -132,13 +132,14 @@ class MultiSink:
             s.close()
 
 
-def make_sink(run_dir: str | Path, rank: int = 0, tensorboard: bool | None = None) -> Sink:
-    """Rank 0: JSONL at run_dir/metrics.jsonl, plus TensorBoard at run_dir/tensorboard when it is installed
-    (`tensorboard=None`) or asked for (`True`: an ImportError if it is not installed). Other ranks: NullSink."""
+def make_sink(run_dir: str | Path, rank: int = 0, tensorboard: bool | None = None, jsonl: bool = True) -> Sink:
+    """Rank 0: JSONL at run_dir/metrics.jsonl (unless `jsonl=False`: the driver rebuilds that file itself), plus
+    TensorBoard at run_dir/tensorboard when it is installed (`tensorboard=None`) or asked for (`True`: an
+    ImportError if it is not installed). Other ranks: NullSink."""
     if rank != 0:
         return NullSink()
     run_dir = Path(run_dir)
-    sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl")]
+    sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl")] if jsonl else []
     if tensorboard or (tensorboard is None and tensorboard_available()):
         sinks.append(TensorBoardSink(run_dir / "tensorboard"))
     return MultiSink(sinks)

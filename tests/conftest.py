@@ -17,3 +17,30 @@ def tiny_tokenizer(tmp_path_factory):
     from east_ds.tiny import build_tokenizer
 
     return build_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def warm_model(tmp_path_factory):
+    """A tiny model warm-started on the synthetic problems until it is right about a third of the time:
+    its samples disagree, so entropy is informative and the filters keep questions."""
+    from east_ds.demo import warm_start
+    from east_ds.synthetic import make_problems
+    from east_ds.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("warm")
+    base = build_tiny_model(root / "base", size="tiny", seed=0)
+    warm_start(base, root / "warm", make_problems(2000, seed=3, prefix="warm"),
+               make_problems(8, seed=4, prefix="probe"), max_steps=200, check_every=10**9)
+    return root / "warm"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session, bound to 127.0.0.1."""
+    import ray
+
+    from east_ds.ray_utils import init_ray
+
+    init_ray()
+    yield ray
+    ray.shutdown()

