@@ -19,18 +19,25 @@ COMMANDS = {
     "eval": ("east_ds.rollout_cli", "add_eval_parser"),
     "grade": ("east_ds.grading_cli", "add_parser"),
     "weight": ("east_ds.weight_stage", "add_parser"),
-    "train": ("east_ds.train", "add_parser"),
     "report": ("east_ds.report", "add_parser"),
     "demo": ("east_ds.demo", "add_parser"),
 }
 
 
+# Subcommands whose module parses its own arguments (also run by the deepspeed launcher as `--module`).
+PASSTHROUGH = {"train": "east_ds.train"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return int(importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog="east-ds", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = argv[0] if argv and argv[0] in COMMANDS else None
+    for name in PASSTHROUGH:
+        sub.add_parser(name, help=f"see `east-ds {name} --help` (single process; or the deepspeed launcher)")
     for name, (module, fn) in COMMANDS.items():
         if wanted is not None and name != wanted:
             sub.add_parser(name)

@@ -33,6 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_arguments(p)
+    p.set_defaults(func=run)
     return p
 
 
