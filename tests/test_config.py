@@ -33,6 +33,8 @@ def test_overrides_and_types(tmp_path):
     assert cfg.rollout.n == 4 and cfg.data.train_limit is None
     # an int is accepted where a float is expected, and stored as a float
     assert load_config(f, ["weighting.a=2"]).weighting.a == 2.0
+    # YAML 1.1 reads 1e-6 as a string; a float field takes it as the number
+    assert load_config(f, ["training.lr=1e-6"]).training.lr == 1e-6
 
 
 @pytest.mark.parametrize("override, message", [
