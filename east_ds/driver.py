@@ -23,6 +23,7 @@ Departures from the reference code, numbered:
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -155,6 +156,8 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
                     m["train"] = trainer.fit(str(it.examples), str(it.train), resume=True)
                 placement.after_training()
                 rd.publish_checkpoint(it, it.train / "hf")
+                # The optimizer state is only for resuming this training; at scale it is ~6x the weights.
+                shutil.rmtree(it.train / "ds_checkpoint", ignore_errors=True)
 
             # -- live weight update of the engines ---------------------------------------------------------------
             with phases("update_weights"):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from east_ds.config import load_config
 from east_ds.synthetic import make_problems, to_gsm8k_rows
@@ -23,25 +24,26 @@ PHASE_FILES = ("rollouts.parquet", "graded.parquet", "questions.parquet", "examp
                "metrics.json")
 
 
-def _write_config(tmp: Path, model: Path, name: str, extra: str = "") -> Path:
+def _write_config(tmp: Path, model: Path, name: str, **training) -> Path:
+    """A tiny run: 24 training questions x 4 samples, 12 test questions, ZeRO-2 SFT, 2 iterations."""
     data = tmp / "data"
     write_table(pd.DataFrame(to_gsm8k_rows(make_problems(24, seed=11, prefix="tr"))), data / "train.jsonl")
     write_table(pd.DataFrame(to_gsm8k_rows(make_problems(12, seed=12, prefix="te"))), data / "test.jsonl")
-    cfg = tmp / f"{name}.yaml"
-    cfg.write_text(f"""
-name: {name}
-output_dir: {tmp / 'runs'}
-iterations: 2
-model: {{path: {model}, dtype: float32}}
-data: {{train: {data / 'train.jsonl'}, test: {data / 'test.jsonl'}, format: gsm8k}}
-rollout: {{n: 4, max_new_tokens: 48, max_model_len: 256, num_engines: 1, shard_size: 8}}
-weighting: {{a: 1.0}}
-training: {{loss: sft, lr: 3.0e-4, epochs: 1, global_batch_size: 4, micro_batch_size: 2,
-           gradient_accumulation_steps: 2, max_len: 256, gradient_checkpointing: false,
-           deepspeed_config: {ROOT / 'ds_configs' / 'zero2.json'}{extra}}}
-evaluation: {{max_new_tokens: 48}}
-""")
-    return cfg
+    train = {"loss": "sft", "lr": 3e-4, "epochs": 1, "global_batch_size": 4, "micro_batch_size": 2,
+             "gradient_accumulation_steps": 2, "max_len": 256, "gradient_checkpointing": False,
+             "deepspeed_config": str(ROOT / "ds_configs" / "zero2.json"), **training}
+    cfg = {
+        "name": name, "output_dir": str(tmp / "runs"), "iterations": 2,
+        "model": {"path": str(model), "dtype": "float32"},
+        "data": {"train": str(data / "train.jsonl"), "test": str(data / "test.jsonl"), "format": "gsm8k"},
+        "rollout": {"n": 4, "max_new_tokens": 48, "max_model_len": 256, "num_engines": 1, "shard_size": 8},
+        "weighting": {"a": 1.0},
+        "training": train,
+        "evaluation": {"max_new_tokens": 48},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def test_two_iterations_end_to_end(tmp_path, warm_model, ray_session):
@@ -81,7 +83,7 @@ def test_two_iterations_end_to_end(tmp_path, warm_model, ray_session):
 def test_sigkill_during_training_resumes(tmp_path, warm_model):
     """Kill the driver (and its Ray processes) while it trains, rerun the same command: it resumes training from
     the DeepSpeed checkpoint, leaves the finished phases untouched, and ends with every output present once."""
-    cfg_path = _write_config(tmp_path, warm_model, "killed", extra=", save_every_steps: 1, epochs: 4")
+    cfg_path = _write_config(tmp_path, warm_model, "killed", save_every_steps=3, epochs=40)
     cfg = load_config(cfg_path)
     it1 = cfg.run_dir / "iter_1"
     cmd = [sys.executable, "-m", "east_ds.cli", "run", str(cfg_path), "iterations=1"]
