@@ -105,8 +105,8 @@ def warm_start(model_dir: Path, out_dir: Path, problems: list[Problem], probe: l
         opt.zero_grad(set_to_none=True)
         if step % check_every == 0 or step == max_steps:
             acc, mixed = _sampled_disagreement(model, tok, probe, n=8, max_new_tokens=64)
-            history.append({"step": step, "loss": float(loss), "sampled_accuracy": acc, "mixed": mixed})
-            print(f"[demo] warm start step {step}: loss {float(loss):.3f}, sampled accuracy {acc:.2f}, "
+            history.append({"step": step, "loss": loss.item(), "sampled_accuracy": acc, "mixed": mixed})
+            print(f"[demo] warm start step {step}: loss {loss.item():.3f}, sampled accuracy {acc:.2f}, "
                   f"questions with disagreeing samples {mixed:.2f}", flush=True)
             if mixed >= target_mixed and 0.2 <= acc <= 0.8:
                 break
