@@ -33,7 +33,7 @@ from east_ds.config import ConfigError, RunConfig, load_config
 from east_ds.data import load_dataset
 from east_ds.rundir import IterDir, RunDir, RunDirError
 from east_ds.schema import REFERENCE_COLUMNS
-from east_ds.tables import TableError, read_table
+from east_ds.tables import TableError, read_table, write_table
 from east_ds.weight_stage import weigh
 from east_ds.weighting import WeightingError
 
@@ -67,14 +67,17 @@ class Placement:
     def __init__(self, mode: str, pool) -> None:
         self.pool = pool
         self.colocated = mode == "colocated"
+        self.asleep = False
 
     def before_training(self) -> None:
-        if self.colocated:
+        if self.colocated and not self.asleep:
             self.pool.sleep()
+            self.asleep = True
 
     def after_training(self) -> None:
-        if self.colocated:
+        if self.asleep:
             self.pool.wake()
+            self.asleep = False
 
 
 def _tokenizer(path: str, trust_remote_code: bool):
@@ -103,7 +106,15 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     init_ray(cfg.placement.ray_address)
     pool = EnginePool(rd.policy_path(), cfg.rollout, cfg.model)
     placement = Placement(cfg.placement.mode, pool)
-    trainer = None
+    trainers: list = []  # one process group for the whole run, started on first use; the model loads per call
+
+    def trainer(policy: str):
+        placement.before_training()
+        if not trainers:
+            trainers.append(TrainerGroup(policy, cfg.training, cfg.model, cfg.training.num_ranks))
+        trainers[0].set_model_path(policy)
+        return trainers[0]
+
     try:
         # Iteration 0: the starting model's accuracy, the baseline every later iteration is compared with.
         it0 = rd.iteration(0)
@@ -137,23 +148,27 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
             if it.examples.is_file():
                 phases.skip("weigh")
             else:
+                def perplexity(table, policy=policy, it=it):  # the perplexity baseline scores with the trainer
+                    write_table(table, it.path / "perplexity_in.parquet")
+                    trainer(policy).response_nll(str(it.path / "perplexity_in.parquet"),
+                                                 str(it.path / "perplexity.parquet"))
+                    return read_table(it.path / "perplexity.parquet").groupby("question_id")["nll"].mean()
+
                 with phases("weigh"):
-                    m["weigh"] = weigh(read_table(it.rollouts), cfg.weighting, cfg.training.loss, it.path)
+                    m["weigh"] = weigh(read_table(it.rollouts), cfg.weighting, cfg.training.loss, it.path,
+                                       perplexity=perplexity)
 
             # -- reference log-probs, then training, on the same trainer group ----------------------------------
             if it.checkpoint.is_dir():
                 phases.skip("train")
             else:
-                placement.before_training()
-                if trainer is None:  # one process group for the whole run; the model is loaded per call
-                    trainer = TrainerGroup(policy, cfg.training, cfg.model, cfg.training.num_ranks)
-                trainer.set_model_path(policy)
+                group = trainer(policy)
                 needed = REFERENCE_COLUMNS[cfg.training.loss]
                 if needed and not set(needed) <= set(read_table(it.examples).columns):
                     with phases("reference"):
-                        m["reference"] = trainer.reference_logprobs(str(it.examples), str(it.examples))
+                        m["reference"] = group.reference_logprobs(str(it.examples), str(it.examples))
                 with phases("train"):
-                    m["train"] = trainer.fit(str(it.examples), str(it.train), resume=True)
+                    m["train"] = group.fit(str(it.examples), str(it.train), resume=True)
                 placement.after_training()
                 rd.publish_checkpoint(it, it.train / "hf")
                 # The optimizer state is only for resuming this training; at scale it is ~6x the weights.
@@ -178,8 +193,8 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
             print(f"[east-ds] iteration {k} done in {m['iteration_seconds']:.1f} s"
                   + (f"; test accuracy {acc:.3f}" if acc is not None else ""), flush=True)
     finally:
-        if trainer is not None:
-            trainer.shutdown()
+        for group in trainers:
+            group.shutdown()
         pool.shutdown()
         sink.close()
     return rd.metrics_log()

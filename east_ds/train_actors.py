@@ -45,10 +45,10 @@ class TrainRank:
         rank, _ = te.init_distributed()
         return rank
 
-    def reference_logprobs(self, model_path, train_cfg, model_cfg, examples_path, out_path) -> dict:
+    def reference_logprobs(self, model_path, train_cfg, model_cfg, examples_path, out_path, nll=False) -> dict:
         from east_ds import train_engine as te
 
-        return te.reference_logprobs(model_path, train_cfg, model_cfg, examples_path, out_path)
+        return te.reference_logprobs(model_path, train_cfg, model_cfg, examples_path, out_path, nll=nll)
 
     def fit(self, model_path, train_cfg, model_cfg, examples_path, out_dir, resume) -> dict:
         from east_ds import train_engine as te
@@ -89,6 +89,12 @@ class TrainerGroup:
         """Score examples with the frozen model at model_path; write them plus REFERENCE_COLUMNS to out_path."""
         return self._all("reference_logprobs", self.model_path, self.train_cfg, self.model_cfg, str(examples_path),
                          str(out_path))
+
+    def response_nll(self, examples_path: str, out_path: str) -> dict:
+        """Mean token NLL of each row's `response` under the model at model_path (SFT-shaped table); writes the
+        rows plus an `nll` column to out_path. The perplexity-based baseline of EAST.md section 3."""
+        return self._all("reference_logprobs", self.model_path, self.train_cfg, self.model_cfg, str(examples_path),
+                         str(out_path), True)
 
     def fit(self, examples_path: str, out_dir: str, resume: bool = True) -> dict:
         """Train on examples_path from model_path; see train_engine.fit for the outputs. Returns a summary."""

@@ -327,16 +327,18 @@ class TrainingEngine:
 
 
 def reference_logprobs(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, examples_path: str,
-                       out_path: str) -> dict:
+                       out_path: str, nll: bool = False) -> dict:
     """Summed response log-probs of the frozen starting model for DPO/KTO, stored as REFERENCE_COLUMNS.
 
     Every rank scores a strided share of the examples; rank 0 writes `out_path` = the usable rows of the
     examples table (rows dropped by tokenisation are left out and counted) plus the reference columns.
+    With `nll`, the table is SFT-shaped (prompt, response) and each row gets `nll`, the mean token NLL of its
+    response: the perplexity-based uncertainty of EAST.md section 3.
     """
     import deepspeed.comm as dist
 
-    loss = train_cfg.loss
-    if loss == "sft":
+    loss = "sft" if nll else train_cfg.loss
+    if loss == "sft" and not nll:
         raise ValueError("SFT needs no reference log-probs (training.loss is 'sft')")
     t0 = time.perf_counter()
     eng = TrainingEngine(model_path, train_cfg, model_cfg, training=False)
@@ -354,19 +356,21 @@ def reference_logprobs(model_path: str, train_cfg: TrainConfig, model_cfg: Model
             idx = idx + [0] * (m - real)  # filler so every rank forwards the same number of batches
             n_cols = len(ex.seqs[0])
             batch = td.collate([ex.seqs[j][c] for c in range(n_cols) for j in idx], eng.pad_id)
-            lp = eng._logps(batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).double().cpu()
+            lp = eng._logps(batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                            per_token_mean=nll).double().cpu()
             lp = lp.view(n_cols, m).T  # (m, n_cols)
             results.extend((idx[k], lp[k].tolist()) for k in range(real))
     gathered = [None] * eng.world
     dist.all_gather_object(gathered, results)
     metrics = {"rows": ex.stats["rows"], "kept": len(ex), **ex.stats, "seconds": time.perf_counter() - t0}
     if eng.rank == 0:
-        ref = np.full((len(ex), len(REFERENCE_COLUMNS[loss])), np.nan)
+        columns = ("nll",) if nll else REFERENCE_COLUMNS[loss]
+        ref = np.full((len(ex), len(columns)), np.nan)
         for part in gathered:
             for j, vals in part:
                 ref[j] = vals
         out = df.iloc[ex.rows].reset_index(drop=True).copy()
-        for c, col in enumerate(REFERENCE_COLUMNS[loss]):
+        for c, col in enumerate(columns):
             out[col] = ref[:, c]
         write_table(out, out_path)
     dist.barrier()

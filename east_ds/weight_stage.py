@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -20,22 +21,43 @@ from east_ds.weighting import VALUES, WeightingError, attach_weights, grade_roll
 ROLLOUT_REQUIRED = ("question_id", "question", "gold", "response")
 
 
-def weigh(rollouts: pd.DataFrame, cfg: WeightingConfig, loss: str, out_dir: str | Path,
-          where: str = "rollouts", perplexity: pd.Series | None = None) -> dict:
-    """Grade, cluster, filter and weight; select `loss` examples; write the three tables. Returns metrics.
+def scored_responses(examples: pd.DataFrame, loss: str) -> pd.DataFrame:
+    """The response each question is scored by for the perplexity baseline, as an SFT-shaped table: the SFT
+    example(s), the DPO chosen response, the KTO desirable response."""
+    if loss == "dpo":
+        examples = examples.rename(columns={"chosen": "response"})
+    elif loss == "kto":
+        examples = examples[examples["label"]]
+    return examples[["question_id", "prompt", "response"]].assign(weight=1.0).reset_index(drop=True)
 
-    `perplexity` (question_id -> mean token NLL of its selected response) is needed only for value=perplexity.
+
+def weigh(rollouts: pd.DataFrame, cfg: WeightingConfig, loss: str, out_dir: str | Path,
+          where: str = "rollouts",
+          perplexity: Callable[[pd.DataFrame], pd.Series] | None = None) -> dict:
+    """Grade, cluster, filter; select `loss` examples; weight them; write the three tables. Returns metrics.
+
+    Examples are selected before the weights are computed because the perplexity baseline scores the selected
+    response: `perplexity(table)` takes scored_responses(...) and returns question_id -> mean token NLL.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
     graded, questions = grade_rollouts(rollouts, cluster_by=cfg.cluster_by, where=where)
     t_grade = time.perf_counter() - t0
+    # a = 0 gives every kept question weight 1: a placeholder until the real weights are known
+    examples = select_examples(graded, attach_weights(questions, 0.0), loss, seed=cfg.seed,
+                               sft_examples=cfg.sft_examples)
     if cfg.value == "perplexity":
         if perplexity is None:
-            raise WeightingError("value 'perplexity' needs the perplexity of each question's selected response")
-        questions["perplexity"] = questions["question_id"].map(perplexity)
+            raise WeightingError("value 'perplexity' needs a model to score the selected responses "
+                                 "(use `east-ds run` with weighting.value=perplexity)")
+        nll = perplexity(scored_responses(examples, loss))
+        questions["perplexity"] = questions["question_id"].map(nll)
+        unscored = questions["kept"] & ~(questions["perplexity"] > 0)
+        questions.loc[unscored, ["kept", "drop_reason"]] = [False, "unscored"]
     questions = attach_weights(questions, cfg.a, cfg.value)
-    examples = select_examples(graded, questions, loss, seed=cfg.seed, sft_examples=cfg.sft_examples)
+    examples = examples[examples["question_id"].isin(questions.loc[questions["kept"], "question_id"])]
+    examples = examples.assign(weight=examples["question_id"].map(questions.set_index("question_id")["weight"]))
+    examples = examples.reset_index(drop=True)
     write_table(graded, out / "graded.parquet")
     write_table(questions, out / "questions.parquet")
     write_table(examples, out / "examples.parquet")

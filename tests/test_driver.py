@@ -118,3 +118,28 @@ def test_sigkill_during_training_resumes(tmp_path, warm_model):
     assert steps[-1] == max(steps)
     lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["iteration"] for x in lines] == [0, 1]
+
+
+@pytest.mark.parametrize("loss, value", [("dpo", "entropy"), ("kto", "perplexity")])
+def test_preference_losses_and_perplexity_baseline(tmp_path, warm_model, ray_session, loss, value):
+    """DPO and KTO go through the reference phase; the perplexity baseline scores responses with the trainer."""
+    from east_ds.driver import run
+
+    path = _write_config(tmp_path, warm_model, f"{loss}_{value}", loss=loss, beta=0.1)
+    cfg = load_config(path, ["iterations=1", f"weighting.value={value}"])
+    log = run(cfg)
+    it = cfg.run_dir / "iter_1"
+    m = log[-1]
+    assert m["iteration"] == 1 and "reference" in m["phase_seconds"]
+    ex = pd.read_parquet(it / "examples.parquet")
+    for col in {"dpo": ("ref_chosen_logp", "ref_rejected_logp"), "kto": ("ref_logp", "ref_kl_logp")}[loss]:
+        assert ex[col].notna().all() and (ex[col] < 0).all()  # summed log-probs of real responses
+    q = pd.read_parquet(it / "questions.parquet")
+    kept = q[q["kept"]]
+    assert abs(kept["weight"].mean() - 1.0) < 1e-9
+    if value == "perplexity":
+        nll = pd.read_parquet(it / "perplexity.parquet").groupby("question_id")["nll"].mean()
+        # a = 1: each weight is its question's mean token NLL over the mean of them
+        expected = kept["question_id"].map(nll) / kept["question_id"].map(nll).mean()
+        assert (kept["weight"] - expected).abs().max() < 1e-9
+    assert (it / "checkpoint" / "config.json").is_file()

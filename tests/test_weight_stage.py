@@ -94,3 +94,32 @@ def test_weight_cli_empty_and_bad_json(tmp_path, capsys):
     bad.write_text(json.dumps({"question_id": "a"}) + "\n{oops\n")
     assert main(["weight", str(bad), "--out", str(tmp_path / "w")]) == 2
     assert "bad.jsonl: line 2" in capsys.readouterr().err
+
+
+def test_perplexity_baseline_scores_the_selected_response(tmp_path):
+    seen = {}
+
+    def perplexity(table):
+        seen["table"] = table
+        return pd.Series({"q1": 0.5, "q2": 1.5})  # mean token NLL of each question's chosen response
+
+    weigh(_rollouts(), WeightingConfig(a=1.0, value="perplexity"), "dpo", tmp_path, perplexity=perplexity)
+    # the scored table is SFT-shaped and holds the DPO chosen responses
+    assert list(seen["table"].columns) == ["question_id", "prompt", "response", "weight"]
+    assert seen["table"].set_index("question_id").loc["q2", "response"] == "\\boxed{7}"
+    q = pd.read_parquet(tmp_path / "questions.parquet").set_index("question_id")
+    # a = 1: weights 2 * (0.5, 1.5) / 2 = 0.5, 1.5
+    assert q.loc["q1", "weight"] == pytest.approx(0.5) and q.loc["q2", "weight"] == pytest.approx(1.5)
+    ex = pd.read_parquet(tmp_path / "examples.parquet")
+    assert ex["weight"].tolist() == pytest.approx([0.5, 1.5])
+
+
+def test_perplexity_unscored_question_is_dropped(tmp_path):
+    weigh(_rollouts(), WeightingConfig(a=1.0, value="perplexity"), "sft", tmp_path,
+          perplexity=lambda table: pd.Series({"q2": 2.0}))  # q1's response could not be scored
+    q = pd.read_parquet(tmp_path / "questions.parquet").set_index("question_id")
+    assert q.loc["q1", "drop_reason"] == "unscored" and not q.loc["q1", "kept"]
+    assert q.loc["q2", "weight"] == 1.0
+    assert pd.read_parquet(tmp_path / "examples.parquet")["question_id"].tolist() == ["q2"]
+    with pytest.raises(Exception, match="needs a model"):
+        weigh(_rollouts(), WeightingConfig(value="perplexity"), "sft", tmp_path)
