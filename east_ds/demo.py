@@ -121,7 +121,7 @@ def warm_start(model_dir: Path, out_dir: Path, problems: list[Problem], probe: l
 # 3-4. vanilla against EAST
 
 
-def run_demo(out: Path, n_train: int = 96, n_test: int = 128, iterations: int = 2, seed: int = 0) -> int:
+def run_demo(out: Path, n_train: int = 800, n_test: int = 500, iterations: int = 2, seed: int = 0) -> int:
     from east_ds.driver import run
     from east_ds.report import accuracy_table, write_report
     from east_ds.tiny import build_tiny_model
@@ -155,8 +155,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="vanilla self-training against EAST on a tiny model (CPU)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="where the model, data, runs and report go")
-    p.add_argument("--train-questions", type=int, default=96)
-    p.add_argument("--test-questions", type=int, default=128)
+    p.add_argument("--train-questions", type=int, default=800)
+    p.add_argument("--test-questions", type=int, default=500)
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=lambda a: run_demo(Path(a.out), a.train_questions, a.test_questions, a.iterations, a.seed))

@@ -6,7 +6,8 @@ import os
 
 
 def init_ray(address: str = "", num_cpus: int | None = None) -> None:
-    """Join the cluster at `address` ("auto" for a running one), or start a local Ray bound to 127.0.0.1.
+    """Join the cluster at `address` ("auto" for a running one, default $RAY_ADDRESS), or start a local Ray
+    bound to 127.0.0.1.
 
     A local Ray advertises more logical CPUs than the machine has (at least 8): on a 2-core machine the vLLM
     engines and the training ranks take turns rather than run at once, and each actor reserves one logical CPU.
@@ -22,6 +23,8 @@ def init_ray(address: str = "", num_cpus: int | None = None) -> None:
             if k.startswith(("VLLM_", "DS_", "TORCH_", "OMP_", "TOKENIZERS_", "HF_", "PYTHONPATH"))
         }
     }
+    # Inside `ray job submit` (or with RAY_ADDRESS exported) the cluster is already there: join it.
+    address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
         return

@@ -6,7 +6,7 @@
 #   launch/iteration_deepspeed.sh MODEL ITER_DIR [key=value ... passed to east_ds.train]
 #
 # MODEL is the policy to sample from and start training from (HF directory or hub name); ITER_DIR receives
-# rollouts.parquet, questions/examples/graded.parquet, checkpoint/ (the trained model, HF layout) and eval/.
+# rollouts.parquet, questions/examples/graded.parquet, checkpoint/hf (the trained model) and eval.parquet.
 # For iterative EAST call it again with MODEL=ITER_DIR/checkpoint/hf:
 #
 #   m=base-model; for k in 1 2 3; do launch/iteration_deepspeed.sh "$m" runs/east/iter_$k; m=runs/east/iter_$k/checkpoint/hf; done
@@ -28,7 +28,7 @@ NUM_ENGINES=${NUM_ENGINES:-1}               # data-parallel vLLM engines for rol
 A=${A:-1.0}                                 # mapping-function exponent (0: vanilla self-training)
 VALUE=${VALUE:-entropy}                     # entropy | accuracy | rejected
 LOSS=${LOSS:-sft}                           # sft | dpo | kto
-TRAIN_CONFIG=${TRAIN_CONFIG:-configs/train.yaml}  # the training section (lr, batch sizes, deepspeed_config, ...)
+TRAIN_CONFIG=${TRAIN_CONFIG:-}             # a run YAML whose training/model sections to use (empty: defaults)
 NUM_GPUS=${NUM_GPUS:-1}                     # training ranks on this node (CPU: DS_ACCELERATOR=cpu, ranks)
 HOSTFILE=${HOSTFILE:-}                      # a DeepSpeed hostfile for multi-node training (empty: this node)
 MASTER_PORT=${MASTER_PORT:-29500}
@@ -61,30 +61,22 @@ stage rollout "$iter_dir/rollouts.parquet" \
 stage weight "$iter_dir/examples.parquet" \
   "$EAST_DS" weight "$iter_dir/rollouts.parquet" --a "$A" --value "$VALUE" --loss "$LOSS" --out "$iter_dir"
 
-# ---- 3. reference log-probs (DPO/KTO only): the frozen starting policy scores chosen/rejected ---------------
-# TODO(lead): the flag names of this stage are fixed at integration. If east_ds.train computes the reference
-# log-probs itself (from --model, before training starts), set REFERENCE_CMD= (empty) to skip this stage.
+# ---- 3. reference log-probs (DPO/KTO) happen inside east_ds.train: before training, the frozen starting model
+# (--model) scores chosen/rejected into ITER_DIR/checkpoint/examples_ref.parquet, then training reads that.
 examples="$iter_dir/examples.parquet"
-if [[ "$LOSS" == dpo || "$LOSS" == kto ]]; then
-  REFERENCE_CMD=${REFERENCE_CMD-"$EAST_DS reference"}
-  if [[ -n "$REFERENCE_CMD" ]]; then
-    # shellcheck disable=SC2086
-    stage reference "$iter_dir/examples_ref.parquet" \
-      $REFERENCE_CMD --model "$model" --examples "$examples" --out "$iter_dir/examples_ref.parquet"
-    examples="$iter_dir/examples_ref.parquet"
-  fi
-fi
 
 # ---- 4. train with the weighted loss (deepspeed launcher: one process per GPU / CPU rank) ------------------
 launcher=("$DEEPSPEED" --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT")
 [[ -n "$HOSTFILE" ]] && launcher=("$DEEPSPEED" --hostfile "$HOSTFILE" --master_port "$MASTER_PORT")
+config=()
+[[ -n "$TRAIN_CONFIG" ]] && config=(--config "$TRAIN_CONFIG")
 stage train "$iter_dir/checkpoint/hf" \
-  "${launcher[@]}" --module east_ds.train --config "$TRAIN_CONFIG" --examples "$examples" --model "$model" \
+  "${launcher[@]}" --module east_ds.train "${config[@]+"${config[@]}"}" --examples "$examples" --model "$model" \
   --out "$iter_dir/checkpoint" "$LOSS_KEY=$LOSS" "${train_overrides[@]+"${train_overrides[@]}"}"
 
 # ---- 5. evaluate the trained model: greedy, one sample per test question ------------------------------------
 if [[ -n "$TEST_DATA" ]]; then
-  stage eval "$iter_dir/eval/eval.parquet" \
-    "$EAST_DS" eval --model "$iter_dir/checkpoint/hf" --data "$TEST_DATA" --format "$FORMAT" --out "$iter_dir/eval"
+  stage eval "$iter_dir/eval.parquet" \
+    "$EAST_DS" eval --model "$iter_dir/checkpoint/hf" --data "$TEST_DATA" --format "$FORMAT" --out "$iter_dir/eval.parquet"
 fi
 echo "iteration done: model $iter_dir/checkpoint/hf"
