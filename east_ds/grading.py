@@ -82,6 +82,7 @@ def _outer_bracket_spans(s: str) -> bool:
 
 _SIMPLE_LHS = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z0-9, ]*\))?|\\[a-zA-Z]+|\([A-Za-z, ]+\)|[A-Za-z]{2,12}")
 _MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.S)
+_CHAIN = re.compile(r"([^<>=\\]+?)\s*(<|>|\\leq|\\geq)\s*([A-Za-z])\s*(<|>|\\leq|\\geq)\s*([^<>=]+)")
 _RELS = ("\\leq", "\\geq", "\\neq", "<", ">")
 
 
@@ -104,6 +105,14 @@ def _structure(s: str, depth: int = 0) -> tuple:
         if _SIMPLE_LHS.fullmatch(lhs) or len(parts) > 2:
             return _structure(rhs, depth + 1)
         return ("eq", lhs, rhs)
+    m = _CHAIN.fullmatch(s) if len(s) < 200 else None
+    if m:  # -2 \leq x < 7 is the interval [-2, 7)
+        lo, op1, op2, hi = m.group(1), m.group(2), m.group(4), m.group(5)
+        if op1 in (">", "\\geq") and op2 in (">", "\\geq"):
+            lo, hi, op1, op2 = hi, lo, op2, op1
+        if op1 in ("<", "\\leq") and op2 in ("<", "\\leq"):
+            return ("seq", "[" if op1 == "\\leq" else "(", "]" if op2 == "\\leq" else ")",
+                    (_structure(lo, depth + 1), _structure(hi, depth + 1)))
     for op in _RELS:
         parts = _split_top(s, (op,))
         if len(parts) == 2:
@@ -153,6 +162,8 @@ _DECIMAL = re.compile(r"[-+]?(\d*)\.?(\d*)")
 _SLASH = re.compile(r"(-?\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)")
 _CHOICE = re.compile(r"\(([A-Ea-e])\)|([A-E])")
 _BASE = re.compile(r"(\d+)_\{?(\d+)\}?")
+_SCI = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE]([-+]?\d{1,4})")
+_PLAIN_MIXED = re.compile(r"([-+]?)(\d+) (\d+)/(\d+)")  # 4 4/9
 
 
 def _fast_rational(t: str) -> tuple[Fraction, int | None] | None:
@@ -175,6 +186,9 @@ def _fast_rational(t: str) -> tuple[Fraction, int | None] | None:
     m = _SLASH.fullmatch(t)
     if m and Fraction(m.group(2)) != 0:
         return Fraction(m.group(1)) / Fraction(m.group(2)), None
+    m = _SCI.fullmatch(t)
+    if m and abs(int(m.group(1))) <= 400:  # 1e3, 1.5E-2
+        return Fraction(t), None
     return None
 
 
@@ -192,6 +206,13 @@ def _leaf(s: str) -> Leaf:
         s = s[:-1].strip()
     t = s.replace(" ", "")
     r = _fast_rational(t)
+    m = _PLAIN_MIXED.fullmatch(s)
+    if m:  # a mixed number needs a proper fraction: `11 7/6`, `4 4/0` are no number at all
+        num, den = int(m.group(3)), int(m.group(4))
+        if not num < den:
+            return Leaf("text", _text_form(s), pct)
+        v = int(m.group(2)) + Fraction(num, den)
+        return Leaf("num", -v if m.group(1) == "-" else v, pct)
     if r is None and " " in s:
         m = _MIXED.fullmatch(s.replace("\\frac ", "\\frac"))
         r = _fast_rational(m.group(0).replace(" ", "")) if m else None
@@ -227,7 +248,8 @@ def _leaf_eq(a: Leaf, b: Leaf) -> bool:
             return True
         if (a.pct or b.pct) and (x == y * 100 or x * 100 == y):
             return True
-        if b.decimals and a.decimals is None and _round_eq(complex(float(x)), y, b.decimals):
+        if b.decimals and (a.decimals is None or (b.decimals >= 2 and a.decimals > b.decimals)) and _round_eq(
+                complex(float(x)), y, b.decimals):
             return True
         # a rounded decimal against an exact fraction: 0.0833333333333 for 1/12, 0.3333 for 1/3
         return a.decimals is not None and a.decimals >= 4 and _round_eq(complex(float(y)), x, a.decimals)
@@ -374,12 +396,21 @@ def is_equivalent(pred: str, gold: str) -> bool:
         return True
     if _WORDS.fullmatch(a) and _WORDS.fullmatch(b):  # prose answers ("Yes", "even"): case-insensitive
         return _text_form(a) == _text_form(b)
-    return _safe(lambda: _struct_eq(_structure(a), _structure(b)), default=False)
+    if _safe(lambda: _struct_eq(_structure(a), _structure(b)), default=False):
+        return True
+    # `y = -x/2 + 3/4` against `2x + 4y - 3 = 0`: both whole equations, equal up to a factor
+    pa, pb = _split_top(a, ("=",)), _split_top(b, ("=",))
+    if len(pa) == 2 and len(pb) == 2 and (_SIMPLE_LHS.fullmatch(pa[0].strip()) or _SIMPLE_LHS.fullmatch(pb[0].strip())):
+        return _safe(lambda: _equation_eq(("eq", pa[0], pa[1]), ("eq", pb[0], pb[1])), default=False)
+    return False
+
+
+_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 
 
 def _gold_answer(gold: str) -> str | None:
     """A gold given as a full solution (with \\boxed or `####`) is reduced to its answer; else used as is."""
-    if "\\boxed" in gold or "\\fbox" in gold or "####" in gold:
+    if "\\boxed" in gold or "\\fbox" in gold or "####" in gold or len(_PROSE.findall(gold)) >= 8:
         return extract_answer(gold)
     return gold
 

@@ -55,6 +55,9 @@ def _boxed_at(text: str, pos: int, cmd_len: int) -> tuple[str, int] | None:
     return (text[j:k], k) if k > j else None
 
 
+_GAP_FILLER = re.compile(r"\\q?quad|\\text\{\s*and\s*\}|\band\b|[\s,;$.]")
+
+
 def last_boxed(text: str) -> str | None:
     """Content of the last \\boxed{}/\\fbox{} of text; adjacent boxes (`\\boxed{1}, \\boxed{2}`) are joined."""
     found: list[tuple[int, str, int]] = []  # (start, content, end), from the right
@@ -73,7 +76,7 @@ def last_boxed(text: str) -> str | None:
         content, end = got
         if found:
             gap = text[end : found[-1][0]]
-            if len(gap) > 12 or gap.strip(" \t\n,;$.") not in ("", "and", "\\text{and}", "\\quad"):
+            if len(gap) > 40 or _GAP_FILLER.sub("", gap):
                 break
         found.append((pos, content, end))
     if not found:
@@ -97,10 +100,42 @@ def _tail(text: str) -> str | None:
     if m:
         line = line[: m.start()]
     line = line.strip().rstrip(".").strip()
+    if len(_PROSE_WORD.findall(_MATH_SPAN.sub(" ", line))) >= 2:
+        # prose such as "The volume of $ABCD$ is 120": the value after the last "is", else the last number
+        m = None
+        for m in re.finditer(r"\b(?:is|are|equals)\s+", line):
+            pass
+        rest = line[m.end() :].strip() if m else ""
+        spans = _MATH_SPAN.findall(rest)
+        if spans:
+            return spans[-1].strip("$").strip()
+        if rest and not _PROSE_WORD.search(rest):
+            return rest
+        nums = _NUMBER.findall(rest or line)
+        return nums[-1].rstrip(",") if nums else (rest or line)
     return line or None
 
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+_MATH_SPAN = re.compile(r"\$[^$]{1,300}\$")
+_LAST_SPAN = re.compile(r"\$\$([^$]{1,2000})\$\$|\$([^$]{1,1000})\$|\\\((.{1,1000}?)\\\)|\\\[(.{1,2000}?)\\\]", re.S)
+
+
+def _last_math_span(text: str) -> str | None:
+    """Content of the last `$..$` / `\\(..\\)` / `\\[..\\]` of text when no number follows it ("so $x < 3$.")."""
+    tail = text[-4000:]
+    last = None
+    for m in _LAST_SPAN.finditer(tail):
+        last = m
+    if last is None or re.search(r"\d", tail[last.end() :]):
+        return None
+    content = next(g for g in last.groups() if g is not None).strip()
+    if not content or len(_PROSE_WORD.findall(re.sub(r"\\[A-Za-z]+(\{[^{}]*\})?", " ", content))) >= 2:
+        return None
+    return content
+
+
+_NUMBER = re.compile(r"(?<![A-Za-z_])-?\d[\d,]*(?:\.\d+)?(?:/\d+(?:\.\d+)?|[eE][-+]?\d+)?")
 
 
 def extract_answer(text: str) -> str | None:
@@ -132,6 +167,9 @@ def extract_answer(text: str) -> str | None:
         ans = _tail(text[best + blen :])
         if ans:
             return ans
+    span = _last_math_span(text)
+    if span is not None:
+        return span
     last = None
     for m in _NUMBER.finditer(text):
         last = m.group(0)
@@ -159,6 +197,8 @@ _UNITS = {"cm", "m", "km", "mm", "ft", "feet", "foot", "in", "inch", "inches", "
           "hours", "days", "weeks", "years", "mph", "units", "sq", "square", "cubic", "meters", "cents",
           "dollars", "cups", "ml", "l", "liters", "gallons", "points", "ways", "people", "students", "apples"}
 _WORD_TAIL = re.compile(r"(?:\s*\b[a-zA-Z]{2,}\b\.?)+(?:\s*\^\s*\{?[23]\}?)?\s*$")
+_ELLIPSIS = re.compile(r"(,\s*)(?:\.\.\.|\\[lc]?dots)\s*$")
+_AND_LIST = re.compile(r"(?<=[\d}])\s*,?\s*\band\b\s*(?=[-\d\\(])")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SPACE_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 
@@ -167,7 +207,9 @@ def _strip_wrappers(s: str) -> str:
     """Remove `$..$`, `\\(..\\)`, `\\[..\\]`, a whole-answer `\\boxed{..}` and trailing punctuation."""
     for _ in range(10):
         s0 = s
-        s = s.strip().rstrip(".,;").strip()
+        s = s.strip()
+        while s[-1:] in (".", ",", ";") and not s.endswith("..."):
+            s = s[:-1].rstrip()
         for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
             if s.startswith(open_) and s.endswith(close) and len(s) >= len(open_) + len(close):
                 s = s[len(open_) : len(s) - len(close)]
@@ -235,7 +277,11 @@ def normalize(answer: str) -> str:
     # Matrix row separators `\\` must survive the removal of `\ ` (a spacing macro) below.
     s = s.replace("\n", " ").replace("\\\\", " \x01 ")
     s = _strip_wrappers(s)
-    s = s.replace("{,}", ",")
+    s = _ELLIPSIS.sub("\\1 \u2026", s)  # `1, 2, 3, ...` is not the finite list 1, 2, 3
+    s = re.sub(r"\s*\{\s*,\s*\}\s*", ",", s)  # 14{,}916 and 14 {, }916
+    k = s.find("\\approx")
+    if k > 0 and "=" in s[:k]:  # `x = 1/3 \approx 0.33`: the exact value is the answer
+        s = s[:k]
     s = re.sub(r",\\!\s*", ",", s)  # `11,\\! 111` is one number too
     for d in _GLUE:  # `10,\\!080` is one number
         s = s.replace(d, "")
@@ -253,6 +299,9 @@ def normalize(answer: str) -> str:
         s = _PERCENT.sub(" ", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = _strip_wrappers(s)
+    s = _AND_LIST.sub(", ", s)  # `19, 46, and 82`
+    if s.startswith("{") and s.endswith("}") and "," in s and match_brace(s, 0) == len(s) - 1:
+        s = "\\{" + s[1:-1] + "\\}"  # `{-2021, 2021}`: a set written with bare braces
     # Leading prose such as "x \in", "k =" is left to the structure parser; trailing unit words go here.
     m = _WORD_TAIL.search(s)
     if m and m.start() > 0 and re.search(r"[0-9}]\s*$", s[: m.start()]):

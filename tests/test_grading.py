@@ -80,7 +80,7 @@ EQUIV = [
     (r"\sqrt{3}", "1.732", True), (r"\sqrt{2}", r"\sqrt{3}", False), (r"\frac94\pi", r"\frac{9}{4}\pi", True),
     (r"\frac{\pi}{2}", r"\pi/2", True), ("2\\pi", r"\pi", False), (r"288 \pi", r"288\pi", True),
     (r"18+2\pi", r"2\pi+18", True), ("2^{10}", "1024", True), ("2^10", "1024", True), (r"10^{-3}", "0.001", True),
-    (r"1.5 \times 10^{3}", "1500", True), (r"3 \cdot 10^2", "300", True), ("1e3", "1000", False),
+    (r"1.5 \times 10^{3}", "1500", True), (r"3 \cdot 10^2", "300", True), ("1e3", "1000", True), ("1.5e3", "1500", True), ("2E-2", "0.02", True), ("1e3", "100", False),
     (r"\frac{\sqrt{\sqrt{11}+\sqrt{194}}}{15+2\sqrt{33}}", r"\frac{\sqrt{\sqrt{11}+\sqrt{194}}}{2\sqrt{33}+15}", True),
     (r"\frac{1+\sqrt{5}}{2}", "2", False), (r"\frac{34}{16}+\frac{\sqrt{1358}}{16}", "4", False), ("1", r"1\sqrt{19}", False),
     ("3!", "6", True), (r"\binom{5}{2}", "10", True), (r"\dbinom{6}{3}", "20", True),
