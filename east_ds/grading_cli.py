@@ -11,11 +11,11 @@ column, no rows) is reported with the file, row and key, and exits with status 2
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from east_ds.grading import extract_answer, grade
+from east_ds.tables import TableError, read_table, write_table
 
 REQUIRED = ("response", "gold")
 
@@ -44,35 +44,16 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _read(path: Path):
-    import pandas as pd
-
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    if path.suffix == ".parquet":
-        try:
-            df = pd.read_parquet(path)
-        except Exception as err:  # pyarrow raises several unrelated types for a corrupt file
-            raise InputError(f"{path}: cannot read Parquet: {err}") from None
-        for key in REQUIRED:
-            if key not in df.columns:
-                raise InputError(f"{path}: missing column {key!r} (columns: {list(df.columns)})")
-        return df
-    rows = []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}: row {lineno}: invalid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}: row {lineno}: expected a JSON object")
-            for key in REQUIRED:
-                if key not in row:
-                    raise InputError(f"{path}: row {lineno}: missing key {key!r}")
-            rows.append(row)
-    return pd.DataFrame(rows)
+    """The table at `path` (tables.read_table), with every row holding both REQUIRED keys."""
+    try:
+        df = read_table(path, required=REQUIRED)
+    except TableError as err:
+        raise InputError(str(err)) from None
+    for key in REQUIRED:
+        missing = df.index[df[key].isna()]
+        if len(missing):
+            raise InputError(f"{path}: row {missing[0] + 1}: missing key {key!r}")
+    return df
 
 
 def _default_out(path: Path) -> Path:
@@ -99,10 +80,7 @@ def run(args: argparse.Namespace) -> int:
     df["answer"] = [extract_answer(r) for r in responses]
     df["correct"] = [grade(r, g) for r, g in zip(responses, golds)]
     out = Path(args.out) if getattr(args, "out", None) else _default_out(path)
-    if out.suffix == ".parquet":
-        df.to_parquet(out, index=False)
-    else:
-        df.to_json(out, orient="records", lines=True, force_ascii=False)
+    write_table(df, out)
     acc = float(df["correct"].mean())
     print(f"{path}: {int(df['correct'].sum())}/{len(df)} correct, accuracy {acc:.4f} -> {out}")
     return 0

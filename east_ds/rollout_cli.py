@@ -99,45 +99,46 @@ def _start(model, rollout, ray_address: str):
     return EnginePool(model.path, rollout, model), tokenizer
 
 
-def run_rollout_cli(args) -> int:
+def _run_stage(args, eval_mode: bool, stage) -> int:
+    """Resolve the config, load the questions, start the engines, run `stage`, always shut the engines down.
+    Bad input (missing model or data, bad config) exits with status 2 before any engine starts."""
     from east_ds.data import load_dataset
-    from east_ds.rollout import run_rollout
 
     try:
-        model, data, rollout, source, split, limit, _ = _configs(args, eval_mode=False)
+        model, data, rollout, source, split, limit, eval_tokens = _configs(args, eval_mode=eval_mode)
         questions = load_dataset(source, data.format, split, limit)
         pool, tokenizer = _start(model, rollout, args.ray_address)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        df = run_rollout(pool, questions, tokenizer, rollout, args.out, data.system_prompt)
+        stage(pool, questions, tokenizer, data, rollout, eval_tokens)
     finally:
         pool.shutdown()
-    stats = df.attrs["stats"]
-    print(json.dumps({k: v for k, v in stats.items() if k != "generated_shard_ids"}))
-    print(f"wrote {Path(args.out) / 'rollouts.parquet'} ({len(df)} rows)")
     return 0
+
+
+def run_rollout_cli(args) -> int:
+    from east_ds.rollout import run_rollout
+
+    def stage(pool, questions, tokenizer, data, rollout, _):
+        df = run_rollout(pool, questions, tokenizer, rollout, args.out, data.system_prompt)
+        stats = df.attrs["stats"]
+        print(json.dumps({k: v for k, v in stats.items() if k != "generated_shard_ids"}))
+        print(f"wrote {Path(args.out) / 'rollouts.parquet'} ({len(df)} rows)")
+
+    return _run_stage(args, False, stage)
 
 
 def run_eval_cli(args) -> int:
-    from east_ds.data import load_dataset
     from east_ds.rollout import run_eval
 
-    try:
-        model, data, rollout, source, split, limit, eval_tokens = _configs(args, eval_mode=True)
-        questions = load_dataset(source, data.format, split, limit)
-        pool, tokenizer = _start(model, rollout, args.ray_address)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
+    def stage(pool, questions, tokenizer, data, _, eval_tokens):
         metrics = run_eval(pool, questions, tokenizer, eval_tokens, args.out, data.system_prompt)
-    finally:
-        pool.shutdown()
-    print(json.dumps(metrics))
-    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} questions; wrote {args.out}")
-    return 0
+        print(json.dumps(metrics))
+        print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} questions; wrote {args.out}")
+
+    return _run_stage(args, True, stage)
 
 
 def main(argv: list[str] | None = None) -> int:

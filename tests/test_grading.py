@@ -321,10 +321,11 @@ def test_cli_parquet_roundtrip(tmp_path):
 
 
 @pytest.mark.parametrize("content,needle", [
-    ('{"response": "x"}\n', "row 1: missing key 'gold'"),
-    ('{"response": "x", "gold": "1"}\n{not json\n', "row 2: invalid JSON"),
-    ("", "no rows"),
-    ('[1, 2]\n', "row 1: expected a JSON object"),
+    ('{"response": "x"}\n', "missing column(s) ['gold']"),
+    ('{"response": "x", "gold": "1"}\n{"response": "y"}\n', "row 2: missing key 'gold'"),
+    ('{"response": "x", "gold": "1"}\n{not json\n', "line 2 is not valid JSON"),
+    ("", "the table is empty"),
+    ('[1, 2]\n', "line 1 is not a JSON object"),
 ])
 def test_cli_bad_input_exit_2(tmp_path, content, needle):
     f = tmp_path / "bad.jsonl"
@@ -342,7 +343,7 @@ def test_cli_missing_parquet_column_and_file(tmp_path, capsys):
     f = tmp_path / "x.parquet"
     pd.DataFrame({"response": ["1"]}).to_parquet(f)
     assert main([str(f)]) == 2
-    assert "missing column 'gold'" in capsys.readouterr().err
+    assert "missing column(s) ['gold']" in capsys.readouterr().err
     assert main([str(tmp_path / "absent.jsonl")]) == 2
 
 
