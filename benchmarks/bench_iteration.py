@@ -22,7 +22,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/bench_iteration")
     ap.add_argument("--iterations", type=int, default=2)
-    ap.add_argument("--train-questions", type=int, default=96)
+    ap.add_argument("--train-questions", type=int, default=800)
     ap.add_argument("--loss", default="sft", choices=["sft", "dpo", "kto"])
     args = ap.parse_args()
 
@@ -36,7 +36,7 @@ def main() -> None:
     run_dir = out / "east"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # measure fresh phases, not skipped ones
-    train, test, warm = write_demo_data(out / "data", args.train_questions, 128)
+    train, test, warm = write_demo_data(out / "data", args.train_questions, 500)
     start = Path("runs/demo/warm_start")
     if not (start / "warm_start.json").is_file():
         start = out / "warm_start"

@@ -162,7 +162,8 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
             if it.checkpoint.is_dir():
                 phases.skip("train")
             else:
-                group = trainer(policy)
+                with phases("train"):  # starting the trainer group (first iteration) counts as training
+                    group = trainer(policy)
                 needed = REFERENCE_COLUMNS[cfg.training.loss]
                 if needed and not set(needed) <= set(read_table(it.examples).columns):
                     with phases("reference"):
