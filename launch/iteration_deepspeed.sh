@@ -24,6 +24,7 @@ FORMAT=${FORMAT:-gsm8k}                     # gsm8k | math
 LIMIT=${LIMIT:-}                            # first K training questions only (empty: all)
 N=${N:-16}                                  # samples per question
 TEMPERATURE=${TEMPERATURE:-1.0}
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-1024}      # per response, rollout and eval
 NUM_ENGINES=${NUM_ENGINES:-1}               # data-parallel vLLM engines for rollout
 A=${A:-1.0}                                 # mapping-function exponent (0: vanilla self-training)
 VALUE=${VALUE:-entropy}                     # entropy | accuracy | rejected
@@ -55,7 +56,8 @@ limit=()
 [[ -n "$LIMIT" ]] && limit=(--limit "$LIMIT")
 stage rollout "$iter_dir/rollouts.parquet" \
   "$EAST_DS" rollout --model "$model" --data "$TRAIN_DATA" --format "$FORMAT" "${limit[@]+"${limit[@]}"}" \
-  --n "$N" --temperature "$TEMPERATURE" --num-engines "$NUM_ENGINES" --out "$iter_dir"
+  --n "$N" --temperature "$TEMPERATURE" --max-new-tokens "$MAX_NEW_TOKENS" --num-engines "$NUM_ENGINES" \
+  --out "$iter_dir"
 
 # ---- 2. grade, cluster, entropy, weights, example selection -----------------------------------------------
 stage weight "$iter_dir/examples.parquet" \
@@ -77,6 +79,7 @@ stage train "$iter_dir/checkpoint/hf" \
 # ---- 5. evaluate the trained model: greedy, one sample per test question ------------------------------------
 if [[ -n "$TEST_DATA" ]]; then
   stage eval "$iter_dir/eval.parquet" \
-    "$EAST_DS" eval --model "$iter_dir/checkpoint/hf" --data "$TEST_DATA" --format "$FORMAT" --out "$iter_dir/eval.parquet"
+    "$EAST_DS" eval --model "$iter_dir/checkpoint/hf" --data "$TEST_DATA" --format "$FORMAT" \
+    --max-new-tokens "$MAX_NEW_TOKENS" --out "$iter_dir/eval.parquet"
 fi
 echo "iteration done: model $iter_dir/checkpoint/hf"
