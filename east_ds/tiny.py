@@ -14,7 +14,7 @@ from east_ds.synthetic import make_problems
 
 # name -> (hidden, layers, heads, intermediate). head_dim = hidden / heads = 64 in both.
 SIZES = {
-    "tiny": (128, 2, 2, 256),  # about 0.3M parameters with a 512-token vocabulary
+    "tiny": (128, 2, 2, 256),  # about 0.46M parameters with a 512-token vocabulary
     "small": (512, 8, 8, 1376),  # about 20M parameters
 }
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
