@@ -40,7 +40,7 @@ from east_ds.losses import (
     dpo_loss, kto_loss, kto_reference_point, sequence_logps, sft_loss, weighted_batch_loss,
 )
 from east_ds.schema import REFERENCE_COLUMNS
-from east_ds.tables import append_jsonl, read_table, write_json, write_table
+from east_ds.tables import append_jsonl, read_jsonl, read_table, write_json, write_table
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -413,6 +413,13 @@ def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, example
             log.info("resumed from %s at step %d", ckpt_dir, start)
     seq_lens = [[len(ids) for ids, _ in s] for s in ex.seqs]
     metrics_path = out / "metrics.jsonl"
+    if eng.rank == 0 and metrics_path.is_file():
+        # Steps after the checkpoint we resume from were lost with the crash; their log lines go too, so the
+        # log holds each step once.
+        kept = [r for r in read_jsonl(metrics_path) if int(r.get("step", 0)) <= start]
+        tmp = metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, metrics_path)
     bar = None
     if eng.rank == 0 and progress:
         from tqdm.auto import tqdm

@@ -113,9 +113,11 @@ def test_sigkill_during_training_resumes(tmp_path, warm_model):
         assert (it1 / f).is_file()
     assert (it1 / "checkpoint" / "config.json").is_file()
     steps = [json.loads(x)["step"] for x in (it1 / "train" / "metrics.jsonl").read_text().splitlines()]
-    # the resumed run continued after the last checkpoint rather than starting again at step 1
-    assert steps[steps_before] > 1 or steps_before == len(steps)
-    assert steps[-1] == max(steps)
+    # the resumed run continued after the last checkpoint, and the step log holds every step exactly once
+    assert steps == list(range(1, len(steps) + 1))
+    summary = json.loads((it1 / "train" / "train_summary.json").read_text())
+    assert summary["start_step"] >= 3  # resumed from a checkpoint (saved every 3 steps), not from step 0
+    assert summary["steps"] == len(steps)
     lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["iteration"] for x in lines] == [0, 1]
 
