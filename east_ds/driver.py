@@ -94,6 +94,9 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     from east_ds.rollout import run_eval, run_rollout
     from east_ds.train_actors import TrainerGroup
 
+    for key, value in (("model.path", cfg.model.path), ("data.train", cfg.data.train)):
+        if not value:
+            raise ConfigError(f"{key} is required (a hub name or a local path)")
     rd = RunDir(cfg)
     rd.claim()
     sink = sink or make_sink(rd.path, rank=0, jsonl=False)  # metrics.jsonl is rebuilt by RunDir

@@ -61,3 +61,12 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("training: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load_config(bad)
+
+
+def test_run_requires_model_and_data(tmp_path):
+    from east_ds.driver import run
+
+    with pytest.raises(ConfigError, match="model.path is required"):
+        run(load_config(None, [f"output_dir={tmp_path}"]))
+    with pytest.raises(ConfigError, match="data.train is required"):
+        run(load_config(None, [f"output_dir={tmp_path}", "model.path=/some/model"]))
