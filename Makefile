@@ -31,8 +31,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests
 
+# The demo keeps vLLM quiet (errors only) so its progress and the final table stay readable.
 demo: $(STAMP)
-	$(BIN)/east-ds demo
+	VLLM_LOGGING_LEVEL=$${VLLM_LOGGING_LEVEL:-ERROR} $(BIN)/east-ds demo
 
 clean:
 	rm -rf $(VENV) runs
