@@ -48,7 +48,8 @@ class Phases:
     @contextmanager
     def __call__(self, name: str):
         t0 = time.perf_counter()
-        print(f"[east-ds] phase {name} ...", flush=True)
+        if name not in self.seconds:  # a phase timed in several parts is announced once
+            print(f"[east-ds] phase {name} ...", flush=True)
         yield
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
