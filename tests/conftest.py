@@ -4,7 +4,16 @@ import os
 
 import pytest
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if not _cuda():  # on a GPU machine DeepSpeed picks CUDA itself; the `gpu`-marked tests need it
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
