@@ -23,6 +23,7 @@ Departures from the reference code, numbered:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import time
@@ -59,16 +60,36 @@ class Phases:
 
 
 class Placement:
-    """Who holds the accelerators while training runs.
+    """Who holds the accelerators, and when.
 
-    colocated: the engines sleep (free their GPU memory) during reference and training, and wake afterwards;
-    split: engines and trainer have their own GPUs and nothing needs to move. On CPU both are plain alternation.
+    colocated: engines and trainer ranks share the same GPUs (half a GPU each in Ray's accounting, the ranks on
+      the engines' placement-group bundles); the engines sleep (free their GPU memory) during reference, scoring
+      and training, and wake afterwards.
+    split: engines and trainer ranks get whole GPUs of their own; nothing needs to move.
+    On a machine without GPUs both are plain alternation: the phases take turns on the CPU.
     """
 
-    def __init__(self, mode: str, pool) -> None:
-        self.pool = pool
-        self.colocated = mode == "colocated"
+    SHARE = 0.5  # GPU fraction of an engine actor and of a trainer rank when colocated
+
+    def __init__(self, mode: str, gpus: float) -> None:
+        self.colocated = mode == "colocated" and gpus > 0
+        self.gpus = gpus
+        self.pool = None
         self.asleep = False
+
+    def engine_gpu_share(self) -> float:
+        return self.SHARE if self.colocated else 1.0
+
+    def rollout_config(self, cfg):
+        """Colocated engines must be able to sleep (vLLM's enable_sleep_mode)."""
+        return dataclasses.replace(cfg, enable_sleep=True) if self.colocated else cfg
+
+    def trainer_options(self) -> dict:
+        if not self.gpus:
+            return {}
+        if self.colocated:
+            return {"num_gpus_per_rank": self.SHARE, "placement_group": self.pool.placement_group}
+        return {"num_gpus_per_rank": 1}
 
     def before_training(self) -> None:
         if self.colocated and not self.asleep:
@@ -91,7 +112,7 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     """Run (or resume) `cfg.iterations` EAST iterations. Returns the run's metrics log."""
     from east_ds.engine_pool import EnginePool
     from east_ds.metrics import make_sink
-    from east_ds.ray_utils import init_ray
+    from east_ds.ray_utils import cluster_gpus, init_ray
     from east_ds.rollout import run_eval, run_rollout
     from east_ds.train_actors import TrainerGroup
 
@@ -108,14 +129,17 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     tokenizer = _tokenizer(cfg.model.path, cfg.model.trust_remote_code)
 
     init_ray(cfg.placement.ray_address)
-    pool = EnginePool(rd.policy_path(), cfg.rollout, cfg.model)
-    placement = Placement(cfg.placement.mode, pool)
+    placement = Placement(cfg.placement.mode, cluster_gpus())
+    pool = EnginePool(rd.policy_path(), placement.rollout_config(cfg.rollout), cfg.model,
+                      gpu_share=placement.engine_gpu_share())
+    placement.pool = pool
     trainers: list = []  # one process group for the whole run, started on first use; the model loads per call
 
     def trainer(policy: str):
         placement.before_training()
         if not trainers:
-            trainers.append(TrainerGroup(policy, cfg.training, cfg.model, cfg.training.num_ranks))
+            trainers.append(TrainerGroup(policy, cfg.training, cfg.model, cfg.training.num_ranks,
+                                         **placement.trainer_options()))
         trainers[0].set_model_path(policy)
         return trainers[0]
 

@@ -83,7 +83,9 @@ def skip_record(reason: str) -> dict:
 class EnginePool:
     """`cfg.num_engines` vLLM engines (Ray actors) serving one policy. See the module docstring."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, model_cfg: ModelConfig):
+    def __init__(self, model_path: str, cfg: RolloutConfig, model_cfg: ModelConfig, gpu_share: float = 1.0):
+        """`gpu_share`: the fraction of its bundle's GPU an engine actor (tensor_parallel_size 1) takes; below 1
+        the trainer's ranks can be placed on the same bundles (`placement_group`) to share the GPUs."""
         import ray
 
         check_model_path(model_path)  # before any actor starts
@@ -104,6 +106,7 @@ class EnginePool:
                 n = cores
         self.num_engines = n
         self._pg = None
+        self.gpu_share = gpu_share
         if self.on_gpu:
             from ray.util.placement_group import placement_group
 
@@ -134,7 +137,7 @@ class EnginePool:
                 placement_group_capture_child_tasks=True,  # TP > 1: vLLM's Ray workers land in this group
             )
             if tp == 1:
-                options.update(num_cpus=1, num_gpus=1, scheduling_strategy=strategy)
+                options.update(num_cpus=1, num_gpus=self.gpu_share, scheduling_strategy=strategy)
             else:  # the TP workers take the GPUs; the engine actor only coordinates them
                 env["VLLM_RAY_BUNDLE_INDICES"] = ",".join(str(i * tp + k) for k in range(tp))
                 options.update(num_cpus=0, num_gpus=0, scheduling_strategy=strategy)
@@ -331,6 +334,11 @@ class EnginePool:
 
     # ------------------------------------------------------------------------------------------------------------
     # GPU sharing and teardown
+
+    @property
+    def placement_group(self):
+        """The engines' placement group on GPU machines (one GPU bundle per engine GPU), else None."""
+        return self._pg
 
     def sleep(self) -> None:
         """Free GPU memory for the trainer (vLLM sleep level 1). A no-op on CPU or when enable_sleep is off."""

@@ -39,3 +39,10 @@ def init_ray(address: str = "", num_cpus: int | None = None) -> None:
         runtime_env=env,
         log_to_driver=True,
     )
+
+
+def cluster_gpus() -> float:
+    """GPUs in the Ray cluster (0 on a CPU machine)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))

@@ -66,15 +66,30 @@ class TrainerGroup:
     """`num_ranks` TrainRank actors forming one data-parallel DeepSpeed job (ray must be initialised)."""
 
     def __init__(self, model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, num_ranks: int,
-                 num_gpus_per_rank: float = 0):
+                 num_gpus_per_rank: float = 0, placement_group=None):
+        """`placement_group` (colocated placement): rank r is scheduled on bundle r of that group, taking
+        `num_gpus_per_rank` of its GPU, so the trainer shares the GPUs the rollout engines hold."""
         self.model_path, self.train_cfg, self.model_cfg = model_path, train_cfg, model_cfg
         m, g, B = train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, train_cfg.global_batch_size
         if m * g * num_ranks != B:  # fail before starting actors
             raise ValueError(f"micro_batch_size ({m}) x gradient_accumulation_steps ({g}) x num_ranks "
                              f"({num_ranks}) = {m * g * num_ranks} != global_batch_size ({B})")
         opts = {"num_cpus": 1, "num_gpus": num_gpus_per_rank}
+        if placement_group is not None:
+            bundles = len(placement_group.bundle_specs)
+            if num_ranks > bundles:
+                raise ValueError(f"colocated training needs num_ranks ({num_ranks}) <= engine GPUs ({bundles})")
+
+        def options(r: int) -> dict:
+            if placement_group is None:
+                return opts
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            return {**opts, "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=placement_group, placement_group_bundle_index=r)}
+
         # LOCAL_RANK 0 on each actor: Ray sets CUDA_VISIBLE_DEVICES to the actor's own GPU(s).
-        self.actors = [TrainRank.options(**opts).remote(r, num_ranks, 0) for r in range(num_ranks)]
+        self.actors = [TrainRank.options(**options(r)).remote(r, num_ranks, 0) for r in range(num_ranks)]
         addr, port = ray.get(self.actors[0].master.remote())
         ray.get([a.init_group.remote(addr, port) for a in self.actors])
 

@@ -70,3 +70,16 @@ def test_run_requires_model_and_data(tmp_path):
         run(load_config(None, [f"output_dir={tmp_path}"]))
     with pytest.raises(ConfigError, match="data.train is required"):
         run(load_config(None, [f"output_dir={tmp_path}", "model.path=/some/model"]))
+
+
+def test_placement_on_cpu_and_gpu():
+    from east_ds.config import RolloutConfig
+    from east_ds.driver import Placement
+
+    cpu = Placement("colocated", gpus=0)  # on CPU both modes alternate: nothing sleeps, no GPUs requested
+    assert not cpu.colocated and cpu.trainer_options() == {} and cpu.engine_gpu_share() == 1.0
+    assert cpu.rollout_config(RolloutConfig()).enable_sleep is False
+    split = Placement("split", gpus=8)
+    assert split.trainer_options() == {"num_gpus_per_rank": 1} and split.engine_gpu_share() == 1.0
+    shared = Placement("colocated", gpus=8)
+    assert shared.engine_gpu_share() == 0.5 and shared.rollout_config(RolloutConfig()).enable_sleep is True
