@@ -415,13 +415,17 @@ def _gold_answer(gold: str) -> str | None:
     return gold
 
 
+def grade_answer(answer: str | None, gold: str) -> bool:
+    """Compare an already extracted final answer with `gold` (a bare answer or a solution); None is wrong."""
+    g = _gold_answer(gold) if gold else None
+    if answer is None or g is None:
+        return False
+    return is_equivalent(answer, g)
+
+
 def grade(response: str, gold: str) -> bool:
     """Extract the final answer of `response` and compare it with `gold` (a bare answer or a solution)."""
-    pred = extract_answer(response) if response else None
-    g = _gold_answer(gold) if gold else None
-    if pred is None or g is None:
-        return False
-    return is_equivalent(pred, g)
+    return grade_answer(extract_answer(response) if response else None, gold)
 
 
 def _key(t: tuple) -> str:

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from east_ds.grading import extract_answer, grade
+from east_ds.grading import extract_answer, grade_answer
 from east_ds.tables import TableError, read_table, write_table
 
 REQUIRED = ("response", "gold")
@@ -77,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     responses = ["" if r is None else r for r in df["response"]]
     golds = ["" if g is None else str(g) for g in df["gold"]]
-    df["answer"] = [extract_answer(r) for r in responses]
-    df["correct"] = [grade(r, g) for r, g in zip(responses, golds)]
+    answers = [extract_answer(r) if r else None for r in responses]
+    df["answer"] = answers
+    df["correct"] = [grade_answer(a, g) for a, g in zip(answers, golds)]  # grade(), extracting once
     out = Path(args.out) if getattr(args, "out", None) else _default_out(path)
     write_table(df, out)
     acc = float(df["correct"].mean())

@@ -169,7 +169,7 @@ def run_eval(
     The table has the rollout columns plus `answer` (extracted final answer, "none" when there is none) and
     `correct`. A skipped (too long) question counts as wrong. Returns {"accuracy", "n", "n_skipped"}.
     """
-    from east_ds.grading import extract_answer, grade
+    from east_ds.grading import extract_answer, grade_answer
 
     questions = questions.reset_index(drop=True)
     prompts, ids = _prompts(questions, tokenizer, system_prompt)
@@ -180,9 +180,9 @@ def run_eval(
     df = pd.DataFrame(rows, columns=list(ROLLOUT_COLUMNS + EXTRA_COLUMNS))
     answers, correct = [], []
     for resp, gold, fin in zip(df["response"], df["gold"], df["finish_reason"]):
-        ans = extract_answer(resp) if fin != "skipped" else None
+        ans = extract_answer(resp) if fin != "skipped" and resp else None
         answers.append("none" if ans is None else ans)
-        correct.append(bool(fin != "skipped" and grade(resp, gold)))
+        correct.append(grade_answer(ans, gold))  # the same verdict as grade(resp, gold), extracting once
     df["answer"], df["correct"] = answers, correct
     write_table(df, out_path)
     n = len(df)

@@ -365,3 +365,21 @@ def test_add_parser_registers_grade():
 ])
 def test_prose_answers_ignore_case(pred, gold, expected):
     assert is_equivalent(pred, gold) is expected
+
+
+@pytest.mark.parametrize("response, gold", [
+    ("so \\boxed{\\frac{1}{2}}", "0.5"),
+    ("The answer is 7.", "8"),
+    ("no answer here at all", "3"),
+    ("#### 1,234", "Total: 617 * 2 = 1234\n#### 1234"),  # a gold given as a full solution
+])
+def test_grade_answer_is_grade_on_an_extracted_answer(response, gold):
+    from east_ds.grading import grade_answer
+
+    assert grade_answer(extract_answer(response), gold) is grade(response, gold)
+
+
+def test_grade_answer_none_is_wrong():
+    from east_ds.grading import grade_answer
+
+    assert grade_answer(None, "1") is False and grade_answer("1", "") is False
