@@ -95,6 +95,15 @@ class TrainConfig:
     length_group_size: int = 16  # length grouping sorts within windows of this many global batches
 
 
+def check_batch_sizes(cfg: TrainConfig, world_size: int) -> None:
+    """micro_batch_size x gradient_accumulation_steps x world size must equal global_batch_size: an error naming
+    the numbers, never a silent fix (the batch fields of the DeepSpeed config are generated from these)."""
+    m, g, B = cfg.micro_batch_size, cfg.gradient_accumulation_steps, cfg.global_batch_size
+    if m * g * world_size != B:
+        raise ValueError(f"micro_batch_size ({m}) x gradient_accumulation_steps ({g}) x world size ({world_size}) "
+                         f"= {m * g * world_size} != global_batch_size ({B})")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     max_new_tokens: int = 1024  # greedy decoding, one sample

@@ -8,6 +8,7 @@ with the tokenizer's chat template (or a plain fallback for tokenizers without o
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -86,6 +87,27 @@ def load_dataset(source: str, fmt: str, split: str = "train", limit: int | None 
     if len(set(ids)) != len(ids):
         raise TableError(f"{where}: question ids are not unique")
     return pd.DataFrame({"question_id": ids, "question": df[qcol].astype(str).tolist(), "gold": golds})
+
+
+def check_model_path(path: str) -> None:
+    """Fail fast, naming `path`, when it is neither a local model directory nor a hub name we could load."""
+    if not path:
+        raise FileNotFoundError("no model path given")
+    p = Path(path).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"model path {path!r} exists but has no config.json")
+        return
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1
+    if looks_local:
+        raise FileNotFoundError(f"model path {path!r} does not exist")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+            raise FileNotFoundError(
+                f"model {path!r} is not a local directory and is not in the Hugging Face cache (HF_HUB_OFFLINE=1)"
+            )
 
 
 def render_prompt(tokenizer, question: str, system_prompt: str = SYSTEM_PROMPT) -> str:

@@ -25,10 +25,10 @@ import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from east_ds.config import ModelConfig, RolloutConfig
+from east_ds.data import check_model_path  # noqa: F401  (re-exported: the rollout CLI checks first)
 from east_ds.weight_sync import bucket_meta, iter_buckets
 
 log = logging.getLogger(__name__)
@@ -40,27 +40,6 @@ class Sampling:
     temperature: float = 0.0  # 0 is greedy
     top_p: float = 1.0
     max_new_tokens: int = 256
-
-
-def check_model_path(path: str) -> None:
-    """Fail fast, naming `path`, when it is neither a local model directory nor a hub name we could load."""
-    if not path:
-        raise FileNotFoundError("no model path given")
-    p = Path(path).expanduser()
-    if p.exists():
-        if not (p / "config.json").is_file():
-            raise FileNotFoundError(f"model path {path!r} exists but has no config.json")
-        return
-    looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1
-    if looks_local:
-        raise FileNotFoundError(f"model path {path!r} does not exist")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
-            raise FileNotFoundError(
-                f"model {path!r} is not a local directory and is not in the Hugging Face cache (HF_HUB_OFFLINE=1)"
-            )
 
 
 def model_max_len(path: str, trust_remote_code: bool = False) -> int | None:

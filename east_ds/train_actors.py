@@ -20,7 +20,7 @@ import socket
 
 import ray
 
-from east_ds.config import ModelConfig, TrainConfig
+from east_ds.config import ModelConfig, TrainConfig, check_batch_sizes
 
 
 @ray.remote
@@ -70,10 +70,7 @@ class TrainerGroup:
         """`placement_group` (colocated placement): rank r is scheduled on bundle r of that group, taking
         `num_gpus_per_rank` of its GPU, so the trainer shares the GPUs the rollout engines hold."""
         self.model_path, self.train_cfg, self.model_cfg = model_path, train_cfg, model_cfg
-        m, g, B = train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, train_cfg.global_batch_size
-        if m * g * num_ranks != B:  # fail before starting actors
-            raise ValueError(f"micro_batch_size ({m}) x gradient_accumulation_steps ({g}) x num_ranks "
-                             f"({num_ranks}) = {m * g * num_ranks} != global_batch_size ({B})")
+        check_batch_sizes(train_cfg, num_ranks)  # fail before starting actors
         opts = {"num_cpus": 1, "num_gpus": num_gpus_per_rank}
         if placement_group is not None:
             bundles = len(placement_group.bundle_specs)

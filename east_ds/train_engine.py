@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from east_ds import train_data as td
-from east_ds.config import ModelConfig, TrainConfig
+from east_ds.config import ModelConfig, TrainConfig, check_batch_sizes
+from east_ds.data import check_model_path
 from east_ds.losses import (
     dpo_loss, kto_loss, kto_reference_point, sequence_logps, sft_loss, weighted_batch_loss,
 )
@@ -98,10 +99,8 @@ def build_ds_config(train_cfg: TrainConfig, model_cfg: ModelConfig, world_size: 
     if bad:
         raise ValueError(f"{path}: sets {bad}; batch sizes, optimizer, schedule and clipping come from TrainConfig "
                          f"(training.*), the JSON holds ZeRO policy only")
+    check_batch_sizes(train_cfg, world_size)
     m, g, B = train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, train_cfg.global_batch_size
-    if m * g * world_size != B:
-        raise ValueError(f"micro_batch_size ({m}) x gradient_accumulation_steps ({g}) x world size ({world_size}) "
-                         f"= {m * g * world_size} != global_batch_size ({B})")
     want_bf16, want_fp16 = model_cfg.dtype == "bfloat16", model_cfg.dtype == "float16"
     for key, want in (("bf16", want_bf16), ("fp16", want_fp16)):
         if key in cfg and bool(cfg[key].get("enabled", False)) != want:
@@ -144,9 +143,7 @@ def load_model(model_path: str, model_cfg: ModelConfig, ds_config: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
 
-    p = Path(model_path)
-    if (p.is_absolute() or model_path.startswith((".", "/")) or os.path.sep in model_path) and not p.exists():
-        raise FileNotFoundError(f"model path {model_path!r} does not exist")
+    check_model_path(model_path)
     keepalive = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"].get("stage", 0) == 3 else None
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[model_cfg.dtype]
     try:
@@ -389,8 +386,7 @@ def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, example
     df = read_table(examples_path)
     from transformers import AutoTokenizer  # tokenise before building the engine: bad input fails fast
 
-    if not Path(model_path).exists() and (model_path.startswith((".", "/")) or os.path.sep in model_path):
-        raise FileNotFoundError(f"model path {model_path!r} does not exist")
+    check_model_path(model_path)
     tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
     ex = td.tokenize_examples(df, tok, train_cfg.loss, train_cfg.max_len, train_cfg.max_prompt_len,
                               where=str(examples_path), need_reference=train_cfg.loss != "sft")

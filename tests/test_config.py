@@ -83,3 +83,12 @@ def test_placement_on_cpu_and_gpu():
     assert split.trainer_options() == {"num_gpus_per_rank": 1} and split.engine_gpu_share() == 1.0
     shared = Placement("colocated", gpus=8)
     assert shared.engine_gpu_share() == 0.5 and shared.rollout_config(RolloutConfig()).enable_sleep is True
+
+
+def test_batch_sizes_must_multiply_to_the_global_batch():
+    from east_ds.config import TrainConfig, check_batch_sizes
+
+    cfg = TrainConfig(global_batch_size=16, micro_batch_size=2, gradient_accumulation_steps=4)
+    check_batch_sizes(cfg, 2)  # 2 x 4 x 2 = 16
+    with pytest.raises(ValueError, match=r"x world size \(4\) = 32 != global_batch_size \(16\)"):
+        check_batch_sizes(cfg, 4)
