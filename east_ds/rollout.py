@@ -24,7 +24,7 @@ import pandas as pd
 
 from east_ds.config import RolloutConfig
 from east_ds.data import SYSTEM_PROMPT, render_prompt
-from east_ds.engine_pool import EnginePool, Sampling
+from east_ds.engine_pool import EnginePool, Sampling, skip_record
 from east_ds.schema import ROLLOUT_COLUMNS
 from east_ds.tables import read_table, write_json, write_table
 
@@ -119,8 +119,7 @@ def run_rollout(
         for j in range(k * size, min((k + 1) * size, len(questions))):
             seed = request_seed(cfg.seed, k, j - k * size)
             if j in skipped:
-                samples = [{"response": "", "num_tokens": 0, "finish_reason": "skipped", "engine": -1,
-                            "seconds": 0.0, "skip_reason": skipped[j]} for _ in range(cfg.n)]
+                samples = [skip_record(skipped[j]) for _ in range(cfg.n)]
             else:
                 samples = by_q[j]
             rows += _rows(records[j], prompts[j], samples, seed)

@@ -137,14 +137,14 @@ def grade_rollouts(
     if cluster_by not in ("equivalent", "exact"):
         raise WeightingError(f"cluster_by must be 'equivalent' or 'exact', not {cluster_by!r}")
 
-    df = rollouts.copy()
+    df = rollouts.reset_index(drop=True)  # row labels are positions: per-row results go into arrays
     if "sample_index" not in df.columns:
         df["sample_index"] = df.groupby("question_id", sort=False).cumcount()
     df["response"] = df["response"].fillna("").astype(str)
     skipped = df["finish_reason"].eq("skipped") if "finish_reason" in df.columns else pd.Series(False, df.index)
-    df["answer"] = [None if s else extract_answer(r) for r, s in zip(df["response"], skipped)]
-    df["correct"] = False
-    df["cluster"] = -1
+    answers = [None if s else extract_answer(r) for r, s in zip(df["response"], skipped)]
+    cluster_ids = np.full(len(df), -1, dtype=np.int64)
+    correct = np.zeros(len(df), dtype=bool)
 
     def cluster(answers):
         return cluster_answers(answers, mode=cluster_by)
@@ -158,14 +158,16 @@ def grade_rollouts(
             raise WeightingError(
                 f"{where}: question {qid!r} has {len(group)} response; entropy needs n >= 2 samples per question"
             )
-        answers = [a if isinstance(a, str) else None for a in group["answer"]]  # pandas turns None into NaN
-        ids, correct = grade_question(answers, golds[0], cluster, is_equivalent)
-        df.loc[group.index, "cluster"] = ids
-        df.loc[group.index, "correct"] = correct
-        stats = question_stats(ids, correct)
+        rows_of_q = group.index.to_numpy()
+        ids, ok = grade_question([answers[i] for i in rows_of_q], golds[0], cluster, is_equivalent)
+        cluster_ids[rows_of_q] = ids
+        correct[rows_of_q] = ok
+        stats = question_stats(ids, ok)
         rows.append({"question_id": qid, **stats, "drop_reason": drop_reason(stats)})
+    df["answer"], df["correct"], df["cluster"] = answers, correct, cluster_ids
+    graded_ids = {r["question_id"] for r in rows}
     for qid in df.loc[skipped, "question_id"].unique():
-        if not any(r["question_id"] == qid for r in rows):
+        if qid not in graded_ids:  # every sample of the question was skipped (prompt too long)
             rows.append({"question_id": qid, "n": 0, "n_correct": 0, "n_clusters": 0, "entropy": math.nan,
                          "accuracy": math.nan, "rejected": math.nan, "drop_reason": "skipped"})
     questions = pd.DataFrame(rows)
