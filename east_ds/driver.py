@@ -121,11 +121,15 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
             raise ConfigError(f"{key} is required (a hub name or a local path)")
     rd = RunDir(cfg)
     rd.claim()
+    evaluate = bool(cfg.data.test) and cfg.evaluation.every_iteration
+    if all(rd.iteration(k).metrics.is_file() for k in range(0 if evaluate else 1, cfg.iterations + 1)):
+        print(f"[east-ds] {rd.path}: every iteration finished earlier; nothing to do", flush=True)
+        return rd.metrics_log()  # without starting Ray, the engines or the trainer
     sink = sink or make_sink(rd.path, rank=0, jsonl=False)  # metrics.jsonl is rebuilt by RunDir
     system = cfg.data.system_prompt
     train_q = load_dataset(cfg.data.train, cfg.data.format, cfg.data.train_split, cfg.data.train_limit)
     test_q = (load_dataset(cfg.data.test, cfg.data.format, cfg.data.test_split, cfg.data.test_limit)
-              if cfg.data.test else None)
+              if evaluate else None)
     tokenizer = _tokenizer(cfg.model.path, cfg.model.trust_remote_code)
 
     init_ray(cfg.placement.ray_address)
@@ -133,24 +137,27 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     pool = EnginePool(rd.policy_path(), placement.rollout_config(cfg.rollout), cfg.model,
                       gpu_share=placement.engine_gpu_share())
     placement.pool = pool
-    trainers: list = []  # one process group for the whole run, started on first use; the model loads per call
+    group = None  # one trainer process group for the whole run, started on first use; the model loads per call
 
     def trainer(policy: str):
+        nonlocal group
         placement.before_training()
-        if not trainers:
-            trainers.append(TrainerGroup(policy, cfg.training, cfg.model, cfg.training.num_ranks,
-                                         **placement.trainer_options()))
-        trainers[0].set_model_path(policy)
-        return trainers[0]
+        if group is None:
+            group = TrainerGroup(policy, cfg.training, cfg.model, cfg.training.num_ranks,
+                                 **placement.trainer_options())
+        group.set_model_path(policy)
+        return group
+
+    def evaluate_into(it: IterDir, phases: Phases) -> float:
+        with phases("evaluate"):
+            return run_eval(pool, test_q, tokenizer, cfg.evaluation.max_new_tokens, it.eval, system)["accuracy"]
 
     try:
         # Iteration 0: the starting model's accuracy, the baseline every later iteration is compared with.
         it0 = rd.iteration(0)
-        if test_q is not None and cfg.evaluation.every_iteration and not it0.metrics.is_file():
+        if evaluate and not it0.metrics.is_file():
             phases = Phases()
-            with phases("evaluate"):
-                ev = run_eval(pool, test_q, tokenizer, cfg.evaluation.max_new_tokens, it0.eval, system)
-            m = {"iteration": 0, **_run_keys(cfg), "eval_accuracy": ev["accuracy"],
+            m = {"iteration": 0, **_run_keys(cfg), "eval_accuracy": evaluate_into(it0, phases),
                  "phase_seconds": phases.seconds}
             rd.write_iteration_metrics(it0, m)
             sink.log(m, step=0)
@@ -208,10 +215,8 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
                 pool.update_weights_from_path(str(it.checkpoint))
 
             # -- evaluate ----------------------------------------------------------------------------------------
-            if test_q is not None and cfg.evaluation.every_iteration:
-                with phases("evaluate"):
-                    ev = run_eval(pool, test_q, tokenizer, cfg.evaluation.max_new_tokens, it.eval, system)
-                m["eval_accuracy"] = ev["accuracy"]
+            if evaluate:
+                m["eval_accuracy"] = evaluate_into(it, phases)
 
             m["phase_seconds"] = phases.seconds
             m["skipped_phases"] = phases.skipped
@@ -222,7 +227,7 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
             print(f"[east-ds] iteration {k} done in {m['iteration_seconds']:.1f} s"
                   + (f"; test accuracy {acc:.3f}" if acc is not None else ""), flush=True)
     finally:
-        for group in trainers:
+        if group is not None:
             group.shutdown()
         pool.shutdown()
         sink.close()

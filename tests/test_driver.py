@@ -46,7 +46,7 @@ def _write_config(tmp: Path, model: Path, name: str, **training) -> Path:
     return path
 
 
-def test_two_iterations_end_to_end(tmp_path, warm_model, ray_session):
+def test_two_iterations_end_to_end(tmp_path, warm_model, ray_session, capsys):
     from east_ds.driver import run
 
     cfg = load_config(_write_config(tmp_path, warm_model, "e2e"))
@@ -75,8 +75,10 @@ def test_two_iterations_end_to_end(tmp_path, warm_model, ray_session):
 
     # a rerun of the finished run redoes nothing and duplicates nothing
     mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.parquet")}
+    capsys.readouterr()
     log2 = run(cfg)
     assert [m["iteration"] for m in log2] == [0, 1, 2]
+    assert "every iteration finished earlier; nothing to do" in capsys.readouterr().out  # no engines started
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.parquet")} == mtimes
 
 
