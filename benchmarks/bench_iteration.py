@@ -3,7 +3,7 @@ overhead (iteration wall time minus the sum of its timed phases).
 
     .venv/bin/python benchmarks/bench_iteration.py [--out runs/bench_iteration] [--iterations 2]
 
-It warm-starts the demo's tiny model (or reuses runs/demo/warm_start when present), runs the driver with the
+It warm-starts the demo's tiny model (once; reused under --out), runs the driver with the
 demo config (EAST, a = 1) and prints, per iteration, each phase's seconds and share of the iteration. Targets:
 grading and weighting under 5% of an iteration, weight update under 2%. Everything runs in this one command;
 the shares are ratios within the same iteration, so machine noise mostly cancels.
@@ -26,26 +26,15 @@ def main() -> None:
     ap.add_argument("--loss", default="sft", choices=["sft", "dpo", "kto"])
     args = ap.parse_args()
 
-    from east_ds.config import load_config
-    from east_ds.demo import DEMO_CONFIG, warm_start, write_demo_data
+    from east_ds.demo import demo_config, prepare
     from east_ds.driver import run
-    from east_ds.synthetic import make_problems
-    from east_ds.tiny import build_tiny_model
 
     out = Path(args.out)
     run_dir = out / "east"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # measure fresh phases, not skipped ones
-    train, test, warm = write_demo_data(out / "data", args.train_questions, 500)
-    start = Path("runs/demo/warm_start")
-    if not (start / "warm_start.json").is_file():
-        start = out / "warm_start"
-        if not (start / "warm_start.json").is_file():
-            base = build_tiny_model(out / "base_model", size="tiny")
-            warm_start(base, start, warm, make_problems(32, seed=4, prefix="probe"))
-    cfg = load_config(DEMO_CONFIG, [f"name=east", f"output_dir={out}", f"iterations={args.iterations}",
-                                    f"model.path={start}", f"data.train={train}", f"data.test={test}",
-                                    f"training.loss={args.loss}"])
+    train, test, start = prepare(out, args.train_questions, 500)  # the demo's data and warm start
+    cfg = demo_config(out, "east", 1.0, start, train, test, args.iterations, (f"training.loss={args.loss}",))
     log = run(cfg)
 
     print(f"\nPer-phase time of each iteration (loss {args.loss}, {args.train_questions} questions x "

@@ -121,12 +121,10 @@ def warm_start(model_dir: Path, out_dir: Path, problems: list[Problem], probe: l
 # 3-4. vanilla against EAST
 
 
-def run_demo(out: Path, n_train: int = 800, n_test: int = 500, iterations: int = 2, seed: int = 0) -> int:
-    from east_ds.driver import run
-    from east_ds.report import accuracy_table, write_report
+def prepare(out: Path, n_train: int, n_test: int, seed: int = 0) -> tuple[Path, Path, Path]:
+    """The demo's data and warm-started model under `out`, built once and reused: (train, test, start model)."""
     from east_ds.tiny import build_tiny_model
 
-    t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     train_path, test_path, warm = write_demo_data(out / "data", n_train, n_test, seed)
     start = out / "warm_start"
@@ -134,12 +132,27 @@ def run_demo(out: Path, n_train: int = 800, n_test: int = 500, iterations: int =
         base = build_tiny_model(out / "base_model", size="tiny", seed=seed)
         probe = make_problems(32, seed=seed + 4, prefix="probe")
         warm_start(base, start, warm, probe, seed=seed)
+    return train_path, test_path, start
+
+
+def demo_config(out: Path, name: str, a: float, start: Path, train: Path, test: Path, iterations: int,
+                overrides: tuple[str, ...] = ()):
+    """configs/demo_cpu.yaml with the demo's paths filled in: one run (vanilla or EAST) under `out`."""
+    return load_config(DEMO_CONFIG, [
+        f"name={name}", f"output_dir={out}", f"iterations={iterations}", f"weighting.a={a}",
+        f"model.path={start}", f"data.train={train}", f"data.test={test}", *overrides,
+    ])
+
+
+def run_demo(out: Path, n_train: int = 800, n_test: int = 500, iterations: int = 2, seed: int = 0) -> int:
+    from east_ds.driver import run
+    from east_ds.report import accuracy_table, write_report
+
+    t0 = time.perf_counter()
+    train_path, test_path, start = prepare(out, n_train, n_test, seed)
     run_dirs = []
     for name, a in (("vanilla", 0.0), ("east", 1.0)):
-        cfg = load_config(DEMO_CONFIG, [
-            f"name={name}", f"output_dir={out}", f"iterations={iterations}", f"weighting.a={a}",
-            f"model.path={start}", f"data.train={train_path}", f"data.test={test_path}",
-        ])
+        cfg = demo_config(out, name, a, start, train_path, test_path, iterations)
         print(f"[demo] === {name} (a = {a}) ===", flush=True)
         run(cfg)
         run_dirs.append(cfg.run_dir)
