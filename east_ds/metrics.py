@@ -4,7 +4,9 @@
     sink.log({"iteration": k, "eval_accuracy": 0.41, "phase_seconds": {...}}, step=k)
     sink.close()
 
-`JsonlSink` writes one JSON object per call to `run_dir/metrics.jsonl` (the file `east-ds report` reads).
+`JsonlSink` appends one JSON object per call. The driver does not use it (`make_sink(..., jsonl=False)`): it
+rebuilds `run_dir/metrics.jsonl`, the file `east-ds report` reads, from the iterations' metrics.json, so a
+resumed run never logs an iteration twice. It stays for callers that pass their own sink to `driver.run`.
 `TensorBoardSink` flattens nested dicts to `a/b` scalar tags and skips values that are not numbers.
 """
 
