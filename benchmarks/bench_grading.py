@@ -134,7 +134,7 @@ def main() -> int:
     # Import cost is paid once per process, not per response: import both graders' dependencies first.
     import math_verify  # noqa: F401
 
-    import east_ds.latex_math  # noqa: F401
+    import east_ds.grading.latex_math  # noqa: F401
     n = sum(len(t) for _, t in work)
     rows, results = [], {}
     for name, fn in (("east (rollout, answer_key)", run_east_rollout), ("east (plain grade)", run_east_plain),
