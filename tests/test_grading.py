@@ -24,7 +24,8 @@ EXTRACT = [
     (r"\fbox{42}", "42"),
     (r"set $\boxed{\{1,2\}}$", r"\{1,2\}"),
     (r"$\boxed{1}, \boxed{2}$", "1, 2"),
-    (r"either $\boxed{15\frac{39}{40}},$ or $\boxed{\frac{639}{40}}$ inches", r"\frac{639}{40}"),
+    # boxes joined by "or" are alternatives: equal ones are one answer (graded below), different ones a set
+    (r"either $\boxed{15\frac{39}{40}},$ or $\boxed{\frac{639}{40}}$ inches", r"15\frac{39}{40} or \frac{639}{40}"),
     ("She makes 9 * 2 = $18.\n#### 18", "18"),
     ("total\n#### 1,234", "1234"),
     ("Final Answer: The final answer is $28 \\%$. I hope it is correct.", "28 \\%"),

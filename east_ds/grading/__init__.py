@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from east_ds.grading.extract import MAX_ANSWER_CHARS, extract_answer, match_brace, normalize
-from east_ds.grading.structure import _SIMPLE_LHS, _split_top, _structure
+from east_ds.grading.structure import _SIMPLE_LHS, _VAR, _split_top, _structure
 
 __all__ = ["extract_answer", "is_equivalent", "grade", "answer_key", "cluster_answers"]
 
@@ -216,9 +216,73 @@ def _equation_eq(a: tuple, b: tuple, positive: bool = False) -> bool:
     return all(abs(r - ratios[0]) <= 1e-9 * max(1, abs(ratios[0])) for r in ratios) and abs(ratios[0]) > 1e-12
 
 
+_INF, _NEG_INF = ("leaf", "\\infty"), ("leaf", "-\\infty")
+
+
+def _has_var(side: str) -> bool:
+    return bool(re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", side)))
+
+
+def _as_intervals(t: tuple) -> tuple | None:
+    """The set an answer describes as a tuple of intervals: an interval, a union, a relation that bounds one
+    variable (`t > 3` is (3, oo), `|x| < 2` is (-2, 2)), alternatives of those. None for anything else."""
+    kind = t[0]
+    if kind == "seq" and len(t[3]) == 2 and t[1] in "([" and t[2] in ")]":
+        return (t,)
+    if kind in ("union", "or"):
+        parts = [_as_intervals(x) for x in t[1]]
+        return None if any(p is None for p in parts) else tuple(i for p in parts for i in p)
+    if kind != "rel" or t[1] == "\\neq":
+        return None
+    op, lhs, rhs = t[1:]
+    lo, hi = ("(", ")") if op == "<" else ("[", "]")
+    if _VAR.fullmatch(lhs) and not _has_var(rhs):  # x < c, |x| < c
+        r = _structure(rhs)
+        if lhs.startswith("|"):
+            return (("seq", lo, hi, (_structure(f"-({rhs})"), r)),)
+        return (("seq", "(", hi, (_NEG_INF, r)),)
+    if _VAR.fullmatch(rhs) and not _has_var(lhs):  # c < x, c < |x|
+        r = _structure(lhs)
+        if rhs.startswith("|"):
+            return (("seq", "(", hi, (_NEG_INF, _structure(f"-({lhs})"))), ("seq", lo, ")", (r, _INF)))
+        return (("seq", lo, ")", (r, _INF)),)
+    return None
+
+
+def _resolve(t: tuple) -> tuple:
+    """Alternatives `A or B`: one answer in two spellings when they are equal, else the set of them (a union
+    when they are intervals or relations); an assignment list met by anything else: its values in order."""
+    if t[0] == "assign":
+        return ("seq", "(", ")", tuple(v for _, v in t[1]))
+    if t[0] != "or":
+        return t
+    items = tuple(_resolve(x) for x in t[1])
+    if all(_struct_eq(x, items[0]) for x in items[1:]):
+        return items[0]
+    intervals = _as_intervals(("or", items))
+    if intervals is not None and any(x[0] == "rel" for x in items):
+        return ("union", intervals)
+    return ("list", tuple(y for x in items for y in (x[1] if x[0] == "list" else (x,))))
+
+
+def _value_eq(a: tuple, b: tuple) -> bool:
+    """A computed value (from a matrix expression) against a leaf or another value."""
+    from east_ds.grading.latex_math import sympy_equal
+
+    ea, eb = (t[1] if t[0] == "value" else _expr_of(t[1]) if t[0] == "leaf" else None for t in (a, b))
+    return ea is not None and eb is not None and sympy_equal(ea, eb)
+
+
 def _struct_eq(a: tuple, b: tuple) -> bool:
     """pred structure a against gold structure b."""
+    if a[0] == b[0] == "assign":
+        la, lb = dict(a[1]), dict(b[1])
+        if len(la) == len(a[1]) and la.keys() == lb.keys():  # the same names: compared name by name
+            return all(_struct_eq(la[k], lb[k]) for k in la)
+    a, b = _resolve(a), _resolve(b)
     ka, kb = a[0], b[0]
+    if "value" in (ka, kb):
+        return _value_eq(a, b)
     if ka == "leaf" and kb == "leaf":
         return a[1] == b[1] or _leaf_eq(_leaf(a[1]), _leaf(b[1]))
     if ka == kb == "seq":
@@ -235,7 +299,8 @@ def _struct_eq(a: tuple, b: tuple) -> bool:
     fa, fb = _flat(a), _flat(b)
     if fa is not None and fb is not None:
         return len(fa) == len(fb) and all(map(_struct_eq, fa, fb))
-    return False
+    ia, ib = _as_intervals(a), _as_intervals(b)  # `t > 3` against `(3, \infty)`
+    return ia is not None and ib is not None and _unordered_eq(ia, ib)
 
 
 # ---- public API ------------------------------------------------------------------------------------------------
@@ -310,7 +375,12 @@ def grade(response: str, gold: str) -> bool:
 
 
 def _key(t: tuple) -> str:
+    t = _resolve(t)
     kind = t[0]
+    if kind == "value":
+        from east_ds.grading.latex_math import fingerprint
+
+        return fingerprint(t[1])
     if kind == "leaf":
         leaf = _leaf(t[1])
         if leaf.kind == "num":

@@ -55,12 +55,18 @@ def _boxed_at(text: str, pos: int, cmd_len: int) -> tuple[str, int] | None:
     return (text[j:k], k) if k > j else None
 
 
-_GAP_FILLER = re.compile(r"\\q?quad|\\text\{\s*and\s*\}|\band\b|[\s,;$.]")
+# What may stand between two boxes that together make one answer: punctuation, spacing, "and"/"or" (plain or in
+# \text), at most one word naming what the first box counts (`\boxed{3} cats and \boxed{4} dogs`) and a label
+# (`x = \boxed{2} or x = \boxed{3}`). Anything longer is prose, and only the last box is the answer.
+_P = r"(?:[\s,;$.~]|\\q?quad)*"
+_GAP = re.compile(_P + r"(?:(?:\\text\{\s*[A-Za-z]*\s*\}|[A-Za-z]{2,12})?" + _P
+                  + r"(?:\\text\{\s*(?:and|or)\s*\}|\b(?:and|or)\b))?" + _P + r"(?:[A-Za-z](?:_\{?\w{1,3}\}?)?\s*=)?" + _P)
+_OR_GAP = re.compile(r"\bor\b")
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last \\boxed{}/\\fbox{} of text; adjacent boxes (`\\boxed{1}, \\boxed{2}`) are joined."""
-    found: list[tuple[int, str, int]] = []  # (start, content, end), from the right
+    found: list[tuple[int, str, int, str]] = []  # (start, content, end, joiner to the box on its right)
     hi = len(text)
     for _ in range(_MAX_TRIES):
         pb, pf = text.rfind("\\boxed", 0, hi), text.rfind("\\fbox", 0, hi)
@@ -74,14 +80,16 @@ def last_boxed(text: str) -> str | None:
                 break
             continue
         content, end = got
+        joiner = ""
         if found:
             gap = text[end : found[-1][0]]
-            if len(gap) > 40 or _GAP_FILLER.sub("", gap):
+            if len(gap) > 60 or not _GAP.fullmatch(gap):
                 break
-        found.append((pos, content, end))
+            joiner = " or " if _OR_GAP.search(gap) else ", "
+        found.append((pos, content, end, joiner))
     if not found:
         return None
-    return ", ".join(c for _, c, _ in reversed(found))
+    return "".join(c + joiner for _, c, _, joiner in reversed(found))  # the joiner leads to the box on the right
 
 
 _PHRASES = ("final answer is", "the answer is", "answer is:", "final answer:", "answer:", "# answer")
@@ -135,6 +143,37 @@ def _last_math_span(text: str) -> str | None:
     return content
 
 
+_COMMAND_ARG = re.compile(r"\\[A-Za-z]+(?:\{[^{}]{0,100}\})?")
+
+
+def _whole_answer(text: str) -> str | None:
+    """The whole text when it is only an answer (`.75`, `2 500`, `\\dfrac{7}{3}`, `x = 5`, `12 cm`): one short
+    line whose only words are units or "and"/"or". Else None."""
+    t = text.strip()
+    if not t or len(t) > 300 or "\n" in t or "\\boxed" in t or "\\fbox" in t:
+        return None
+    words = _PROSE_WORD.findall(_COMMAND_ARG.sub(" ", t))
+    return t if all(w.lower() in _UNITS or w.lower() in ("and", "or") for w in words) else None
+
+
+# Text copied out of JSON without unescaping has every backslash doubled: `\\frac{1}{4}`, `\\left(`.
+_DOUBLED_CMD = re.compile(r"(?<!\\)\\\\(?=(?:d?frac|sqrt|left|right|boxed|text|pi|cdot|times|infty|le|ge|leq|geq|"
+                          r"neq|in|cup|cap|pm|circ|begin|end|mathrm|mathbf|dfrac|tfrac|quad|qquad|sin|cos|tan|log|"
+                          r"ln|alpha|beta|theta|\{|\}|\(|\)|\[|\]|,|!|;|%|\$)(?![A-Za-z]))")
+_SINGLE_CMD = re.compile(r"(?<!\\)\\[A-Za-z(\[{]")
+
+
+def undouble_backslashes(s: str) -> str:
+    """`\\\\frac{1}{4}` -> `\\frac{1}{4}`. When no command is written with a single backslash, every `\\\\` is
+    halved (a matrix row break becomes `\\\\` again from `\\\\\\\\`); otherwise only doubled known commands are,
+    so a real row break before a letter (`a \\\\ b`) stays."""
+    if "\\\\" not in s or not _DOUBLED_CMD.search(s):
+        return s
+    if not _SINGLE_CMD.search(s):
+        return s.replace("\\\\", "\\")
+    return _DOUBLED_CMD.sub(lambda m: "\\", s)
+
+
 _NUMBER = re.compile(r"(?<![A-Za-z_])-?\d[\d,]*(?:\.\d+)?(?:/\d+(?:\.\d+)?|[eE][-+]?\d+)?")
 
 
@@ -149,6 +188,7 @@ def extract_answer(text: str) -> str | None:
         return None
     if "\x00" in text:
         text = text.replace("\x00", "")
+    text = undouble_backslashes(text)
     boxed = last_boxed(text)
     if boxed is not None and boxed.strip():
         return boxed.strip()
@@ -167,6 +207,9 @@ def extract_answer(text: str) -> str | None:
         ans = _tail(text[best + blen :])
         if ans:
             return ans
+    whole = _whole_answer(text)
+    if whole is not None:
+        return whole
     span = _last_math_span(text)
     if span is not None:
         return span
@@ -196,6 +239,8 @@ _UNITS = {"cm", "m", "km", "mm", "ft", "feet", "foot", "in", "inch", "inches", "
           "mile", "kg", "g", "lb", "lbs", "pounds", "oz", "s", "sec", "seconds", "min", "minutes", "hr", "hrs",
           "hours", "days", "weeks", "years", "mph", "units", "sq", "square", "cubic", "meters", "cents",
           "dollars", "cups", "ml", "l", "liters", "gallons", "points", "ways", "people", "students", "apples"}
+_UNIT_IN_LIST = re.compile(r"(?<=[\d}])\s*\b(?:" + "|".join(sorted(_UNITS, key=len, reverse=True))
+                           + r")(?![A-Za-z])(?:\s*\^\s*\{?[23]\}?)?(?=\s*(?:[,;)\]]| or | and ))")
 _WORD_TAIL = re.compile(r"(?:\s*\b[a-zA-Z]{2,}\b\.?)+(?:\s*\^\s*\{?[23]\}?)?\s*$")
 _ELLIPSIS = re.compile(r"(,\s*)(?:\.\.\.|\\[lc]?dots)\s*$")
 _AND_LIST = re.compile(r"(?<=[\d}])\s*,?\s*\band\b\s*(?=[-\d\\(])")
@@ -249,8 +294,10 @@ def _replace_text_groups(s: str) -> str:
             continue
         out.append(s[last:a])
         c = content.strip()
-        if c.lower() in ("and", "or", ","):
+        if c.lower() in ("and", ","):
             out.append(",")
+        elif c.lower() == "or":
+            out.append(" or ")
         elif has_value and re.fullmatch(r"[a-zA-Z .]*", c):
             # a unit: also drop the exponent of `\text{cm}^2`
             m = re.match(r"\s*\^\s*\{?[23]\}?", s[b:])
@@ -268,7 +315,7 @@ def normalize(answer: str) -> str:
 
     A percentage keeps a single trailing `%` so the comparison can accept both 28 and 0.28 for 28%.
     """
-    s = answer[: MAX_ANSWER_CHARS * 2]
+    s = undouble_backslashes(answer[: MAX_ANSWER_CHARS * 2])
     if "\x00" in s:
         s = s.replace("\x00", "")
     for k, v in _UNICODE.items():
@@ -300,6 +347,7 @@ def normalize(answer: str) -> str:
     s = re.sub(r"\s+", " ", s).strip()
     s = _strip_wrappers(s)
     s = _AND_LIST.sub(", ", s)  # `19, 46, and 82`
+    s = _UNIT_IN_LIST.sub("", s)  # `3 cm, 4 cm`
     if s.startswith("{") and s.endswith("}") and "," in s and match_brace(s, 0) == len(s) - 1:
         s = "\\{" + s[1:-1] + "\\}"  # `{-2021, 2021}`: a set written with bare braces
     # Leading prose such as "x \in", "k =" is left to the structure parser; trailing unit words go here.
