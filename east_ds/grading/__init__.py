@@ -160,7 +160,18 @@ def _leaf_eq(a: Leaf, b: Leaf) -> bool:
 
 # ---- comparison of structures --------------------------------------------------------------------------------
 
+def _distinct(xs: tuple) -> tuple:
+    """The members of a set, each once: `(3,17), (3,17), (1,2)` names two pairs."""
+    out: list = []
+    for x in xs:
+        if x not in out and not any(_struct_eq(x, y) for y in out):
+            out.append(x)
+    return tuple(out)
+
+
 def _unordered_eq(xs: tuple, ys: tuple) -> bool:
+    if len(xs) != len(ys):
+        xs, ys = _distinct(xs), _distinct(ys)
     if len(xs) != len(ys):
         return False
     left = list(ys)

@@ -55,12 +55,14 @@ def _boxed_at(text: str, pos: int, cmd_len: int) -> tuple[str, int] | None:
     return (text[j:k], k) if k > j else None
 
 
-# What may stand between two boxes that together make one answer: punctuation, spacing, "and"/"or" (plain or in
-# \text), at most one word naming what the first box counts (`\boxed{3} cats and \boxed{4} dogs`) and a label
-# (`x = \boxed{2} or x = \boxed{3}`). Anything longer is prose, and only the last box is the answer.
-_P = r"(?:[\s,;$.~]|\\q?quad)*"
+# What may stand between two boxes that together make one answer: punctuation and math delimiters, spacing,
+# "and"/"or" (plain, or ending a short \text), at most one word naming what the first box counts
+# (`\boxed{3} cats and \boxed{4} dogs`) and a label (`x = \boxed{2} or x = \boxed{3}`). Anything longer is
+# prose, and only the last box is the answer.
+_P = r"(?:[^\w\\{}=]|\\q?quad|\\[()\[\],;!]|\\text\{\s*,?\s*\})*"
 _GAP = re.compile(_P + r"(?:(?:\\text\{\s*[A-Za-z]*\s*\}|[A-Za-z]{2,12})?" + _P
-                  + r"(?:\\text\{\s*(?:and|or)\s*\}|\b(?:and|or)\b))?" + _P + r"(?:[A-Za-z](?:_\{?\w{1,3}\}?)?\s*=)?" + _P)
+                  + r"(?:\\text\{[^{}]{0,30}\b(?:and|or)\s*\}|\b(?:and|or)\b))?" + _P
+                  + r"(?:[A-Za-z](?:_\{?\w{1,3}\}?)?\s*=)?" + _P)
 _OR_GAP = re.compile(r"\bor\b")
 
 
@@ -81,6 +83,9 @@ def last_boxed(text: str) -> str | None:
             continue
         content, end = got
         joiner = ""
+        if found and content.strip() == found[-1][1].strip():  # the same box repeated: one answer
+            found[-1] = (pos, found[-1][1], end, found[-1][3])
+            continue
         if found:
             gap = text[end : found[-1][0]]
             if len(gap) > 60 or not _GAP.fullmatch(gap):
@@ -239,6 +244,7 @@ _UNITS = {"cm", "m", "km", "mm", "ft", "feet", "foot", "in", "inch", "inches", "
           "mile", "kg", "g", "lb", "lbs", "pounds", "oz", "s", "sec", "seconds", "min", "minutes", "hr", "hrs",
           "hours", "days", "weeks", "years", "mph", "units", "sq", "square", "cubic", "meters", "cents",
           "dollars", "cups", "ml", "l", "liters", "gallons", "points", "ways", "people", "students", "apples"}
+_GLUED_OR = re.compile(r"(?<=[)\]}\d])\s*or\s*(?=[(\[\\\d-]|[A-Z]|[a-z][(_=])")
 _UNIT_IN_LIST = re.compile(r"(?<=[\d}])\s*\b(?:" + "|".join(sorted(_UNITS, key=len, reverse=True))
                            + r")(?![A-Za-z])(?:\s*\^\s*\{?[23]\}?)?(?=\s*(?:[,;)\]]| or | and ))")
 _WORD_TAIL = re.compile(r"(?:\s*\b[a-zA-Z]{2,}\b\.?)+(?:\s*\^\s*\{?[23]\}?)?\s*$")
@@ -346,6 +352,7 @@ def normalize(answer: str) -> str:
         s = _PERCENT.sub(" ", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = _strip_wrappers(s)
+    s = _GLUED_OR.sub(" or ", s)  # `(11,7)or(7,11)`
     s = _AND_LIST.sub(", ", s)  # `19, 46, and 82`
     s = _UNIT_IN_LIST.sub("", s)  # `3 cm, 4 cm`
     if s.startswith("{") and s.endswith("}") and "," in s and match_brace(s, 0) == len(s) - 1:

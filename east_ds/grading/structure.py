@@ -66,7 +66,8 @@ _NAME = r"(?:m?\\angle ?|\\overline\{?)?(?:[A-Za-z]{1,12}|\\[a-zA-Z]+)\}?(?:_\{?
 _LABEL = re.compile(rf"{_NAME}|\|{_NAME}\||{_NAME}(?: ?: ?{_NAME})+|\\frac\{{{_NAME}\}}\{{{_NAME}\}}|\([A-Za-z, ]+\)")
 _MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.S)
 _SIDE = r"(?:[^<>=\\]|\\(?!leq|geq))+?"
-_CHAIN = re.compile(rf"({_SIDE})\s*(<|>|\\leq|\\geq)\s*(\|?[A-Za-z]\|?)\s*(<|>|\\leq|\\geq)\s*({_SIDE})")
+_CHAIN = re.compile(rf"({_SIDE})\s*(<|>|\\leq|\\geq)\s*(\|?[A-Za-z](?:_\{{?\w+\}}?)?(?:\([A-Za-z]\))?\|?)\s*"
+                    rf"(<|>|\\leq|\\geq)\s*({_SIDE})")
 _RELS = ("\\leq", "\\geq", "\\neq", "<", ">")
 _VAR = re.compile(r"\|?[A-Za-z](?:_\{?\w+\}?)?\|?")
 
