@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from east_ds.grading.extract import MAX_ANSWER_CHARS, extract_answer, match_brace, normalize
-from east_ds.grading.structure import _SIMPLE_LHS, _VAR, _split_top, _structure
+from east_ds.grading.structure import _SIMPLE_LHS, _VAR, _has_var, _split_top, _structure
 
 __all__ = ["extract_answer", "is_equivalent", "grade", "answer_key", "cluster_answers"]
 
@@ -228,10 +228,6 @@ def _equation_eq(a: tuple, b: tuple, positive: bool = False) -> bool:
 
 
 _INF, _NEG_INF = ("leaf", "\\infty"), ("leaf", "-\\infty")
-
-
-def _has_var(side: str) -> bool:
-    return bool(re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", side)))
 
 
 def _as_intervals(t: tuple) -> tuple | None:

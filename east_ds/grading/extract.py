@@ -136,7 +136,7 @@ _LAST_SPAN = re.compile(r"\$\$([^$]{1,2000})\$\$|\$([^$]{1,1000})\$|\\\((.{1,100
 
 def _last_math_span(text: str) -> str | None:
     """Content of the last `$..$` / `\\(..\\)` / `\\[..\\]` of text when no number follows it ("so $x < 3$.")."""
-    tail = text[-4000:]
+    tail = text[-4000:].replace("\\$", "  ")  # an escaped dollar sign is text, not a delimiter
     last = None
     for m in _LAST_SPAN.finditer(tail):
         last = m
@@ -195,6 +195,12 @@ def extract_answer(text: str) -> str | None:
         text = text.replace("\x00", "")
     text = undouble_backslashes(text)
     boxed = last_boxed(text)
+    final, box = text.lower().rfind("final answer"), max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if final > box >= 0 and len(_PROSE_WORD.findall(text[box : text.lower().find("final answer", box)])) >= 3:
+        # "Final Answer: ... is $10,455$" a few sentences after the last box (which held a step): it wins
+        ans = _tail(text[final + 12 :].lstrip(" :*").removeprefix("is").removeprefix("The final answer is"))
+        if ans and re.search(r"\d", ans):
+            return ans
     if boxed is not None and boxed.strip():
         return boxed.strip()
     pos = text.rfind("####")

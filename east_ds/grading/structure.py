@@ -72,6 +72,11 @@ _RELS = ("\\leq", "\\geq", "\\neq", "<", ">")
 _VAR = re.compile(r"\|?[A-Za-z](?:_\{?\w+\}?)?\|?")
 
 
+def _has_var(side: str) -> bool:
+    """True when side names a variable (a letter outside a LaTeX command)."""
+    return bool(re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", side)))
+
+
 def is_label(lhs: str) -> bool:
     """True when `lhs = value` names the value (see _LABEL)."""
     lhs = lhs.strip()
@@ -143,8 +148,8 @@ def _structure(s: str, depth: int = 0) -> tuple:
     parts = _split_top(s, ("=",))
     if len(parts) >= 2:
         lhs, rhs = parts[0].strip(), parts[-1].strip()
-        if is_label(lhs) or len(parts) > 2:
-            return _structure(rhs, depth + 1)
+        if is_label(lhs) or len(parts) > 2 or not (_has_var(lhs) or _has_var(rhs)):
+            return _structure(rhs, depth + 1)  # `x = 5`, `a = b = 5`, `1/2 + 3 = 7/2`: the value is the last side
         return ("eq", lhs, rhs)
     m = _CHAIN.fullmatch(s) if len(s) < 200 else None
     got = _chain(m, depth) if m else None
