@@ -47,6 +47,11 @@ _SCI = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE]([-+]?\d{1,4})")
 _PLAIN_MIXED = re.compile(r"([-+]?)(\d+) (\d+)/(\d+)")  # 4 4/9
 
 
+_NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+
+
 def _fast_rational(t: str) -> tuple[Fraction, int | None] | None:
     """Exact value of an integer, decimal, integer fraction or mixed number written without spaces."""
     if len(t) > 60:
@@ -99,6 +104,8 @@ def _leaf(s: str) -> Leaf:
         r = _fast_rational(m.group(0).replace(" ", "")) if m else None
     if r is not None:
         return Leaf("num", r[0], pct, r[1])
+    if t.lower() in _NUMBER_WORDS:
+        return Leaf("num", Fraction(_NUMBER_WORDS[t.lower()]), pct)
     m = _CHOICE.fullmatch(t)
     if m:
         return Leaf("text", (m.group(1) or m.group(2)).upper())

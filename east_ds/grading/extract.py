@@ -242,8 +242,9 @@ _DROP = ("\\displaystyle", "\\;", "\\:", "\\quad", "\\qquad", "\\limits", "\\$",
 _RENAME = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\dbinom", "\\binom"),
            ("\\geqslant", "\\geq"), ("\\leqslant", "\\leq"), ("\\ge ", "\\geq "), ("\\le ", "\\leq "),
            ("\\ne ", "\\neq "), (">=", "\\geq "), ("<=", "\\leq "), ("!=", "\\neq "), ("\\lt", "<"), ("\\gt", ">"),
-           ("\\emptyset", "\\{\\}"), ("\\varnothing", "\\{\\}"), ("\\mp", "\\pm"), ("\\approx", "="),
+           ("\\mathbb{R}", "(-\\infty, \\infty)"), ("\\emptyset", "\\{\\}"), ("\\varnothing", "\\{\\}"), ("\\mp", "\\pm"), ("\\approx", "="),
            ("\\colon", ":"), ("\\tbinom", "\\binom"), ("\\dots", ""), ("\\ldots", ""), ("\\cdots", ""))
+_ORDINAL = re.compile(r"(?<=\d)\s*(?:\^\s*)?\{?\s*(?:\\(?:text|mathrm|textrm)\s*\{\s*)?(?:st|nd|rd|th)\b\s*\}?\}?")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|\bdegrees?\b")
 _PERCENT = re.compile(r"\\%|%|\bpercent(age)?\b|\bpct\b")
 _UNITS = {"cm", "m", "km", "mm", "ft", "feet", "foot", "in", "inch", "inches", "yd", "yards", "mi", "miles",
@@ -255,7 +256,7 @@ _UNIT_IN_LIST = re.compile(r"(?<=[\d}])\s*\b(?:" + "|".join(sorted(_UNITS, key=l
                            + r")(?![A-Za-z])(?:\s*\^\s*\{?[23]\}?)?(?=\s*(?:[,;)\]]| or | and ))")
 _WORD_TAIL = re.compile(r"(?:\s*\b[a-zA-Z]{2,}\b\.?)+(?:\s*\^\s*\{?[23]\}?)?\s*$")
 _ELLIPSIS = re.compile(r"(,\s*)(?:\.\.\.|\\[lc]?dots)\s*$")
-_AND_LIST = re.compile(r"(?<=[\d}])\s*,?\s*\band\b\s*(?=[-\d\\(])")
+_AND_LIST = re.compile(r"(?<=[\d}])\s*,?\s*\band\b\s*(?=[-\d\\(]|[A-Za-z](?:_\{?\w+\}?)?\s*=)")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SPACE_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 
@@ -351,6 +352,7 @@ def normalize(answer: str) -> str:
     s = s.replace("\\{", " \\{ ").replace("\\}", " \\} ")
     s = s.replace("\x01", "\\\\")
     s = _DEGREES.sub(" ", s)
+    s = _ORDINAL.sub("", s)  # 5^\mathrm{th}, 21st
     s = _replace_text_groups(s)
     pct = False
     if _PERCENT.search(s):

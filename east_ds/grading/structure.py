@@ -135,9 +135,12 @@ def _structure(s: str, depth: int = 0) -> tuple:
         return ("leaf", s)
     if s.startswith("\\in "):
         s = s[4:]
-    m = re.match(r"^[A-Za-z](?:_\{?\w+\}?)?\s*\\in\s", s)
+    m = re.match(r"^[A-Za-z](?:_\{?\w+\}?)?\s*\\in(?![A-Za-z])\s*", s)
     if m:
         s = s[m.end() :]
+    m = re.fullmatch(r"\\\{\s*[A-Za-z](?:_\{?\w+\}?)?\s*(?:\\mid|\||:)(.*)\\\}", s)
+    if m:  # set-builder \{x \mid x > 2\}: the condition
+        s = m.group(1).strip()
     alts = [a for a in _split_top(s, (" or ",)) if a.strip()]
     if len(alts) > 1:
         return ("or", tuple(_structure(a, depth + 1) for a in alts))
@@ -162,6 +165,12 @@ def _structure(s: str, depth: int = 0) -> tuple:
             if op in (">", "\\geq"):  # canonical direction: a < b
                 op, lhs, rhs = ("<" if op == ">" else "\\leq"), rhs, lhs
             return ("rel", op, lhs, rhs)
+    parts = _split_top(s, ("\\cap",))
+    if len(parts) > 1:  # finite sets only: \{1,2\} \cap \{2,3\} is \{2\}
+        items = tuple(_structure(p, depth + 1) for p in parts)
+        if all(t[0] == "list" for t in items):
+            return ("list", tuple(x for x in items[0][1] if all(x in t[1] for t in items[1:])))
+        return ("leaf", s)
     parts = _split_top(s, ("\\cup",))
     if len(parts) > 1:
         items = tuple(_structure(p, depth + 1) for p in parts)
