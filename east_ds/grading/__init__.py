@@ -167,22 +167,37 @@ def _leaf_eq(a: Leaf, b: Leaf) -> bool:
 
 # ---- comparison of structures --------------------------------------------------------------------------------
 
+_MAX_PAIRWISE = 40  # members beyond the exact matches compared pairwise (keeps hostile lists under a second)
+
+
 def _distinct(xs: tuple) -> tuple:
     """The members of a set, each once: `(3,17), (3,17), (1,2)` names two pairs."""
-    out: list = []
-    for x in xs:
-        if x not in out and not any(_struct_eq(x, y) for y in out):
-            out.append(x)
-    return tuple(out)
+    out = list(dict.fromkeys(xs))
+    if len(out) > _MAX_PAIRWISE:
+        return tuple(out)
+    kept: list = []
+    for x in out:
+        if not any(_struct_eq(x, y) for y in kept):
+            kept.append(x)
+    return tuple(kept)
 
 
 def _unordered_eq(xs: tuple, ys: tuple) -> bool:
+    """Equal as sets of answers (each member once). Exact matches are paired first, the rest pairwise."""
     if len(xs) != len(ys):
         xs, ys = _distinct(xs), _distinct(ys)
     if len(xs) != len(ys):
         return False
     left = list(ys)
+    rest = []
     for x in xs:
+        if x in left:
+            left.remove(x)
+        else:
+            rest.append(x)
+    if len(rest) > _MAX_PAIRWISE:
+        return False
+    for x in rest:
         for j, y in enumerate(left):
             if _struct_eq(x, y):
                 del left[j]
