@@ -9,6 +9,35 @@ so each call returns quickly for any input (no signal.alarm: safe in threads and
 
 Speed: most answers are integers, decimals or simple fractions; those are decided by `fractions.Fraction`
 without importing sympy. sympy is imported lazily, only for radicals, pi, symbols and the like.
+
+Principles (applied the same way to the prediction and the gold, in `extract`, `structure` and `compare`):
+1. Where the answer is. The last `\boxed{}`; several boxes separated only by punctuation, spacing, "and"/"or",
+   one counted word (`\boxed{3} cats and \boxed{4} dogs`) or a label (`x = \boxed{2} or x = \boxed{3}`) are one
+   answer; a repeated box counts once. A "Final Answer" sentence written a few sentences after the last box
+   wins over it. Then `####`, "the answer is", the last math span, a text that is nothing but an answer
+   (`.75`, `2 500`, `\dfrac{7}{3}`), and last the last number.
+2. Spelling does not count. `\dfrac`/`\frac`/`a/b`/decimals; spacing commands (`\!`, `\,`, `\;`, `\quad`);
+   text that was JSON-escaped twice (`\\frac`); `\left`/`\right`; units, degrees, currency, ordinals, thousands
+   separators (`1,000`, `1\,000`, `1{,}000`), also inside lists (`3 cm, 4 cm`); number words up to twenty.
+3. A named value is its value. `label = value` equals `value` when the label only names a quantity: a variable,
+   `y_1`, `PQ`, `f(2)`, `|PQ|`, `A:B`, `\frac{AM}{MB}`, `(p, q)`. `2x = 6`, `x^2 = 4`, `a + b = 5` are equations
+   (compared as equations, up to a nonzero factor), and `7 = 11a + c` is not `11a + c`. In a chain
+   `a = b = c`, and in `constant = constant` (a computation), the value is the last side.
+4. Order. Tuples `(a, b)`, intervals and matrices are ordered; sets `\{..\}`, bare lists `a, b`, `\pm` and
+   alternatives are unordered, and a set counts each member once. Assignments keep the order written:
+   `x = 2, y = 3` is the tuple (2, 3), compared name by name with another list of the same names. The same name
+   assigned several times (`x = 2, x = -3`) is the set of its values; groups separated by `;` that each assign
+   every name (`m=1,n=3; m=2,n=5`) are a set of tuples.
+5. "or" and "and". `A or B`: one answer in two spellings when A equals B (`15\frac{39}{40}` or `\frac{639}{40}`),
+   else the set {A, B} (a union when they are inequalities). "and" between values is a list separator.
+6. A set is a set however written. An interval, a union of intervals, a relation that bounds one variable
+   (`t > 3` is (3, oo), `-1 < t < 2` is (-1, 2), `2 <= |w| <= 3` is [-3, -2] U [2, 3]), `x \in S` and
+   `\{x \mid cond\}` compare as the set they describe; `\{1,2\} \cup \{5\}` and `\cap` of finite sets are
+   evaluated. A relation against a relation compares as a relation (`5 \geq x` is `x \leq 5`).
+7. Arithmetic is evaluated, never executed: `2 + 3`, matrix sums, scalar multiples and products written out
+   (`matrix_expr`), all through the bounded parser.
+8. Numbers. Exact when both are exact; a decimal with at least 4 places equals an exact value it rounds to, and
+   a value equals a gold decimal it rounds to at the gold's places; a percent equals its value and its /100.
 """
 
 from __future__ import annotations
