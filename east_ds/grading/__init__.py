@@ -88,7 +88,7 @@ def is_equivalent(pred: str, gold: str) -> bool:
         return False
     if a.replace(" ", "") == b.replace(" ", ""):
         return True
-    if _WORDS.fullmatch(a) and _WORDS.fullmatch(b):  # prose answers ("Yes", "even"): case-insensitive
+    if _WORDS.fullmatch(a) and _WORDS.fullmatch(b) and " or " not in a + b:  # prose ("Yes", "even"): any case
         return _text_form(a) == _text_form(b)
     if _safe(lambda: _struct_eq(_structure(a), _structure(b)), default=False):
         return True

@@ -165,6 +165,7 @@ def _whole_answer(text: str) -> str | None:
 _DOUBLED_CMD = re.compile(r"(?<!\\)\\\\(?=(?:d?frac|sqrt|left|right|boxed|text|pi|cdot|times|infty|le|ge|leq|geq|"
                           r"neq|in|cup|cap|pm|circ|begin|end|mathrm|mathbf|dfrac|tfrac|quad|qquad|sin|cos|tan|log|"
                           r"ln|alpha|beta|theta|\{|\}|\(|\)|\[|\]|,|!|;|%|\$)(?![A-Za-z]))")
+_ANY_DOUBLED = re.compile(r"(?<!\\)\\\\[A-Za-z$%!,;{}()\[\]]")
 _SINGLE_CMD = re.compile(r"(?<!\\)\\[A-Za-z(\[{]")
 
 
@@ -172,10 +173,10 @@ def undouble_backslashes(s: str) -> str:
     """`\\\\frac{1}{4}` -> `\\frac{1}{4}`. When no command is written with a single backslash, every `\\\\` is
     halved (a matrix row break becomes `\\\\` again from `\\\\\\\\`); otherwise only doubled known commands are,
     so a real row break before a letter (`a \\\\ b`) stays."""
-    if "\\\\" not in s or not _DOUBLED_CMD.search(s):
+    if "\\\\" not in s:
         return s
     if not _SINGLE_CMD.search(s):
-        return s.replace("\\\\", "\\")
+        return s.replace("\\\\", "\\") if _ANY_DOUBLED.search(s) else s
     return _DOUBLED_CMD.sub(lambda m: "\\", s)
 
 
@@ -256,7 +257,8 @@ _UNIT_IN_LIST = re.compile(r"(?<=[\d}])\s*\b(?:" + "|".join(sorted(_UNITS, key=l
                            + r")(?![A-Za-z])(?:\s*\^\s*\{?[23]\}?)?(?=\s*(?:[,;)\]]| or | and ))")
 _WORD_TAIL = re.compile(r"(?:\s*\b[a-zA-Z]{2,}\b\.?)+(?:\s*\^\s*\{?[23]\}?)?\s*$")
 _ELLIPSIS = re.compile(r"(,\s*)(?:\.\.\.|\\[lc]?dots)\s*$")
-_AND_LIST = re.compile(r"(?<=[\d}])\s*,?\s*\band\b\s*(?=[-\d\\(]|[A-Za-z](?:_\{?\w+\}?)?\s*=)")
+_AND_LIST = re.compile(r"(?:(?<=[\d})\]])|(?<=\b[A-Za-z])|(?<=\d[A-Za-z]))\s*,?\s*\band\b\s*"
+                       r"(?=[-\d\\(]|[A-Za-z](?![A-Za-z])|[A-Za-z](?:_\{?\w+\}?)?\s*=)")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SPACE_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 
@@ -338,6 +340,7 @@ def normalize(answer: str) -> str:
     s = s.replace("\n", " ").replace("\\\\", " \x01 ")
     s = _strip_wrappers(s)
     s = _ELLIPSIS.sub("\\1 \u2026", s)  # `1, 2, 3, ...` is not the finite list 1, 2, 3
+    s = re.sub(r"(?<=\d)\s*(?:\{\s*,\s*\}|,\\!)\s*(?=\d{3}(?!\d))", "", s)  # 14{,}916, 11,\!111: one number
     s = re.sub(r"\s*\{\s*,\s*\}\s*", ",", s)  # 14{,}916 and 14 {, }916
     k = s.find("\\approx")
     if k > 0 and "=" in s[:k]:  # `x = 1/3 \approx 0.33`: the exact value is the answer

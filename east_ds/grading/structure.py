@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from east_ds.grading.extract import MAX_ANSWER_CHARS
+from east_ds.grading.extract import _THOUSANDS, MAX_ANSWER_CHARS
 
 _CACHE = 8192
 
@@ -199,6 +199,8 @@ def _structure(s: str, depth: int = 0) -> tuple:
             return ("seq", s[0], s[-1], tuple(_structure(p, depth + 1) for p in items))
         if s[0] == "(" and s[-1] == ")":
             return _structure(s[1:-1], depth + 1)
+    if _THOUSANDS.fullmatch(s):  # `x = 58,500`: one number, as a whole answer `58,500` is
+        return ("leaf", s.replace(",", ""))
     items = [p for p in _split_top(s, (",", ";")) if p.strip()]
     if len(items) > 1:
         return ("list", tuple(x for p in items for x in _expand_pm(p, depth)))
