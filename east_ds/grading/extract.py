@@ -254,7 +254,7 @@ _UNITS = {"cm", "m", "km", "mm", "ft", "feet", "foot", "in", "inch", "inches", "
           "dollars", "cups", "ml", "l", "liters", "gallons", "points", "ways", "people", "students", "apples"}
 _GLUED_OR = re.compile(r"(?<=[)\]}\d])\s*or\s*(?=[(\[\\\d-]|[A-Z]|[a-z][(_=])")
 _UNIT_IN_LIST = re.compile(r"(?<=[\d}])\s*\b(?:" + "|".join(sorted(_UNITS, key=len, reverse=True))
-                           + r")(?![A-Za-z])(?:\s*\^\s*\{?[23]\}?)?(?=\s*(?:[,;)\]]| or | and ))")
+                           + r")(?![A-Za-z])(?:\s*\^\s*\{?[23]\}?)?(?=\s*(?:[,;)\]]| or | and |$))")
 _WORD_TAIL = re.compile(r"(?:\s*\b[a-zA-Z]{2,}\b\.?)+(?:\s*\^\s*\{?[23]\}?)?\s*$")
 _ELLIPSIS = re.compile(r"(,\s*)(?:\.\.\.|\\[lc]?dots)\s*$")
 _AND_LIST = re.compile(r"(?:(?<=[\d})\]])|(?<=\b[A-Za-z])|(?<=\d[A-Za-z]))\s*,?\s*\band\b\s*"
@@ -268,7 +268,7 @@ def _strip_wrappers(s: str) -> str:
     for _ in range(10):
         s0 = s
         s = s.strip()
-        while s[-1:] in (".", ",", ";") and not s.endswith("..."):
+        while s[-1:] in (".", ",", ";") and not s.endswith("...") and s[-2:-1] != "\\":
             s = s[:-1].rstrip()
         for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
             if s.startswith(open_) and s.endswith(close) and len(s) >= len(open_) + len(close):
