@@ -30,7 +30,8 @@ _INT_FRAC = re.compile(r"(-?)\\frac\{?(\d+)\}?\{?(\d+)\}?")  # \frac{1}{2}, \fra
 _MIXED = re.compile(r"(-?)(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}")
 _DECIMAL = re.compile(r"[-+]?(\d*)\.?(\d*)")
 _SLASH = re.compile(r"(-?\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)")
-_CHOICE = re.compile(r"\(([A-Ea-e])\)|([A-E])")
+_CHOICE = re.compile(r"\(([A-Ea-e])\)|([A-E])\)?")
+_REPEATING = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{(\d{1,12})\}")  # 0.1\overline{6} = 1/6
 _BASE = re.compile(r"(\d+)_\{?(\d+)\}?")
 _SCI = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE]([-+]?\d{1,4})")
 _PLAIN_MIXED = re.compile(r"([-+]?)(\d+) (\d+)/(\d+)")  # 4 4/9
@@ -45,6 +46,11 @@ def _fast_rational(t: str) -> tuple[Fraction, int | None] | None:
     """Exact value of an integer, decimal, integer fraction or mixed number written without spaces."""
     if len(t) > 60:
         return None
+    m = _REPEATING.fullmatch(t)
+    if m:
+        head, rep = m.group(3), m.group(4)
+        v = int(m.group(2) or 0) + Fraction(int(head or 0), 10 ** len(head)) + Fraction(int(rep), (10 ** len(rep) - 1) * 10 ** len(head))
+        return (-v if m.group(1) else v), None
     m = _DECIMAL.fullmatch(t)
     if m and (m.group(1) or m.group(2)):
         return Fraction(t), (len(m.group(2)) if "." in t and m.group(2) else None)
@@ -250,9 +256,13 @@ def _as_intervals(t: tuple) -> tuple | None:
     if kind in ("union", "or"):
         parts = [_as_intervals(x) for x in t[1]]
         return None if any(p is None for p in parts) else tuple(i for p in parts for i in p)
-    if kind != "rel" or t[1] == "\\neq":
+    if kind != "rel":
         return None
     op, lhs, rhs = t[1:]
+    if op == "\\neq":  # x \neq c: everything but c
+        side = rhs if _VAR.fullmatch(lhs) and not _has_var(rhs) else lhs if _VAR.fullmatch(rhs) and not _has_var(lhs) else None
+        c = _structure(side) if side is not None else None
+        return None if c is None else (("seq", "(", ")", (_NEG_INF, c)), ("seq", "(", ")", (c, _INF)))
     lo, hi = ("(", ")") if op == "<" else ("[", "]")
     if _VAR.fullmatch(lhs) and not _has_var(rhs):  # x < c, |x| < c
         r = _structure(rhs)
@@ -314,6 +324,9 @@ def _struct_eq(a: tuple, b: tuple) -> bool:
         return _equation_eq(a, b)
     if ka == kb == "rel":
         return a[1] == b[1] and _equation_eq(("eq", a[2], a[3]), ("eq", b[2], b[3]), positive=True)
+    if (ka, kb) in (("leaf", "list"), ("list", "leaf")):  # a set of one member against that member
+        one, leaf = (b, a) if ka == "leaf" else (a, b)
+        return len(_distinct(one[1])) == 1 and _struct_eq(one[1][0], leaf)
     fa, fb = _flat(a), _flat(b)
     if fa is not None and fb is not None:
         return len(fa) == len(fb) and all(map(_struct_eq, fa, fb))
