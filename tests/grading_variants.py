@@ -37,10 +37,11 @@ def _top_items(g: str) -> list[str] | None:
     for i, c in enumerate(g):
         depth += c in "([{"
         depth -= c in ")]}"
-        if c == "," and depth == 0:
+        if c == "," and depth == 0 and g[i - 1 : i] != "\\":
             parts.append(g[last:i].strip())
             last = i + 1
     parts.append(g[last:].strip())
+    parts = [re.sub(r"^(?:\\[,;!]|\\text\{\s*and\s*\}|\s)+", "", p) for p in parts]  # `5,\,-11`, `3, \text{ and } 4`
     return parts if len(parts) > 1 and all(parts) else None
 
 
@@ -171,9 +172,9 @@ def sample_golds(n: int, seed: int = 0, data: Path = Path("/work/shared/data")) 
     m500 = [json.loads(x)["answer"] for x in (data / "math500_test.jsonl").read_text().splitlines() if x.strip()]
     train = [extract_answer(json.loads(x)["solution"]) for x in (data / "math_train.jsonl").read_text().splitlines()
              if x.strip()]
-    train = [a for a in train if a]
+    train = [a for a in train if a and "\\boxed" not in a and "\\approx" not in a]  # nested-box leftovers
     out: list[str] = []
-    for pool, k in ((m500, n // 2), (train, n - n // 2)):
+    for pool, k in ((m500, min(n // 2, len(m500))), (train, min(n - n // 2, len(train)))):
         rich = [g for g in pool if re.search(r",|\\infty|[(\[]|\\\{", g)]
         pick = rng.sample(rich, min(k // 2, len(rich)))
         rest = [g for g in pool if g not in set(pick)]

@@ -152,11 +152,13 @@ _COMMAND_ARG = re.compile(r"\\[A-Za-z]+(?:\{[^{}]{0,100}\})?")
 
 
 def _whole_answer(text: str) -> str | None:
-    """The whole text when it is only an answer (`.75`, `2 500`, `\\dfrac{7}{3}`, `x = 5`, `12 cm`): one short
-    line whose only words are units or "and"/"or". Else None."""
+    """The whole text when it is only an answer (`.75`, `2 500`, `\\dfrac{7}{3}`, `x = 5`, `12 cm`, `Evelyn`): one
+    short line whose only words are units or "and"/"or", or a single bare word. Else None."""
     t = text.strip()
     if not t or len(t) > 300 or "\n" in t or "\\boxed" in t or "\\fbox" in t:
         return None
+    if re.fullmatch(r"[A-Za-z]{1,20}", t):  # one bare word: a name or a label (`Evelyn`, `LQSX`)
+        return t
     words = _PROSE_WORD.findall(_COMMAND_ARG.sub(" ", t))
     return t if all(w.lower() in _UNITS or w.lower() in ("and", "or") for w in words) else None
 
@@ -252,13 +254,13 @@ _UNITS = {"cm", "m", "km", "mm", "ft", "feet", "foot", "in", "inch", "inches", "
           "mile", "kg", "g", "lb", "lbs", "pounds", "oz", "s", "sec", "seconds", "min", "minutes", "hr", "hrs",
           "hours", "days", "weeks", "years", "mph", "units", "sq", "square", "cubic", "meters", "cents",
           "dollars", "cups", "ml", "l", "liters", "gallons", "points", "ways", "people", "students", "apples"}
-_GLUED_OR = re.compile(r"(?<=[)\]}\d])\s*or\s*(?=[(\[\\\d-]|[A-Z]|[a-z][(_=])")
+_GLUED_OR = re.compile(r"(?<=[)\]}\d])\s*\.?\s*or\s*(?=[(\[\\\d-]|[A-Z]|[a-z][(_=])")
 _UNIT_IN_LIST = re.compile(r"(?<=[\d}])\s*\b(?:" + "|".join(sorted(_UNITS, key=len, reverse=True))
                            + r")(?![A-Za-z])(?:\s*\^\s*\{?[23]\}?)?(?=\s*(?:[,;)\]]| or | and |$))")
 _WORD_TAIL = re.compile(r"(?:\s*\b[a-zA-Z]{2,}\b\.?)+(?:\s*\^\s*\{?[23]\}?)?\s*$")
 _ELLIPSIS = re.compile(r"(,\s*)(?:\.\.\.|\\[lc]?dots)\s*$")
-_AND_LIST = re.compile(r"(?:(?<=[\d})\]])|(?<=\b[A-Za-z])|(?<=\d[A-Za-z]))\s*,?\s*\band\b\s*"
-                       r"(?=[-\d\\(]|[A-Za-z](?![A-Za-z])|[A-Za-z](?:_\{?\w+\}?)?\s*=)")
+_AND_LIST = re.compile(r"(?:(?<=[\d})\]])|(?<=\b[A-Za-z])|(?<=\d[A-Za-z]))\s*\.?,?\s*\band\b\s*"
+                       r"(?=[-\d\\(]|[A-Za-z](?![A-Za-z])|[A-Za-z]{1,3}(?:_\{?\w+\}?)?\s*=)")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SPACE_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 
