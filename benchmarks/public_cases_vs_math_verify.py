@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from grading_variants import rows, sample_golds  # noqa: E402
 from test_grading_public_cases import CASES, CONTESTED, _row  # noqa: E402
 from test_grading_public_cases import check as check_public  # noqa: E402
-from test_grading_shapes import SHAPES  # noqa: E402
+from test_grading_shapes import EAST_ONLY, SHAPES  # noqa: E402
 from test_grading_shapes import check as check_shape  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -76,6 +76,7 @@ def main() -> None:
     score("contested", [_row(c) for c in CONTESTED], check_public, args.v)
     shapes = [(k, p, g, exp, shape) for shape, rs in SHAPES.items() for k, p, g, exp in rs]
     score("shapes table", shapes, check_shape, args.v)
+    score("east-only principle (not counted)", [(*r, "east principle 3") for r in EAST_ONLY], check_shape, args.v)
     if args.data.is_dir():
         golds, src = sample_golds(args.golds, data=args.data), f"{args.golds} golds from {args.data}"
     else:

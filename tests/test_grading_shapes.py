@@ -32,8 +32,7 @@ SHAPES = {
         (E, "s=1,t=4; s=3,t=8", "(1,4),(3,8)", True), (E, "s=1,t=4; s=3,t=8", "(4,1),(8,3)", False),
         (E, "(u, v) = (2, 6)", "(2, 6)", True), (E, "(u, v) = (2, 6)", "(6, 2)", False),
         (E, "u = 2, v = 6", "v = 6, u = 2", True), (E, "u = 2, v = 6", "u = 6, v = 2", False),
-        (E, "x = 3, x = -4", "-4, 3", True), (E, "2x = 6", "6", False), (E, "x^2 = 9", "9", False),
-        (E, "9", "5 = 2a + b", False), (E, "k = 5", "5", True), (E, "5", "k = 5", True),
+        (E, "x = 3, x = -4", "-4, 3", True), (E, "9", "5 = 2a + b", False), (E, "k = 5", "5", True), (E, "5", "k = 5", True),
         (E, "1 + 2 = 3", "3", True), (E, "a = b = 12", "12", True),
     ],
     "several answers joined by words or boxes (MV)": [
@@ -79,6 +78,11 @@ SHAPES = {
         (E, r"\begin{pmatrix}1\\2\end{pmatrix}", "(1, 2)", True), (E, r"\begin{pmatrix}1\\2\end{pmatrix}", "(2, 1)", False),
     ],
 }
+# east's own principle 3 where public graders differ: hendrycks and Qwen drop any left side of at most two
+# characters (`2x = 6` is 6) and math-verify takes the last side of a prediction's equation. Tested, reported
+# apart, not counted in the agreement rate.
+EAST_ONLY = [(E, "2x = 6", "6", False), (E, "x^2 = 9", "9", False), (E, "3y = 12", "12", False)]
+
 CASES = [pytest.param(k, p, g, exp, id=f"{shape[:20]}-{i}") for shape, rows in SHAPES.items()
          for i, (k, p, g, exp) in enumerate(rows)]
 
@@ -91,6 +95,11 @@ def check(kind: str, pred: str, gold: str) -> bool:
 
 @pytest.mark.parametrize("kind,pred,gold,expected", CASES)
 def test_shape_case(kind, pred, gold, expected):
+    assert check(kind, pred, gold) is expected
+
+
+@pytest.mark.parametrize("kind,pred,gold,expected", EAST_ONLY)
+def test_an_equation_is_not_its_right_side(kind, pred, gold, expected):
     assert check(kind, pred, gold) is expected
 
 
