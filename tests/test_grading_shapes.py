@@ -25,6 +25,11 @@ SHAPES = {
         (X, ".25", ".25", True), (X, r"\dfrac{5}{4}", r"\dfrac{5}{4}", True), (X, "8 cm", "8 cm", True),
         (G, "I could not finish: maybe 3 or so", "3", True), (G, "no answer here", "0", False),
     ],
+    "where the answer is: phrases and choices (MV, QW)": [
+        (G, "The answer is C.", "C", True), (G, "I believe the answer is D because the others fail.", "D", True),
+        (G, "The correct option is (A).", "A", True), (G, "The answer is 14, since 2 times 7 is 14.", "14", True),
+        (G, "The answer is 14, since 2 times 7 is 14.", "7", False),
+    ],
     "named assignment against a bare value (MV, QW)": [
         (E, "AB=7, CD=3", "7, 3", True), (E, "a_1 = 4, a_2 = -2", "4, -2", True), (E, "P:Q = 2:9", "2:9", True),
         (E, r"\frac{BE}{EC} = 3", "3", True), (E, "|MN| = 5", "5", True), (E, "g(3) = 10", "10", True),

@@ -97,7 +97,8 @@ def last_boxed(text: str) -> str | None:
     return "".join(c + joiner for _, c, _, joiner in reversed(found))  # the joiner leads to the box on the right
 
 
-_PHRASES = ("final answer is", "the answer is", "answer is:", "final answer:", "answer:", "# answer")
+_PHRASES = ("final answer is", "the answer is", "answer is:", "final answer:", "answer:", "# answer",
+            "correct answer is", "correct option is", "correct choice is")
 
 
 def _tail(text: str) -> str | None:
@@ -109,7 +110,7 @@ def _tail(text: str) -> str | None:
             if end > 0:
                 return t[len(open_) : end].strip()
     line = t.split("\n", 1)[0]
-    m = re.search(r"\.(\s|$)|\bI hope\b", line)
+    m = re.search(r"\.(\s|$)|\bI hope\b|,?\s+\b(?:because|since|as it|which|as we)\b", line)
     if m:
         line = line[: m.start()]
     line = line.strip().rstrip(".").strip()
