@@ -11,6 +11,7 @@ This module imports torch only: no Ray, vLLM or DeepSpeed (the ZeRO-3 gather con
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -84,3 +85,15 @@ def gathered_buckets(
         size += nbytes
     if group:
         yield from flush(group)
+
+
+def checkpoint_tensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """`(name, tensor)` of every weight in a Hugging Face checkpoint directory's safetensors files, one file
+    at a time (what the object-store update sends when the engines should not read the checkpoint themselves)."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors weights to send")
+    for f in files:
+        yield from load_file(str(f)).items()
