@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from east_ds.cluster import Need, wait_placement_group, wait_scheduled
 from east_ds.config import ModelConfig, RolloutConfig
 from east_ds.data import check_model_path  # noqa: F401  (re-exported: the rollout CLI checks first)
-from east_ds.weight_sync import bucket_meta, iter_buckets
+from east_ds.weight_sync import iter_buckets
 
 log = logging.getLogger(__name__)
 
@@ -350,8 +350,6 @@ class EnginePool:
         storage, what a replacement engine loads (it was not in the group)."""
         self._weights = ("path", str(path))
         return [e.update_weights_broadcast.remote(buckets_meta) for e in self.engines]
-
-    bucket_meta = staticmethod(bucket_meta)
 
     # ------------------------------------------------------------------------------------------------------------
     # GPU sharing and teardown

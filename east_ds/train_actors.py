@@ -96,6 +96,7 @@ class TrainRank:
         sender = TrainerWeightBroadcaster(host, port, world_size)
         for bucket in iter_buckets(checkpoint_tensors(checkpoint), bucket_bytes):
             sender.broadcast(bucket)
+        sender.finish()
         return time.perf_counter() - t0
 
     def close(self) -> None:
@@ -177,17 +178,8 @@ class TrainerGroup:
                          resume)
 
     def broadcast_weights(self, pool, checkpoint: str, bucket_mb: int) -> dict:
-        """Rank 0 reads `checkpoint` (its own export) and broadcasts it to every engine of `pool` in buckets of
-        at most `bucket_mb` MiB, through a weight-broadcast group formed for this update (see docs/rollout.md)."""
-        t0 = time.perf_counter()
-        r0, nbytes = self.actors[0], bucket_mb * 2**20
-        host, port = ray.get(r0.master.remote())
-        metas = ray.get(r0.weight_metas.remote(str(checkpoint), nbytes))
-        joined, world = pool.init_weight_group(host, port)
-        sent = r0.send_weights.remote(host, port, world, str(checkpoint), nbytes)
-        received = pool.update_weights_broadcast(metas, str(checkpoint))
-        ray.get(joined + [sent] + received)
-        return {"seconds": time.perf_counter() - t0, "buckets": len(metas)}
+        """Rank 0 broadcasts `checkpoint` to every engine of `pool` (see `broadcast_weights`)."""
+        return broadcast_weights(self.actors[0], pool, checkpoint, bucket_mb)
 
     def drain_events(self) -> list[dict]:
         """Every rank's recorded call start/end events since the last call, ordered by time."""
@@ -210,3 +202,18 @@ class TrainerGroup:
 
             remove_placement_group(self._own_pg)
             self._own_pg = None
+
+
+def broadcast_weights(sender, pool, checkpoint: str, bucket_mb: int) -> dict:
+    """`sender` (a TrainRank actor: trainer rank 0) reads `checkpoint` (its own export) and broadcasts it to every
+    engine of `pool` in buckets of at most `bucket_mb` MiB, through a group formed for this update (NCCL between
+    GPUs, the TCP-store stand-in without CUDA; docs/rollout.md). Returns seconds and bucket count."""
+    t0 = time.perf_counter()
+    nbytes = bucket_mb * 2**20
+    host, port = ray.get(sender.master.remote())
+    metas = ray.get(sender.weight_metas.remote(str(checkpoint), nbytes))
+    joined, world = pool.init_weight_group(host, port)
+    sent = sender.send_weights.remote(host, port, world, str(checkpoint), nbytes)
+    received = pool.update_weights_broadcast(metas, str(checkpoint))
+    ray.get(joined + [sent] + received)
+    return {"seconds": time.perf_counter() - t0, "buckets": len(metas)}

@@ -79,6 +79,10 @@ class WeightBroadcast:
                 t.copy_(received)
         return t
 
+    def finish(self) -> None:
+        """Every rank, after the last bucket: rank 0 keeps the group's store up until all have read it."""
+        self.group.barrier(timeout=3600)
+
 
 def _init_weight_group(worker, host: str, port: int, rank_offset: int, world_size: int) -> None:
     """Join the trainer's weight-broadcast group as rank `rank_offset + worker rank` (trainer rank 0 is 0)."""
@@ -97,6 +101,7 @@ def _reload_from_broadcast(worker, buckets_meta: list[list[tuple[str, str, tuple
                 yield name, comm.broadcast(torch.empty(shape, dtype=getattr(torch, dtype), device=comm.device))
 
     worker.reload_weights(weights_iterator=weights())
+    comm.finish()
     worker._east_weight_comm = None  # one group per update: a replaced engine joins the next one
 
 
@@ -117,6 +122,9 @@ class TrainerWeightBroadcaster:
     def broadcast(self, bucket) -> None:
         for _, t in bucket:
             self.comm.broadcast(t.to(self.comm.device))
+
+    def finish(self) -> None:
+        self.comm.finish()
 
 
 # ----------------------------------------------------------------------------------------------------------------

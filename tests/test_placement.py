@@ -39,9 +39,11 @@ def events(run_dir: Path, k: int) -> list[tuple[str, str]]:
 
 def test_colocated_dpo_on_logical_gpus(logical_gpu_head, tmp_path, warm_model):
     """2 engines and 2 ranks on 2 logical GPUs: rank r shares engine r's bundle, half a GPU each; the engines
-    sleep before the reference phase and wake after training, once per iteration, then take the new weights."""
+    sleep before the reference phase and wake after training, once per iteration, then take the new weights
+    (here through the object store: the driver sends the checkpoint's tensors)."""
     cfg = _write_config(tmp_path, warm_model, "colocated", loss="dpo", beta=0.1, **TWO_RANKS)
-    r = east_ds_run(logical_gpu_head, cfg, "placement.mode=colocated", "rollout.num_engines=2")
+    r = east_ds_run(logical_gpu_head, cfg, "placement.mode=colocated", "rollout.num_engines=2",
+                    "rollout.weight_sync=object_store")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run_dir = tmp_path / "runs" / "colocated"
     where = located(run_dir)
@@ -62,7 +64,7 @@ def test_colocated_dpo_on_logical_gpus(logical_gpu_head, tmp_path, warm_model):
         ev = events(run_dir, k)
         for i in (0, 1):
             mine = [what for who, what in ev if who == f"engine {i}"]
-            assert mine == ["sleep", "wake", "update_weights path"], (k, ev)
+            assert mine == ["sleep", "wake", "update_weights object_store"], (k, ev)
         order = [what for who, what in ev if who in ("engine 0", "rank 0")]
         assert order.index("sleep") < order.index("reference start") < order.index("reference end") \
             < order.index("fit start") < order.index("fit end") < order.index("wake"), (k, ev)
@@ -122,3 +124,25 @@ def test_placement_group_times_out_naming_what_is_free(logical_gpu_head, tmp_pat
             "{GPU: 1, CPU: 1}, PACK (in all GPU 4, CPU 4); the cluster has free: GPU 2, CPU 8") in r.stderr
     assert "waiting up to 5 s for resources" in r.stdout
     print(f"no-resources error after {time.monotonic() - t0:.1f} s (timeout 5 s)")
+
+
+def test_run_directory_no_node_can_see_fails_at_once(logical_gpu_head, tmp_path, warm_model):
+    """The driver's run directory is a tmpfs in the driver's own mount namespace, so the node cannot see it:
+    the run stops before any engine starts (exit 2), naming the node and the path."""
+    import os
+    import shutil
+
+    if not shutil.which("unshare") or os.geteuid() != 0:
+        pytest.skip("needs root and unshare to give the driver a mount the node cannot see")
+    cfg = _write_config(tmp_path, warm_model, "private")
+    runs = tmp_path / "private_runs"
+    runs.mkdir()
+    address, env = logical_gpu_head
+    cmd = (f"mount -t tmpfs none {runs} && {sys.executable} -m east_ds.cli run {cfg} output_dir={runs} "
+           f"placement.ray_address={address}")
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", cmd], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"does not see {runs / 'private'} as the driver does: it cannot read the token file" in r.stderr
+    assert "east-ds run: error: node " in r.stderr and "phase" not in r.stdout  # nothing started
+    assert list(runs.iterdir()) == []  # outside the driver's namespace nothing was written
