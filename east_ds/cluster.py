@@ -234,8 +234,8 @@ def check_shared_path(path: str | Path, timeout_s: float = 60.0, token: bool = T
 
     Writes a token file under `path` (a directory) and runs a tiny task pinned to every alive node that reads it
     back; when `path` is a file, cannot be written (read-only model storage) or `token` is false, the nodes
-    compare what they see there (listing and sizes) with the driver's view instead. Returns one problem per node that cannot see it,
-    naming the node (id and IP) and the path; [] when all see it. Ray must be initialised."""
+    compare what they see there (listing and sizes) with the driver's view instead. Returns one problem per node
+    that cannot see it, naming the node (id and IP) and the path; [] when all see it. Ray must be initialised."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

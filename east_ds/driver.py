@@ -31,7 +31,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from east_ds.cluster import SHARE, Need, SchedulingTimeout, StorageNotShared, placement_needs, shortfall
+from east_ds.cluster import (SHARE, Need, SchedulingTimeout, StorageNotShared, check_shared_path, free_resources,
+                             placement_needs, shortfall, total_resources)
 from east_ds.config import ConfigError, RunConfig, load_config
 from east_ds.data import load_dataset
 from east_ds.rundir import IterDir, RunDir, RunDirError
@@ -113,7 +114,8 @@ class Placement:
     def trainer_options(self) -> dict:
         """TrainerGroup keyword arguments."""
         if self.colocated:
-            shared = Need("trainer ranks (on the engines' bundles)", [{"GPU": self.SHARE, "CPU": 1.0}] * self.ranks, "")
+            shared = Need("trainer ranks (on the engines' bundles)", [{"GPU": self.SHARE, "CPU": 1.0}] * self.ranks,
+                          "")
             return {"num_gpus_per_rank": self.SHARE, "placement_group": self.pool.placement_group, "need": shared,
                     "schedule_timeout_s": self.timeout}
         return {"num_gpus_per_rank": 1 if self.gpus else 0, "need": self.needs[-1],
@@ -140,7 +142,6 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     """Run (or resume) `cfg.iterations` EAST iterations. Returns the run's metrics log."""
     from east_ds.engine_pool import EnginePool
     from east_ds.metrics import make_sink
-    from east_ds.cluster import free_resources, total_resources
     from east_ds.ray_utils import cluster_gpus, init_ray
     from east_ds.rollout import run_eval, run_rollout
     from east_ds.train_actors import TrainerGroup
@@ -275,8 +276,6 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
 def check_storage(run_dir: Path, model_path: str) -> None:
     """Every node must see the run directory (and the model, when it is a local path) as the driver does;
     StorageNotShared names each node and path that fails."""
-    from east_ds.cluster import check_shared_path
-
     problems = check_shared_path(run_dir)
     if Path(model_path).exists():
         problems += check_shared_path(model_path, token=False)  # read only: compare what each node sees
