@@ -94,12 +94,11 @@ class Placement:
     def check_resources(self, total: dict, free: dict, wait: bool) -> None:
         """Fail at once when the whole cluster (`total`) can never hold the run, unless `wait` (an autoscaling
         cluster); say so when what is `free` now is short (the placement groups then wait up to the timeout)."""
-        if problems := shortfall(self.needs, total, have="in all"):
-            if not wait:
-                raise SchedulingTimeout("the cluster can never hold this run: " + "; ".join(problems)
-                                        + " (placement.wait_for_resources=true waits up to "
-                                        "placement.schedule_timeout_s for the cluster to grow)")
-        elif problems := shortfall(self.needs, free):
+        if not wait and (problems := shortfall(self.needs, total, have="in all")):
+            raise SchedulingTimeout("the cluster can never hold this run: " + "; ".join(problems)
+                                    + " (placement.wait_for_resources=true waits up to "
+                                    "placement.schedule_timeout_s for the cluster to grow)")
+        if problems := shortfall(self.needs, free):
             print(f"[east-ds] waiting up to {self.timeout:g} s for resources: " + "; ".join(problems), flush=True)
 
     def rollout_config(self, cfg):
@@ -155,17 +154,18 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     if all(rd.iteration(k).metrics.is_file() for k in range(0 if evaluate else 1, cfg.iterations + 1)):
         print(f"[east-ds] {rd.path}: every iteration finished earlier; nothing to do", flush=True)
         return rd.metrics_log()  # without starting Ray, the engines or the trainer
-    sink = sink or make_sink(rd.path, rank=0, jsonl=False)  # metrics.jsonl is rebuilt by RunDir
     system = cfg.data.system_prompt
     train_q = load_dataset(cfg.data.train, cfg.data.format, cfg.data.train_split, cfg.data.train_limit)
     test_q = (load_dataset(cfg.data.test, cfg.data.format, cfg.data.test_split, cfg.data.test_limit)
               if evaluate else None)
-    tokenizer = _tokenizer(cfg.model.path, cfg.model.trust_remote_code)
 
+    # The cluster first: a run it cannot hold, or whose files a node cannot see, stops before anything loads.
     init_ray(cfg.placement.ray_address)
     placement = Placement(cfg, cluster_gpus())
     placement.check_resources(total_resources(), free_resources(), cfg.placement.wait_for_resources)
     check_storage(rd.path, cfg.model.path)
+    sink = sink or make_sink(rd.path, rank=0, jsonl=False)  # metrics.jsonl is rebuilt by RunDir
+    tokenizer = _tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     pool = group = None  # one trainer process group for the whole run, started on first use; the model loads per call
     located: dict = {"mode": cfg.placement.mode, "cluster_gpus": placement.gpus}  # where engines and ranks landed
 

@@ -106,6 +106,7 @@ def test_placement_fails_at_once_when_the_cluster_is_too_small(capsys):
     p.check_resources({"GPU": 5.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}, wait=False)  # busy now, not too small
     assert "waiting up to 300 s for resources" in capsys.readouterr().out
     p.check_resources({"GPU": 1.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}, wait=True)  # may grow: wait
+    assert "waiting up to 300 s for resources: rollout engines + trainer ranks need 5 GPUs" in capsys.readouterr().out
 
 
 def test_batch_sizes_must_multiply_to_the_global_batch():
