@@ -21,6 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TWO_RANKS = {"global_batch_size": 4, "micro_batch_size": 1, "gradient_accumulation_steps": 2, "num_ranks": 2}
 
 
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory):
+    """For runs that must stop before any engine starts: any model directory will do."""
+    from east_ds.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("untrained") / "tiny")
+
+
 def east_ds_run(head, cfg_path: Path, *overrides: str, timeout: float = 900) -> subprocess.CompletedProcess:
     address, env = head
     cmd = [sys.executable, "-m", "east_ds.cli", "run", str(cfg_path), f"placement.ray_address={address}",
@@ -98,9 +106,9 @@ def test_split_sft_on_logical_gpus_with_broadcast_update(logical_gpu_head, tmp_p
 
 
 @pytest.mark.parametrize("mode", ["colocated", "split"])
-def test_no_resources_fails_at_once_naming_the_ask(logical_gpu_head, tmp_path, warm_model, mode):
+def test_no_resources_fails_at_once_naming_the_ask(logical_gpu_head, tmp_path, untrained_model, mode):
     """4 engines on a cluster of 2 GPUs can never be placed: the run stops before starting anything (exit 2)."""
-    cfg = _write_config(tmp_path, warm_model, f"small_{mode}")
+    cfg = _write_config(tmp_path, untrained_model, f"small_{mode}")
     r = east_ds_run(logical_gpu_head, cfg, f"placement.mode={mode}", "rollout.num_engines=4")
     assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
     assert "east-ds run: error: the cluster can never hold this run: " in r.stderr, r.stderr[-3000:]
@@ -112,10 +120,10 @@ def test_no_resources_fails_at_once_naming_the_ask(logical_gpu_head, tmp_path, w
     assert "Traceback" not in r.stderr
 
 
-def test_placement_group_times_out_naming_what_is_free(logical_gpu_head, tmp_path, warm_model):
+def test_placement_group_times_out_naming_what_is_free(logical_gpu_head, tmp_path, untrained_model):
     """With wait_for_resources the engines' placement group waits, but only schedule_timeout_s: then the run
     fails (exit 2) saying what was asked and what the cluster has free, and gives back what it held."""
-    cfg = _write_config(tmp_path, warm_model, "wait")
+    cfg = _write_config(tmp_path, untrained_model, "wait")
     t0 = time.monotonic()
     r = east_ds_run(logical_gpu_head, cfg, "placement.mode=split", "rollout.num_engines=4",
                     "placement.wait_for_resources=true", "placement.schedule_timeout_s=5")
@@ -126,7 +134,7 @@ def test_placement_group_times_out_naming_what_is_free(logical_gpu_head, tmp_pat
     print(f"no-resources error after {time.monotonic() - t0:.1f} s (timeout 5 s)")
 
 
-def test_run_directory_no_node_can_see_fails_at_once(logical_gpu_head, tmp_path, warm_model):
+def test_run_directory_no_node_can_see_fails_at_once(logical_gpu_head, tmp_path, untrained_model):
     """The driver's run directory is a tmpfs in the driver's own mount namespace, so the node cannot see it:
     the run stops before any engine starts (exit 2), naming the node and the path."""
     import os
@@ -134,7 +142,7 @@ def test_run_directory_no_node_can_see_fails_at_once(logical_gpu_head, tmp_path,
 
     if not shutil.which("unshare") or os.geteuid() != 0:
         pytest.skip("needs root and unshare to give the driver a mount the node cannot see")
-    cfg = _write_config(tmp_path, warm_model, "private")
+    cfg = _write_config(tmp_path, untrained_model, "private")
     runs = tmp_path / "private_runs"
     runs.mkdir()
     address, env = logical_gpu_head
