@@ -20,6 +20,7 @@ Ray is imported inside the functions, so importing this module stays cheap.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,12 @@ SHARE = 0.5  # GPU fraction of an engine actor and of a trainer rank on a shared
 
 
 class SchedulingTimeout(RuntimeError):
-    """A placement group or actor was not scheduled in time; the message names what was asked and what is free."""
+    """A placement group or actor was not scheduled in time (or, without placement.wait_for_resources, can never
+    be: the whole cluster has less); the message names what was asked and what is free."""
+
+
+class StorageNotShared(RuntimeError):
+    """A node cannot see the run directory or the model the driver sees; the message names node and path."""
 
 
 @dataclass(frozen=True)
@@ -100,31 +106,59 @@ def placement_needs(rollout: RolloutConfig, training: TrainConfig, placement: Pl
             Need("trainer ranks", [{"GPU": 1.0, "CPU": 1.0}] * ranks, "PACK")]
 
 
-def shortfall(needs: Sequence[Need], free: Mapping[str, float]) -> list[str]:
+def shortfall(needs: Sequence[Need], free: Mapping[str, float], have: str = "free") -> list[str]:
     """One human-readable problem per resource the needs together ask for more of than `free` has, e.g.
     "rollout engines + trainer ranks need 6 GPUs (4 bundles of {GPU: 1, CPU: 1}, PACK + 2 x {GPU: 1});
-    the cluster has 2 free". Empty when everything fits."""
+    the cluster has 2 free" (`have` names what `free` is: "free", "in all"). Empty when everything fits."""
     totals: dict[str, float] = {}
     for n in needs:
         for k, v in n.total().items():
             totals[k] = totals.get(k, 0.0) + v
     problems = []
     for res, amount in totals.items():
-        have = float(free.get(res, 0.0))
-        if amount > have + 1e-9:
+        amount_have = float(free.get(res, 0.0))
+        if amount > amount_have + 1e-9:
             askers = [n for n in needs if n.total().get(res, 0.0) > 0]
             problems.append(f"{' + '.join(n.what for n in askers)} need {_num(amount)} {res}s "
-                            f"({' + '.join(n.describe() for n in askers)}); the cluster has {_num(have)} free")
+                            f"({' + '.join(n.describe() for n in askers)}); the cluster has {_num(amount_have)} {have}")
     return problems
+
+
+_PG_RESOURCE = re.compile(r"_group_(\d+_)?[0-9a-f]{32,}$")  # Ray's per-placement-group bookkeeping resources
+
+
+def _plain(resources: Mapping[str, float]) -> dict[str, float]:
+    """GPU, CPU and custom resources: not memory, node labels or what placement groups reserved."""
+    skip = ("memory", "object_store_memory")
+    return {k: float(v) for k, v in resources.items()
+            if k not in skip and not k.startswith(("node:", "accelerator_type:")) and not _PG_RESOURCE.search(k)}
 
 
 def free_resources() -> dict[str, float]:
     """Resources available now (GPU, CPU and custom ones; not memory or node labels). Ray must be initialised."""
     import ray
 
-    skip = ("memory", "object_store_memory")
-    return {k: float(v) for k, v in ray.available_resources().items()
-            if k not in skip and not k.startswith(("node:", "accelerator_type:"))}
+    return _plain(ray.available_resources())
+
+
+def total_resources() -> dict[str, float]:
+    """What every alive node advertises together (GPU, CPU and custom ones). Ray must be initialised."""
+    import ray
+
+    return _plain(ray.cluster_resources())
+
+
+def actor_location() -> dict:
+    """Where the calling Ray actor or task runs, as Ray sees it from inside: node, placement group, the resources
+    and GPU ids Ray assigned, CUDA_VISIBLE_DEVICES, and whether this process has a CUDA device."""
+    import ray
+    import torch
+
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "placement_group": ctx.get_placement_group_id(), "resources": ctx.get_assigned_resources(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "cuda_visible_devices":
+            os.environ.get("CUDA_VISIBLE_DEVICES"), "cuda": torch.cuda.is_available(), "pid": os.getpid()}
 
 
 def timeout_message(need: Need, timeout_s: float) -> str:
@@ -195,13 +229,13 @@ def _read_back(path: str, token_name: str) -> tuple[str, str]:
     return _fingerprint(path), ip
 
 
-def check_shared_path(path: str | Path, timeout_s: float = 60.0) -> list[str]:
+def check_shared_path(path: str | Path, timeout_s: float = 60.0, token: bool = True) -> list[str]:
     """Can every alive Ray node see `path` as the driver does?
 
     Writes a token file under `path` (a directory) and runs a tiny task pinned to every alive node that reads it
-    back; when `path` is a file or cannot be written (read-only model storage), the nodes compare what they see
-    there (listing and sizes) with the driver's view instead. Returns one problem per node that cannot see it,
-    naming the node (id and IP) and the path; [] when all see it. Ray must be initialised."""
+    back; when `path` is a file, cannot be written (read-only model storage) or `token` is false, the nodes
+    compare what they see there (listing and sizes) with the driver's view instead. Returns one problem per node
+    that cannot see it, naming the node (id and IP) and the path; [] when all see it. Ray must be initialised."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -209,7 +243,7 @@ def check_shared_path(path: str | Path, timeout_s: float = 60.0) -> list[str]:
     if not os.path.exists(path):
         return [f"{path}: does not exist on the driver's node"]
     token_name, expected = "", ""
-    if os.path.isdir(path):
+    if token and os.path.isdir(path):
         token_name, expected = f"{TOKEN_PREFIX}{secrets.token_hex(8)}", secrets.token_hex(16)
         try:
             (Path(path) / token_name).write_text(expected)

@@ -54,7 +54,11 @@ class RolloutConfig:
     enable_prefix_caching: bool = True  # vLLM reuses KV of shared prompt prefixes; reset after each weight update
     enable_sleep: bool = False  # GPU only: build engines with sleep mode so sleep()/wake() free GPU memory
     max_shard_retries: int = 2  # a shard whose engine actor dies is retried this many times on a new actor
-    weight_bucket_mb: int = 256  # in-memory / NCCL weight updates move tensors in buckets of at most this size
+    weight_bucket_mb: int = 256  # in-memory / broadcast weight updates move tensors in buckets of at most this size
+    weight_sync: Literal["path", "object_store", "broadcast"] = "path"  # how new weights reach the engines after
+    # training: "path" engines load the checkpoint from shared storage; "object_store" the driver sends its
+    # tensors in buckets through Ray's object store; "broadcast" trainer rank 0 broadcasts them (NCCL between
+    # GPUs, a CPU stand-in without CUDA; split placement only). docs/rollout.md says which to use when
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,10 @@ class EvalConfig:
 class PlacementConfig:
     mode: Literal["colocated", "split"] = "colocated"  # engines and trainer share GPUs, or have their own
     ray_address: str = ""  # empty: start or join a local Ray; "auto": join the running cluster
+    schedule_timeout_s: float = 300.0  # a placement group or actor not scheduled within this many seconds fails
+    # the run with what was asked and what the cluster has free (never a silent wait)
+    wait_for_resources: bool = False  # false: a run needing more than the whole cluster has fails at once;
+    # true: wait up to schedule_timeout_s for it to grow (an autoscaling cluster)
 
 
 @dataclass(frozen=True)

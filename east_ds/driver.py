@@ -24,17 +24,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from east_ds.cluster import (SHARE, Need, SchedulingTimeout, StorageNotShared, check_shared_path, free_resources,
+                             placement_needs, shortfall, total_resources)
 from east_ds.config import ConfigError, RunConfig, load_config
 from east_ds.data import load_dataset
 from east_ds.rundir import IterDir, RunDir, RunDirError
 from east_ds.schema import REFERENCE_COLUMNS
-from east_ds.tables import TableError, read_table, write_table
+from east_ds.tables import TableError, read_table, write_json, write_table
 from east_ds.weight_stage import weigh
 from east_ds.weighting import WeightingError
 
@@ -60,36 +63,62 @@ class Phases:
 
 
 class Placement:
-    """Who holds the accelerators, and when.
+    """Who holds the accelerators, and when (what each asks Ray for: cluster.placement_needs).
 
-    colocated: engines and trainer ranks share the same GPUs (half a GPU each in Ray's accounting, the ranks on
-      the engines' placement-group bundles); the engines sleep (free their GPU memory) during reference, scoring
-      and training, and wake afterwards.
-    split: engines and trainer ranks get whole GPUs of their own; nothing needs to move.
-    On a machine without GPUs both are plain alternation: the phases take turns on the CPU.
+    colocated: engines and trainer ranks share the same GPUs (half a GPU each in Ray's accounting, rank r on the
+      engines' placement-group bundle r); the engines sleep (free their GPU memory) before reference scoring,
+      perplexity scoring and training, and wake before the weight update, once per iteration.
+    split: engines and trainer ranks get whole GPUs of their own (a placement group each); nothing sleeps.
+    On a cluster without GPUs both are plain alternation: the phases take turns on the CPU.
+    Ray's GPU count decides the placement; whether an engine or rank is on a GPU (vLLM sleep mode, nccl or gloo)
+    is decided inside it by its own device, so logical GPUs on a CPU machine run the same placement code.
     """
 
-    SHARE = 0.5  # GPU fraction of an engine actor and of a trainer rank when colocated
+    SHARE = SHARE  # GPU fraction of an engine actor and of a trainer rank when colocated
 
-    def __init__(self, mode: str, gpus: float) -> None:
-        self.colocated = mode == "colocated" and gpus > 0
+    def __init__(self, cfg: RunConfig, gpus: float) -> None:
+        self.colocated = cfg.placement.mode == "colocated" and gpus > 0
         self.gpus = gpus
+        self.timeout = cfg.placement.schedule_timeout_s
+        self.ranks = cfg.training.num_ranks
+        rollout = cfg.rollout
+        if not gpus:  # the pool runs at most one vLLM-CPU engine per core
+            rollout = dataclasses.replace(rollout, num_engines=min(rollout.num_engines, os.cpu_count() or 1))
+        self.needs = placement_needs(rollout, cfg.training, cfg.placement, gpus)
+        if cfg.rollout.weight_sync == "broadcast" and self.colocated:
+            raise ConfigError("rollout.weight_sync=broadcast needs placement.mode=split on a cluster with GPUs: "
+                              "NCCL cannot put two ranks (trainer rank 0 and an engine) on one shared GPU")
         self.pool = None
         self.asleep = False
 
-    def engine_gpu_share(self) -> float:
-        return self.SHARE if self.colocated else 1.0
+    def check_resources(self, total: dict, free: dict, wait: bool) -> None:
+        """Fail at once when the whole cluster (`total`) can never hold the run, unless `wait` (an autoscaling
+        cluster); say so when what is `free` now is short (the placement groups then wait up to the timeout)."""
+        if not wait and (problems := shortfall(self.needs, total, have="in all")):
+            raise SchedulingTimeout("the cluster can never hold this run: " + "; ".join(problems)
+                                    + " (placement.wait_for_resources=true waits up to "
+                                    "placement.schedule_timeout_s for the cluster to grow)")
+        if problems := shortfall(self.needs, free):
+            print(f"[east-ds] waiting up to {self.timeout:g} s for resources: " + "; ".join(problems), flush=True)
 
     def rollout_config(self, cfg):
         """Colocated engines must be able to sleep (vLLM's enable_sleep_mode)."""
         return dataclasses.replace(cfg, enable_sleep=True) if self.colocated else cfg
 
+    def engine_options(self) -> dict:
+        """EnginePool keyword arguments."""
+        return {"gpu_share": self.SHARE if self.colocated else 1.0, "need": self.needs[0] if self.gpus else None,
+                "schedule_timeout_s": self.timeout}
+
     def trainer_options(self) -> dict:
-        if not self.gpus:
-            return {}
+        """TrainerGroup keyword arguments."""
         if self.colocated:
-            return {"num_gpus_per_rank": self.SHARE, "placement_group": self.pool.placement_group}
-        return {"num_gpus_per_rank": 1}
+            shared = Need("trainer ranks (on the engines' bundles)", [{"GPU": self.SHARE, "CPU": 1.0}] * self.ranks,
+                          "")
+            return {"num_gpus_per_rank": self.SHARE, "placement_group": self.pool.placement_group, "need": shared,
+                    "schedule_timeout_s": self.timeout}
+        return {"num_gpus_per_rank": 1 if self.gpus else 0, "need": self.needs[-1],
+                "schedule_timeout_s": self.timeout}
 
     def before_training(self) -> None:
         if self.colocated and not self.asleep:
@@ -125,19 +154,20 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     if all(rd.iteration(k).metrics.is_file() for k in range(0 if evaluate else 1, cfg.iterations + 1)):
         print(f"[east-ds] {rd.path}: every iteration finished earlier; nothing to do", flush=True)
         return rd.metrics_log()  # without starting Ray, the engines or the trainer
-    sink = sink or make_sink(rd.path, rank=0, jsonl=False)  # metrics.jsonl is rebuilt by RunDir
     system = cfg.data.system_prompt
     train_q = load_dataset(cfg.data.train, cfg.data.format, cfg.data.train_split, cfg.data.train_limit)
     test_q = (load_dataset(cfg.data.test, cfg.data.format, cfg.data.test_split, cfg.data.test_limit)
               if evaluate else None)
-    tokenizer = _tokenizer(cfg.model.path, cfg.model.trust_remote_code)
 
+    # The cluster first: a run it cannot hold, or whose files a node cannot see, stops before anything loads.
     init_ray(cfg.placement.ray_address)
-    placement = Placement(cfg.placement.mode, cluster_gpus())
-    pool = EnginePool(rd.policy_path(), placement.rollout_config(cfg.rollout), cfg.model,
-                      gpu_share=placement.engine_gpu_share())
-    placement.pool = pool
-    group = None  # one trainer process group for the whole run, started on first use; the model loads per call
+    placement = Placement(cfg, cluster_gpus())
+    placement.check_resources(total_resources(), free_resources(), cfg.placement.wait_for_resources)
+    check_storage(rd.path, cfg.model.path)
+    sink = sink or make_sink(rd.path, rank=0, jsonl=False)  # metrics.jsonl is rebuilt by RunDir
+    tokenizer = _tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    pool = group = None  # one trainer process group for the whole run, started on first use; the model loads per call
+    located: dict = {"mode": cfg.placement.mode, "cluster_gpus": placement.gpus}  # where engines and ranks landed
 
     def trainer(policy: str):
         nonlocal group
@@ -145,6 +175,8 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
         if group is None:
             group = TrainerGroup(policy, cfg.training, cfg.model, cfg.training.num_ranks,
                                  **placement.trainer_options())
+            located["ranks"] = group.locations
+            write_json(located, rd.path / "placement.json")
         group.set_model_path(policy)
         return group
 
@@ -153,6 +185,10 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
             return run_eval(pool, test_q, tokenizer, cfg.evaluation.max_new_tokens, it.eval, system)["accuracy"]
 
     try:
+        pool = placement.pool = EnginePool(rd.policy_path(), placement.rollout_config(cfg.rollout), cfg.model,
+                                           **placement.engine_options())
+        located["engines"] = pool.locations
+        write_json(located, rd.path / "placement.json")
         # Iteration 0: the starting model's accuracy, the baseline every later iteration is compared with.
         it0 = rd.iteration(0)
         if evaluate and not it0.metrics.is_file():
@@ -205,14 +241,14 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
                         m["reference"] = group.reference_logprobs(str(it.examples), str(it.examples))
                 with phases("train"):
                     m["train"] = group.fit(str(it.examples), str(it.train), resume=True)
-                placement.after_training()
                 rd.publish_checkpoint(it, it.train / "hf")
                 # The optimizer state is only for resuming this training; at scale it is ~6x the weights.
                 shutil.rmtree(it.train / "ds_checkpoint", ignore_errors=True)
 
-            # -- live weight update of the engines ---------------------------------------------------------------
+            # -- live weight update of the engines (woken first, if they slept) --------------------------------
+            placement.after_training()
             with phases("update_weights"):
-                pool.update_weights_from_path(str(it.checkpoint))
+                update_engines(pool, str(it.checkpoint), cfg.rollout, trainer, policy)
 
             # -- evaluate ----------------------------------------------------------------------------------------
             if evaluate:
@@ -220,6 +256,8 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
 
             m["phase_seconds"] = phases.seconds
             m["skipped_phases"] = phases.skipped
+            m["actor_events"] = sorted(pool.drain_events() + (group.drain_events() if group else []),
+                                       key=lambda e: e["t"])  # sleep, wake, updates, reference/fit start and end
             m["iteration_seconds"] = time.perf_counter() - t0
             rd.write_iteration_metrics(it, m)
             sink.log(m, step=k)
@@ -229,9 +267,32 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     finally:
         if group is not None:
             group.shutdown()
-        pool.shutdown()
+        if pool is not None:
+            pool.shutdown()
         sink.close()
     return rd.metrics_log()
+
+
+def check_storage(run_dir: Path, model_path: str) -> None:
+    """Every node must see the run directory (and the model, when it is a local path) as the driver does;
+    StorageNotShared names each node and path that fails."""
+    problems = check_shared_path(run_dir)
+    if Path(model_path).exists():
+        problems += check_shared_path(model_path, token=False)  # read only: compare what each node sees
+    if problems:
+        raise StorageNotShared("\n".join(problems))
+
+
+def update_engines(pool, checkpoint: str, cfg, trainer, policy: str) -> None:
+    """Load the new checkpoint into the running engines the way `rollout.weight_sync` says (docs/rollout.md)."""
+    if cfg.weight_sync == "object_store":  # the driver reads the checkpoint; engines need no shared storage
+        from east_ds.weight_sync import checkpoint_tensors
+
+        pool.update_weights_from_state_dict(checkpoint_tensors(checkpoint))
+    elif cfg.weight_sync == "broadcast":  # trainer rank 0 reads its export and broadcasts it
+        trainer(policy).broadcast_weights(pool, checkpoint, cfg.weight_bucket_mb)
+    else:
+        pool.update_weights_from_path(checkpoint)
 
 
 def _run_keys(cfg: RunConfig) -> dict:
@@ -250,7 +311,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         log = run(cfg)
-    except (ConfigError, RunDirError, TableError, WeightingError, FileNotFoundError) as e:
+    except (ConfigError, RunDirError, TableError, WeightingError, FileNotFoundError, SchedulingTimeout,
+            StorageNotShared) as e:
         print(f"east-ds run: error: {e}", file=sys.stderr)
         return 2
     for m in log:

@@ -7,7 +7,9 @@
 
 Placement. On GPU clusters one placement group holds `num_engines * tensor_parallel_size` single-GPU bundles,
 packed per node; engine e takes bundles [e*tp, (e+1)*tp). On CPU machines engines are plain actors with one
-logical CPU each, no GPUs, at most one engine per core (vLLM-CPU with a small KV-cache space).
+logical CPU each, no GPUs, at most one engine per core (vLLM-CPU with a small KV-cache space). Nothing waits for
+ever: a placement group or actor not scheduled within `schedule_timeout_s` raises cluster.SchedulingTimeout
+naming what was asked and what is free; vLLM is built only once the actor is scheduled (no timeout on loading).
 
 Work. Prompts are cut into shards (the unit of scheduling, retry and, in rollout.py, of resume). Shards go to
 whichever engine is free, at most two queued per engine; results come back in prompt order. An engine actor that
@@ -27,9 +29,10 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from east_ds.cluster import Need, wait_placement_group, wait_scheduled
 from east_ds.config import ModelConfig, RolloutConfig
 from east_ds.data import check_model_path  # noqa: F401  (re-exported: the rollout CLI checks first)
-from east_ds.weight_sync import bucket_meta, iter_buckets
+from east_ds.weight_sync import iter_buckets
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +65,13 @@ def skip_record(reason: str) -> dict:
 class EnginePool:
     """`cfg.num_engines` vLLM engines (Ray actors) serving one policy. See the module docstring."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, model_cfg: ModelConfig, gpu_share: float = 1.0):
+    def __init__(self, model_path: str, cfg: RolloutConfig, model_cfg: ModelConfig, gpu_share: float = 1.0,
+                 need: Need | None = None, schedule_timeout_s: float = 300.0):
         """`gpu_share`: the fraction of its bundle's GPU an engine actor (tensor_parallel_size 1) takes; below 1
-        the trainer's ranks can be placed on the same bundles (`placement_group`) to share the GPUs."""
+        the trainer's ranks can be placed on the same bundles (`placement_group`) to share the GPUs.
+        `need`: the bundles to reserve (cluster.placement_needs; default: one `{GPU: 1, CPU: 1}` bundle per
+        engine GPU on a cluster with GPUs, plain one-CPU actors without). A placement group or engine actor not
+        scheduled within `schedule_timeout_s` raises cluster.SchedulingTimeout, after cleaning up."""
         import ray
 
         check_model_path(model_path)  # before any actor starts
@@ -75,41 +82,75 @@ class EnginePool:
         self.model_cfg = model_cfg
         limit = model_max_len(self.model_path, model_cfg.trust_remote_code)
         self.max_model_len = min(cfg.max_model_len, limit) if limit else cfg.max_model_len
-        self.num_gpus = int(ray.cluster_resources().get("GPU", 0))
-        self.on_gpu = self.num_gpus > 0
+        # Ray's accounting decides the placement (GPU bundles or plain CPU actors); whether an engine runs on a
+        # GPU (sleep mode, NCCL) is decided inside the engine by its own device (LLMEngine.on_gpu).
+        self.gpu_bundles = ray.cluster_resources().get("GPU", 0) > 0
         n = cfg.num_engines
-        if not self.on_gpu:
+        if not self.gpu_bundles:
             cores = os.cpu_count() or 1
             if n > cores:
                 log.warning("num_engines=%d > %d cores: using %d vLLM-CPU engines", n, cores, cores)
                 n = cores
         self.num_engines = n
-        self._pg = None
+        tp = cfg.tensor_parallel_size
+        self.need = need or (Need("rollout engines", [{"GPU": 1.0, "CPU": 1.0}] * (n * tp), "PACK")
+                             if self.gpu_bundles else Need("rollout engines", [{"CPU": 1.0}] * n, ""))
+        self.schedule_timeout_s = schedule_timeout_s
         self.gpu_share = gpu_share
-        if self.on_gpu:
+        self._pg = None
+        if self.need.strategy:
             from ray.util.placement_group import placement_group
 
-            bundles = [{"GPU": 1, "CPU": 1}] * (n * cfg.tensor_parallel_size)
-            self._pg = placement_group(bundles, strategy="PACK")
-            ray.get(self._pg.ready())
+            self._pg = placement_group(self.need.bundles, strategy=self.need.strategy)
+            wait_placement_group(self._pg, self.need, schedule_timeout_s)
         self._weights: tuple[str, Any] = ("path", None)  # what a replacement actor must load: original weights
         self._generation = [0] * n  # bumped when engine i is replaced
-        self.engines = [self._start_actor(i) for i in range(n)]
-        ray.get([e.info.remote() for e in self.engines])  # wait until every engine has built
+        self.engines: list = []
+        self.locations: list[dict] = [{} for _ in range(n)]  # where each engine landed, seen from inside it
+        try:
+            self.engines = self._start_actors(range(n))
+        except BaseException:
+            self.shutdown()
+            raise
 
     # ------------------------------------------------------------------------------------------------------------
     # Actors
 
-    def _start_actor(self, i: int):
+    def _start_actors(self, indices: Iterable[int]) -> list:
+        """Start engine actors `indices`: wait (at most schedule_timeout_s) until each is scheduled, then build
+        vLLM in all of them and load the current weights. Returns the actors in order."""
+        import ray
+
+        indices = list(indices)
+        actors = [self._new_actor(i) for i in indices]
+        try:
+            where = wait_scheduled([a.where.remote() for a in actors], self.need, self.schedule_timeout_s)
+            built = ray.get([a.build.remote() for a in actors])
+            kind, source = self._weights
+            if kind == "path" and source is not None:
+                ray.get([a.update_weights_from_path.remote(source) for a in actors])
+            elif kind == "refs":
+                ray.get([a.update_weights_from_refs.remote(source) for a in actors])
+        except BaseException:
+            for a in actors:
+                ray.kill(a)
+            raise
+        for i, w, b in zip(indices, where, built):
+            self.locations[i] = {**w, **b, "bundle": i * self.cfg.tensor_parallel_size if self._pg else None}
+        return actors
+
+    def _new_actor(self, i: int):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from east_ds.vllm_engine import LLMEngine
+        from east_ds.vllm_engine import PlacedLLMEngine
 
         cfg, tp = self.cfg, self.cfg.tensor_parallel_size
-        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0")}
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
+               # read by vLLM-CPU only: an engine whose own device is a CPU, logical GPUs or not
+               "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
         options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
-        if self.on_gpu:
+        if self._pg is not None:
             strategy = PlacementGroupSchedulingStrategy(
                 placement_group=self._pg,
                 placement_group_bundle_index=i * tp,
@@ -121,10 +162,9 @@ class EnginePool:
                 env["VLLM_RAY_BUNDLE_INDICES"] = ",".join(str(i * tp + k) for k in range(tp))
                 options.update(num_cpus=0, num_gpus=0, scheduling_strategy=strategy)
         else:
-            env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
             options.update(num_cpus=1, num_gpus=0)
-        actor_cls = ray.remote(LLMEngine).options(runtime_env={"env_vars": env}, **options)
-        actor = actor_cls.remote(
+        actor_cls = ray.remote(PlacedLLMEngine).options(runtime_env={"env_vars": env}, **options)
+        return actor_cls.remote(
             self.model_path,
             engine_index=i,
             seed=cfg.seed + i,
@@ -137,12 +177,6 @@ class EnginePool:
             enable_sleep=cfg.enable_sleep,
             trust_remote_code=self.model_cfg.trust_remote_code,
         )
-        kind, source = self._weights
-        if kind == "path" and source is not None:
-            ray.get(actor.update_weights_from_path.remote(source))
-        elif kind == "refs":
-            ray.get(actor.update_weights_from_refs.remote(source))
-        return actor
 
     def _replace_actor(self, i: int) -> None:
         import ray
@@ -153,8 +187,14 @@ class EnginePool:
         except Exception:
             pass
         self._generation[i] += 1
-        self.engines[i] = self._start_actor(i)
-        ray.get(self.engines[i].info.remote())
+        [self.engines[i]] = self._start_actors([i])
+
+    def drain_events(self) -> list[dict]:
+        """Every engine's recorded sleep/wake/update events since the last call, ordered by time."""
+        import ray
+
+        return sorted((e for evs in ray.get([a.drain_events.remote() for a in self.engines]) for e in evs),
+                      key=lambda e: e["t"])
 
     # ------------------------------------------------------------------------------------------------------------
     # Generation
@@ -291,25 +331,25 @@ class EnginePool:
         self._weights = ("refs", refs)
         return {"seconds": time.perf_counter() - t0, "buckets": len(refs), "bytes": nbytes}
 
-    # GPU only (untested on the CPU machines): trainer rank 0 broadcasts buckets over NCCL.
+    # Broadcast from trainer rank 0 (NCCL between GPUs, a TCP-store stand-in without CUDA): one group per update.
 
     def init_weight_group(self, host: str, port: int) -> tuple[list, int]:
-        """Start every engine joining the NCCL group; returns (refs to wait on, world size).
+        """Start every engine joining rank 0's weight-broadcast group; returns (refs to wait on, world size).
 
-        The trainer creates `vllm_engine.TrainerWeightBroadcaster(host, port, world_size)` as rank 0 concurrently,
-        then waits on the refs.
+        Trainer rank 0 creates `vllm_engine.TrainerWeightBroadcaster(host, port, world_size)` concurrently (see
+        TrainerGroup.broadcast_weights); everyone blocks until all have joined.
         """
         tp = self.cfg.tensor_parallel_size
         world = 1 + self.num_engines * tp
         refs = [e.init_weight_group.remote(host, port, 1 + i * tp, world) for i, e in enumerate(self.engines)]
         return refs, world
 
-    def update_weights_nccl(self, buckets_meta: list) -> list:
+    def update_weights_broadcast(self, buckets_meta: list, path: str) -> list:
         """Ask every engine to receive buckets described by `buckets_meta` (weight_sync.bucket_meta of each);
-        returns refs to wait on after rank 0 has broadcast every bucket in order."""
-        return [e.update_weights_nccl.remote(buckets_meta) for e in self.engines]
-
-    bucket_meta = staticmethod(bucket_meta)
+        returns refs to wait on after rank 0 has broadcast every bucket in order. `path`: the same weights on
+        storage, what a replacement engine loads (it was not in the group)."""
+        self._weights = ("path", str(path))
+        return [e.update_weights_broadcast.remote(buckets_meta) for e in self.engines]
 
     # ------------------------------------------------------------------------------------------------------------
     # GPU sharing and teardown

@@ -102,13 +102,14 @@ def _start(model, rollout, ray_address: str):
 def _run_stage(args, eval_mode: bool, stage) -> int:
     """Resolve the config, load the questions, start the engines, run `stage`, always shut the engines down.
     Bad input (missing model or data, bad config) exits with status 2 before any engine starts."""
+    from east_ds.cluster import SchedulingTimeout
     from east_ds.data import load_dataset
 
     try:
         model, data, rollout, source, split, limit, eval_tokens = _configs(args, eval_mode=eval_mode)
         questions = load_dataset(source, data.format, split, limit)
         pool, tokenizer = _start(model, rollout, args.ray_address)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, SchedulingTimeout) as e:  # engines not placed in 300 s, too
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:

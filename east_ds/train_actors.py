@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import ray
 
+from east_ds.cluster import Need, wait_placement_group, wait_scheduled
 from east_ds.config import ModelConfig, TrainConfig, check_batch_sizes
 
 
@@ -29,6 +31,28 @@ class TrainRank:
 
     def __init__(self, rank: int, world_size: int, local_rank: int):
         self.rank, self.world, self.local_rank = rank, world_size, local_rank
+        self._events: list[dict] = []
+
+    def where(self) -> dict:
+        """Where Ray put this rank, seen from inside it (cluster.actor_location), and its process-group backend."""
+        import torch.distributed as dist
+
+        from east_ds.cluster import actor_location
+
+        backend = dist.get_backend() if dist.is_initialized() else None
+        return {"rank": self.rank, "backend": backend, **actor_location()}
+
+    def drain_events(self) -> list[dict]:
+        """Start and end times of the calls since the last drain, oldest first."""
+        out, self._events = self._events, []
+        return out
+
+    def _timed(self, name: str, fn, *args, **kwargs):
+        self._events.append({"t": time.time(), "actor": f"rank {self.rank}", "event": f"{name} start"})
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._events.append({"t": time.time(), "actor": f"rank {self.rank}", "event": f"{name} end"})
 
     def master(self) -> tuple[str, int]:
         """Address and a free port of this actor's node (called on rank 0)."""
@@ -48,13 +72,32 @@ class TrainRank:
     def reference_logprobs(self, model_path, train_cfg, model_cfg, examples_path, out_path, nll=False) -> dict:
         from east_ds import train_engine as te
 
-        return te.reference_logprobs(model_path, train_cfg, model_cfg, examples_path, out_path, nll=nll)
+        return self._timed("nll" if nll else "reference", te.reference_logprobs, model_path, train_cfg, model_cfg,
+                           examples_path, out_path, nll=nll)
 
     def fit(self, model_path, train_cfg, model_cfg, examples_path, out_dir, resume) -> dict:
         from east_ds import train_engine as te
 
-        return te.fit(model_path, train_cfg, model_cfg, examples_path, out_dir, resume=resume,
-                      progress=self.rank == 0)
+        return self._timed("fit", te.fit, model_path, train_cfg, model_cfg, examples_path, out_dir, resume=resume,
+                           progress=self.rank == 0)
+
+    def weight_metas(self, checkpoint: str, bucket_bytes: int) -> list:
+        """The buckets' `(name, dtype, shape)` lists that `send_weights` will broadcast, in order."""
+        from east_ds.weight_sync import bucket_meta, checkpoint_tensors, iter_buckets
+
+        return [bucket_meta(b) for b in iter_buckets(checkpoint_tensors(checkpoint), bucket_bytes)]
+
+    def send_weights(self, host: str, port: int, world_size: int, checkpoint: str, bucket_bytes: int) -> float:
+        """Be rank 0 of the weight-broadcast group at host:port and broadcast the checkpoint bucket by bucket."""
+        from east_ds.vllm_engine import TrainerWeightBroadcaster
+        from east_ds.weight_sync import checkpoint_tensors, iter_buckets
+
+        t0 = time.perf_counter()
+        sender = TrainerWeightBroadcaster(host, port, world_size)
+        for bucket in iter_buckets(checkpoint_tensors(checkpoint), bucket_bytes):
+            sender.broadcast(bucket)
+        sender.finish()
+        return time.perf_counter() - t0
 
     def close(self) -> None:
         from east_ds import train_engine as te
@@ -66,29 +109,50 @@ class TrainerGroup:
     """`num_ranks` TrainRank actors forming one data-parallel DeepSpeed job (ray must be initialised)."""
 
     def __init__(self, model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, num_ranks: int,
-                 num_gpus_per_rank: float = 0, placement_group=None):
-        """`placement_group` (colocated placement): rank r is scheduled on bundle r of that group, taking
-        `num_gpus_per_rank` of its GPU, so the trainer shares the GPUs the rollout engines hold."""
+                 num_gpus_per_rank: float = 0, placement_group=None, need: Need | None = None,
+                 schedule_timeout_s: float = 300.0):
+        """Where the ranks go:
+        - `placement_group` (colocated placement): rank r on bundle r of that group (the engines'), taking
+          `num_gpus_per_rank` of its GPU, so the trainer shares the GPUs the rollout engines hold;
+        - else `need` with a strategy (split placement): a placement group of `need.bundles` of its own, rank r
+          on bundle r, removed at shutdown;
+        - else plain actors of one CPU and `num_gpus_per_rank` GPUs.
+        A placement group or rank not scheduled within `schedule_timeout_s` raises cluster.SchedulingTimeout
+        (naming `need`, what was asked) after killing what was started."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         self.model_path, self.train_cfg, self.model_cfg = model_path, train_cfg, model_cfg
         check_batch_sizes(train_cfg, num_ranks)  # fail before starting actors
         opts = {"num_cpus": 1, "num_gpus": num_gpus_per_rank}
+        self.need = need or Need("trainer ranks", [{k: float(v) for k, v in
+                                                    (("CPU", 1), ("GPU", num_gpus_per_rank)) if v}] * num_ranks, "")
+        self._own_pg = None
         if placement_group is not None:
             bundles = len(placement_group.bundle_specs)
             if num_ranks > bundles:
                 raise ValueError(f"colocated training needs num_ranks ({num_ranks}) <= engine GPUs ({bundles})")
+        elif self.need.strategy:
+            from ray.util.placement_group import placement_group as new_placement_group
+
+            placement_group = self._own_pg = new_placement_group(self.need.bundles, strategy=self.need.strategy)
+            wait_placement_group(placement_group, self.need, schedule_timeout_s)
 
         def options(r: int) -> dict:
             if placement_group is None:
                 return opts
-            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
             return {**opts, "scheduling_strategy": PlacementGroupSchedulingStrategy(
                 placement_group=placement_group, placement_group_bundle_index=r)}
 
         # LOCAL_RANK 0 on each actor: Ray sets CUDA_VISIBLE_DEVICES to the actor's own GPU(s).
         self.actors = [TrainRank.options(**options(r)).remote(r, num_ranks, 0) for r in range(num_ranks)]
-        addr, port = ray.get(self.actors[0].master.remote())
-        ray.get([a.init_group.remote(addr, port) for a in self.actors])
+        try:
+            wait_scheduled([a.where.remote() for a in self.actors], self.need, schedule_timeout_s)
+            addr, port = ray.get(self.actors[0].master.remote())
+            ray.get([a.init_group.remote(addr, port) for a in self.actors])
+            self.locations = ray.get([a.where.remote() for a in self.actors])  # now with the backend
+        except BaseException:
+            self._kill()
+            raise
 
     def set_model_path(self, model_path: str) -> None:
         """The model the next call starts from (e.g. the previous iteration's out_dir/hf)."""
@@ -113,11 +177,43 @@ class TrainerGroup:
         return self._all("fit", self.model_path, self.train_cfg, self.model_cfg, str(examples_path), str(out_dir),
                          resume)
 
+    def broadcast_weights(self, pool, checkpoint: str, bucket_mb: int) -> dict:
+        """Rank 0 broadcasts `checkpoint` to every engine of `pool` (see `broadcast_weights`)."""
+        return broadcast_weights(self.actors[0], pool, checkpoint, bucket_mb)
+
+    def drain_events(self) -> list[dict]:
+        """Every rank's recorded call start/end events since the last call, ordered by time."""
+        return sorted((e for evs in ray.get([a.drain_events.remote() for a in self.actors]) for e in evs),
+                      key=lambda e: e["t"])
+
     def shutdown(self) -> None:
         """Leave the process group on every rank and kill the actors."""
         try:
             ray.get([a.close.remote() for a in self.actors], timeout=60)
         finally:
-            for a in self.actors:
-                ray.kill(a)
-            self.actors = []
+            self._kill()
+
+    def _kill(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+        if self._own_pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self._own_pg)
+            self._own_pg = None
+
+
+def broadcast_weights(sender, pool, checkpoint: str, bucket_mb: int) -> dict:
+    """`sender` (a TrainRank actor: trainer rank 0) reads `checkpoint` (its own export) and broadcasts it to every
+    engine of `pool` in buckets of at most `bucket_mb` MiB, through a group formed for this update (NCCL between
+    GPUs, the TCP-store stand-in without CUDA; docs/rollout.md). Returns seconds and bucket count."""
+    t0 = time.perf_counter()
+    nbytes = bucket_mb * 2**20
+    host, port = ray.get(sender.master.remote())
+    metas = ray.get(sender.weight_metas.remote(str(checkpoint), nbytes))
+    joined, world = pool.init_weight_group(host, port)
+    sent = sender.send_weights.remote(host, port, world, str(checkpoint), nbytes)
+    received = pool.update_weights_broadcast(metas, str(checkpoint))
+    ray.get(joined + [sent] + received)
+    return {"seconds": time.perf_counter() - t0, "buckets": len(metas)}

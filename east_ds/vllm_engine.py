@@ -9,8 +9,9 @@ Weight updates, all through vLLM's in-place `reload_weights` worker method (vLLM
   - from a path: an HF checkpoint the trainer exported (`weights_path=...`);
   - in memory: buckets of `(name, tensor)` in Ray's object store; each worker pulls them one at a time through a
     lazy iterator, so one reload call sees the whole model while at most one bucket is unpacked at once;
-  - over NCCL (GPU only, untested here): trainer rank 0 broadcasts each bucket to every worker of every engine,
-    in the same lazy-iterator style, so a bucket is received only when the reload asks for it.
+  - by broadcast: trainer rank 0 broadcasts each bucket to every worker of every engine (NCCL between GPUs; a
+    TCP-store stand-in without CUDA, so the protocol runs on CPU machines), in the same lazy-iterator style, so
+    a bucket is received only when the reload asks for it.
 After every update the prefix cache is reset, so no KV computed with the old weights can be served.
 """
 
@@ -39,18 +40,57 @@ def _reload_from_refs(worker, bucket_refs: list) -> None:
     worker.reload_weights(weights_iterator=weights())
 
 
-def _init_nccl_group(worker, host: str, port: int, rank_offset: int, world_size: int) -> None:
+class WeightBroadcast:
+    """One end of the weight-broadcast group: trainer rank 0 (group rank 0) sends, every engine worker receives.
+
+    The group is vLLM's StatelessProcessGroup (a TCP store at rank 0's host:port, apart from any
+    torch.distributed state). Tensors go over NCCL (PyNcclCommunicator) when this process's device is a CUDA
+    GPU; without CUDA a stand-in sends them through the group's TCP store, so the protocol (group ranks, bucket
+    metadata, order, the lazy reload) runs on CPU machines. Both ends must be of the same kind: rank 0 announces
+    its kind, and a receiver of the other kind fails instead of hanging.
+    """
+
+    def __init__(self, host: str, port: int, rank: int, world_size: int, device):
+        import torch
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        self.device = torch.device(device)
+        self.group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size)
+        kind = "nccl" if self.device.type == "cuda" else "tcp-store"
+        sender = self.group.broadcast_obj(kind if rank == 0 else None, src=0)
+        if sender != kind:
+            raise RuntimeError(f"weight broadcast: rank 0 sends over {sender} but rank {rank} ({self.device}) "
+                               f"receives over {kind}; trainer rank 0 and the engines need the same kind of device")
+        self.comm = None
+        if kind == "nccl":
+            from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+
+            self.comm = PyNcclCommunicator(self.group, device=self.device)
+
+    def broadcast(self, t):
+        """Send `t` (rank 0) or receive into `t` (the others); returns `t`."""
+        import torch
+
+        if self.comm is not None:
+            self.comm.broadcast(t, src=0, stream=torch.cuda.current_stream())
+        else:
+            received = self.group.broadcast(t, src=0)
+            if received is not t:
+                t.copy_(received)
+        return t
+
+    def finish(self) -> None:
+        """Every rank, after the last bucket: rank 0 keeps the group's store up until all have read it."""
+        self.group.barrier(timeout=3600)
+
+
+def _init_weight_group(worker, host: str, port: int, rank_offset: int, world_size: int) -> None:
     """Join the trainer's weight-broadcast group as rank `rank_offset + worker rank` (trainer rank 0 is 0)."""
-    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-    from vllm.distributed.utils import StatelessProcessGroup
-
-    rank = rank_offset + worker.rank
-    group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size)
-    worker._east_weight_comm = PyNcclCommunicator(group, device=worker.device)
+    worker._east_weight_comm = WeightBroadcast(host, port, rank_offset + worker.rank, world_size, worker.device)
 
 
-def _reload_from_nccl(worker, buckets_meta: list[list[tuple[str, str, tuple]]]) -> None:
-    """Receive each bucket by broadcast from rank 0 as the reload iterates, and load it."""
+def _reload_from_broadcast(worker, buckets_meta: list[list[tuple[str, str, tuple]]]) -> None:
+    """Receive each bucket from rank 0 as the reload iterates, and load it."""
     import torch
 
     comm = worker._east_weight_comm
@@ -58,33 +98,33 @@ def _reload_from_nccl(worker, buckets_meta: list[list[tuple[str, str, tuple]]]) 
     def weights():
         for meta in buckets_meta:
             for name, dtype, shape in meta:
-                t = torch.empty(shape, dtype=getattr(torch, dtype), device=worker.device)
-                comm.broadcast(t, src=0, stream=torch.cuda.current_stream())
-                yield name, t
+                yield name, comm.broadcast(torch.empty(shape, dtype=getattr(torch, dtype), device=comm.device))
 
     worker.reload_weights(weights_iterator=weights())
+    comm.finish()
+    worker._east_weight_comm = None  # one group per update: a replaced engine joins the next one
 
 
 class TrainerWeightBroadcaster:
-    """Trainer rank 0's end of the NCCL weight group (GPU only; untested on the CPU machines).
+    """Trainer rank 0's end of the weight-broadcast group (see WeightBroadcast).
 
     Rank 0 of the group is the trainer; engine e's worker w is rank 1 + e * tp + w. Create it on the trainer while
-    the engines call `init_weight_group` (both sides block until everyone has joined), then for each update:
-    `pool.update_weights_nccl(metas)` on the engines (async) and `broadcast(bucket)` here for each bucket in order.
+    the engines call `init_weight_group` (both sides block until everyone has joined), then
+    `pool.update_weights_broadcast(metas)` on the engines (async) and `broadcast(bucket)` here for each bucket in order.
     """
 
-    def __init__(self, host: str, port: int, world_size: int, device: int = 0):
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-        from vllm.distributed.utils import StatelessProcessGroup
-
-        group = StatelessProcessGroup.create(host=host, port=port, rank=0, world_size=world_size)
-        self.comm = PyNcclCommunicator(group, device=device)
-
-    def broadcast(self, bucket) -> None:
+    def __init__(self, host: str, port: int, world_size: int, device=None):
         import torch
 
+        device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.comm = WeightBroadcast(host, port, 0, world_size, device)
+
+    def broadcast(self, bucket) -> None:
         for _, t in bucket:
-            self.comm.broadcast(t.to(self.comm.device), src=0, stream=torch.cuda.current_stream())
+            self.comm.broadcast(t.to(self.comm.device))
+
+    def finish(self) -> None:
+        self.comm.finish()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -188,11 +228,11 @@ class LLMEngine:
         return time.perf_counter() - t0
 
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
-        self.llm.collective_rpc(_init_nccl_group, args=(host, port, rank_offset, world_size))
+        self.llm.collective_rpc(_init_weight_group, args=(host, port, rank_offset, world_size))
 
-    def update_weights_nccl(self, buckets_meta: list) -> float:
+    def update_weights_broadcast(self, buckets_meta: list) -> float:
         t0 = time.perf_counter()
-        self.llm.collective_rpc(_reload_from_nccl, args=(buckets_meta,))
+        self.llm.collective_rpc(_reload_from_broadcast, args=(buckets_meta,))
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t0
 
@@ -219,3 +259,54 @@ def _has_cuda() -> bool:
         return torch.cuda.is_available()
     except Exception:
         return False
+
+
+class PlacedLLMEngine(LLMEngine):
+    """The Ray actor body EnginePool starts. Constructing it only records the arguments, so the answer to
+    `where()` means the actor has been scheduled (the pool waits for that with a timeout), and `build()` then
+    builds vLLM (no timeout: a large model takes minutes to load). Sleep, wake and weight updates are recorded
+    with their wall-clock times in an event log the driver collects (`drain_events`)."""
+
+    def __init__(self, *args, **kwargs):  # noqa: D107 - see the class docstring
+        self._build_args = (args, kwargs)
+        self.engine_index = kwargs["engine_index"]
+        self._events: list[dict] = []
+
+    def where(self) -> dict:
+        """Where Ray put this actor, seen from inside it (cluster.actor_location) plus the engine index."""
+        from east_ds.cluster import actor_location
+
+        return {"engine": self.engine_index, **actor_location()}
+
+    def build(self) -> dict:
+        args, kwargs = self._build_args
+        LLMEngine.__init__(self, *args, **kwargs)
+        return {**self.info(), "on_gpu": self.on_gpu, "sleep_mode": self.enable_sleep}
+
+    def _event(self, name: str) -> None:
+        self._events.append({"t": time.time(), "actor": f"engine {self.engine_index}", "event": name})
+
+    def drain_events(self) -> list[dict]:
+        """The events recorded since the last call, oldest first."""
+        out, self._events = self._events, []
+        return out
+
+    def sleep(self) -> None:
+        self._event("sleep")
+        super().sleep()
+
+    def wake(self) -> None:
+        super().wake()
+        self._event("wake")
+
+    def update_weights_from_path(self, path: str) -> float:
+        self._event("update_weights path")
+        return super().update_weights_from_path(path)
+
+    def update_weights_from_refs(self, bucket_refs: list) -> float:
+        self._event("update_weights object_store")
+        return super().update_weights_from_refs(bucket_refs)
+
+    def update_weights_broadcast(self, buckets_meta: list) -> float:
+        self._event("update_weights broadcast")
+        return super().update_weights_broadcast(buckets_meta)

@@ -1,17 +1,17 @@
 """Weights in bounded buckets: the unit in which new policy weights travel to the rollout engines.
 
 A bucket is a list of `(name, tensor)` pairs whose tensors together take at most `bucket_bytes` (a tensor larger
-than the limit travels alone). Buckets are what go through Ray's object store (in-memory updates, no shared file
-system) and what trainer rank 0 broadcasts over NCCL on GPU machines. Under ZeRO-3 the trainer gathers one bucket
-of partitioned parameters at a time (`gathered_buckets`), so no rank ever holds the whole unsharded model.
+than the limit travels alone). Buckets are what go through Ray's object store (`rollout.weight_sync:
+object_store`) and what trainer rank 0 broadcasts (`broadcast`); both read the exported checkpoint one
+safetensors file at a time (`checkpoint_tensors`).
 
-This module imports torch only: no Ray, vLLM or DeepSpeed (the ZeRO-3 gather context is passed in).
+This module imports torch (and safetensors) only: no Ray, vLLM or DeepSpeed.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 
@@ -48,39 +48,13 @@ def bucket_meta(bucket: Bucket) -> list[tuple[str, str, tuple[int, ...]]]:
     return [(name, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in bucket]
 
 
-def gathered_buckets(
-    model: torch.nn.Module,
-    bucket_bytes: int,
-    gather: Callable[[list[torch.nn.Parameter]], AbstractContextManager] | None = None,
-    numel_of: Callable[[torch.nn.Parameter], int] | None = None,
-) -> Iterator[Bucket]:
-    """Yield the model's parameters in buckets, gathering each bucket's parameters only while it is yielded.
+def checkpoint_tensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """`(name, tensor)` of every weight in a Hugging Face checkpoint directory's safetensors files, one file
+    at a time (what the object-store update sends when the engines should not read the checkpoint themselves)."""
+    from safetensors.torch import load_file
 
-    `gather` is the trainer's gather context for a list of parameters (under ZeRO-3:
-    `lambda ps: deepspeed.zero.GatheredParameters(ps)`), or None for a model whose parameters are whole.
-    `numel_of` gives a parameter's full size before gathering (ZeRO-3: `p.ds_numel`). The yielded tensors are
-    CPU copies, valid after the gather context exits. The consumer must finish with a bucket (send or broadcast
-    it) before asking for the next one; every rank must iterate in step, since gathering is collective.
-    """
-    numel_of = numel_of or (lambda p: getattr(p, "ds_numel", p.numel()))
-    group: list[tuple[str, torch.nn.Parameter]] = []
-    size = 0
-
-    def flush(group):
-        params = [p for _, p in group]
-        if gather is None:
-            yield [(n, p.detach().to("cpu").contiguous()) for n, p in group]
-            return
-        with gather(params):
-            out = [(n, p.detach().to("cpu").clone()) for n, p in group]
-        yield out
-
-    for name, p in model.named_parameters():
-        nbytes = numel_of(p) * p.element_size()
-        if group and size + nbytes > bucket_bytes:
-            yield from flush(group)
-            group, size = [], 0
-        group.append((name, p))
-        size += nbytes
-    if group:
-        yield from flush(group)
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors weights to send")
+    for f in files:
+        yield from load_file(str(f)).items()

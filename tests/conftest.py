@@ -53,3 +53,75 @@ def ray_session():
     init_ray()
     yield ray
     ray.shutdown()
+
+
+def free_ports(k: int) -> list[int]:
+    """k distinct free TCP ports on 127.0.0.1 (never fixed ports: other people's tests share the machine)."""
+    import socket
+
+    socks = []
+    for _ in range(k):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def logical_gpu_head():
+    """A private Ray head advertising 2 logical GPUs on this CPU machine (`ray start --head --num-gpus 2 --block`,
+    its own temp dir, free ports, token auth on); yields (address, env for clients). The test session's own
+    `ray_session` has no GPUs, so the runs that need GPUs join this head from a subprocess.
+    Stopped by SIGTERM to the --block process (never `ray stop`, which would stop everyone's Ray)."""
+    import secrets
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    gcs, client, agent = free_ports(3)
+    temp_dir = Path(tempfile.mkdtemp(prefix="egpu", dir="/tmp"))  # short: Ray's unix sockets live under it
+    ray_bin = Path(sys.executable).parent / "ray"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    log = temp_dir / "head.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(ray_bin), "start", "--head", "--block", "--num-gpus=2", "--num-cpus=8", "--include-dashboard=false",
+             "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--temp-dir={temp_dir}",
+             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{gcs}"
+    probe = "import ray, sys; ray.init(address=sys.argv[1]); assert ray.cluster_resources().get('GPU') == 2"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ray head exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            if subprocess.run([sys.executable, "-c", probe, address], env=env, capture_output=True,
+                              timeout=120).returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"ray head at {address} not up after 180 s:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield address, env
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # anything of ours still alive (our own process group)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)

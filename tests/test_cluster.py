@@ -112,3 +112,38 @@ def test_node_that_cannot_see_the_path_is_named(ray_session, tmp_path):
     assert f"node {node['NodeID']} ({node['NodeManagerAddress']}) does not see {private}" in problem
     assert "cannot read the token file" in problem
     assert list(private.iterdir()) == []  # the token went to the driver's tmpfs, never to the shared directory
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_what_cannot_be_scheduled_times_out_and_is_given_back(ray_session, tmp_path):
+    """Trainer ranks as plain actors, trainer ranks in a placement group of their own, and the engines' placement
+    group, each asking for GPUs this Ray does not have: SchedulingTimeout naming the ask and what is free, and
+    whatever was started is given back."""
+    import time
+
+    from east_ds.cluster import SchedulingTimeout
+    from east_ds.config import ModelConfig
+    from east_ds.engine_pool import EnginePool
+    from east_ds.tiny import build_tiny_model
+    from east_ds.train_actors import TrainerGroup
+
+    model = build_tiny_model(tmp_path / "tiny")
+    before = free_resources()
+    train = TrainConfig(global_batch_size=2, micro_batch_size=1, gradient_accumulation_steps=1)
+    free = r"the cluster has free: CPU \d+\. "
+    with pytest.raises(SchedulingTimeout, match=r"^trainer ranks not scheduled within 2 s: asked for 2 x "
+                                                r"\{CPU: 1, GPU: 1\} \(in all GPU 2, CPU 2\); " + free):
+        TrainerGroup("unused", train, ModelConfig(), 2, num_gpus_per_rank=1, schedule_timeout_s=2)
+    split = Need("trainer ranks", [{"GPU": 1.0, "CPU": 1.0}] * 2, "PACK")
+    with pytest.raises(SchedulingTimeout, match=r"^trainer ranks not scheduled within 2 s: asked for 2 bundles of "
+                                                r"\{GPU: 1, CPU: 1\}, PACK \(in all GPU 2, CPU 2\); " + free):
+        TrainerGroup("unused", train, ModelConfig(), 2, num_gpus_per_rank=1, need=split, schedule_timeout_s=2)
+    engines = Need("rollout engines", [{"GPU": 1.0, "CPU": 1.0}] * 4, "PACK")
+    with pytest.raises(SchedulingTimeout, match=r"^rollout engines not scheduled within 2 s: asked for 4 bundles "
+                                                r"of \{GPU: 1, CPU: 1\}, PACK \(in all GPU 4, CPU 4\); " + free):
+        EnginePool(str(model), RolloutConfig(), ModelConfig(), need=engines, schedule_timeout_s=2)
+    deadline = time.monotonic() + 60  # killed actors give their CPUs back asynchronously
+    while free_resources() != before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert free_resources() == before

@@ -76,13 +76,37 @@ def test_placement_on_cpu_and_gpu():
     from east_ds.config import RolloutConfig
     from east_ds.driver import Placement
 
-    cpu = Placement("colocated", gpus=0)  # on CPU both modes alternate: nothing sleeps, no GPUs requested
-    assert not cpu.colocated and cpu.trainer_options() == {} and cpu.engine_gpu_share() == 1.0
+    def placement(mode, gpus, *overrides):
+        return Placement(load_config(None, [f"placement.mode={mode}", "rollout.num_engines=2",
+                                            "training.num_ranks=2", *overrides]), gpus=gpus)
+
+    cpu = placement("colocated", 0)  # on CPU both modes alternate: nothing sleeps, no GPUs requested
+    assert not cpu.colocated and cpu.engine_options()["gpu_share"] == 1.0 and cpu.engine_options()["need"] is None
+    assert cpu.trainer_options()["num_gpus_per_rank"] == 0 and cpu.trainer_options()["need"].strategy == ""
     assert cpu.rollout_config(RolloutConfig()).enable_sleep is False
-    split = Placement("split", gpus=8)
-    assert split.trainer_options() == {"num_gpus_per_rank": 1} and split.engine_gpu_share() == 1.0
-    shared = Placement("colocated", gpus=8)
-    assert shared.engine_gpu_share() == 0.5 and shared.rollout_config(RolloutConfig()).enable_sleep is True
+    split = placement("split", 8)
+    assert split.trainer_options()["num_gpus_per_rank"] == 1 and split.engine_options()["gpu_share"] == 1.0
+    assert split.trainer_options()["need"].bundles == [{"GPU": 1.0, "CPU": 1.0}] * 2  # a placement group of its own
+    shared = placement("colocated", 8)
+    assert shared.engine_options()["gpu_share"] == 0.5 and shared.rollout_config(RolloutConfig()).enable_sleep
+    assert shared.engine_options()["need"].bundles == [{"GPU": 1.0, "CPU": 2.0}] * 2  # room for engine + rank
+    with pytest.raises(ConfigError, match="weight_sync=broadcast needs placement.mode=split"):
+        placement("colocated", 8, "rollout.weight_sync=broadcast")
+    placement("colocated", 0, "rollout.weight_sync=broadcast")  # on CPU nothing shares a GPU
+
+
+def test_placement_fails_at_once_when_the_cluster_is_too_small(capsys):
+    from east_ds.cluster import SchedulingTimeout
+    from east_ds.driver import Placement
+
+    p = Placement(load_config(None, ["placement.mode=split", "rollout.num_engines=4"]), gpus=1)
+    with pytest.raises(SchedulingTimeout, match=r"can never hold this run: rollout engines \+ trainer ranks need "
+                                                r"5 GPUs .*the cluster has 1 in all"):
+        p.check_resources({"GPU": 1.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}, wait=False)
+    p.check_resources({"GPU": 5.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}, wait=False)  # busy now, not too small
+    assert "waiting up to 300 s for resources" in capsys.readouterr().out
+    p.check_resources({"GPU": 1.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}, wait=True)  # may grow: wait
+    assert "waiting up to 300 s for resources: rollout engines + trainer ranks need 5 GPUs" in capsys.readouterr().out
 
 
 def test_batch_sizes_must_multiply_to_the_global_batch():
