@@ -54,6 +54,10 @@ def model_max_len(path: str, trust_remote_code: bool = False) -> int | None:
     return None
 
 
+class NodeLostError(RuntimeError):
+    """An engine died because its Ray node died; the message names the node (id and address)."""
+
+
 def skip_record(reason: str) -> dict:
     return {"response": "", "num_tokens": 0, "finish_reason": "skipped", "skip_reason": reason, "engine": -1,
             "seconds": 0.0}
@@ -62,9 +66,12 @@ def skip_record(reason: str) -> dict:
 class EnginePool:
     """`cfg.num_engines` vLLM engines (Ray actors) serving one policy. See the module docstring."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, model_cfg: ModelConfig, gpu_share: float = 1.0):
+    def __init__(self, model_path: str, cfg: RolloutConfig, model_cfg: ModelConfig, gpu_share: float = 1.0,
+                 resources: Mapping[str, float] | None = None):
         """`gpu_share`: the fraction of its bundle's GPU an engine actor (tensor_parallel_size 1) takes; below 1
-        the trainer's ranks can be placed on the same bundles (`placement_group`) to share the GPUs."""
+        the trainer's ranks can be placed on the same bundles (`placement_group`) to share the GPUs.
+        `resources`: custom Ray resources each engine actor asks for (placement.engine_resources), e.g.
+        {"node_b": 1} to keep the engines on the nodes started with that resource."""
         import ray
 
         check_model_path(model_path)  # before any actor starts
@@ -78,10 +85,11 @@ class EnginePool:
         self.num_gpus = int(ray.cluster_resources().get("GPU", 0))
         self.on_gpu = self.num_gpus > 0
         n = cfg.num_engines
-        if not self.on_gpu:
-            cores = os.cpu_count() or 1
+        if not self.on_gpu:  # a core per engine, and per TP worker of an engine
+            cores = max(1, (os.cpu_count() or 1) // cfg.tensor_parallel_size)
             if n > cores:
-                log.warning("num_engines=%d > %d cores: using %d vLLM-CPU engines", n, cores, cores)
+                log.warning("num_engines=%d x tensor_parallel_size=%d > %d cores: using %d vLLM-CPU engines", n,
+                            cfg.tensor_parallel_size, os.cpu_count() or 1, cores)
                 n = cores
         self.num_engines = n
         self._pg = None
@@ -94,8 +102,9 @@ class EnginePool:
             ray.get(self._pg.ready())
         self._weights: tuple[str, Any] = ("path", None)  # what a replacement actor must load: original weights
         self._generation = [0] * n  # bumped when engine i is replaced
+        self.resources = dict(resources or {})
         self.engines = [self._start_actor(i) for i in range(n)]
-        ray.get([e.info.remote() for e in self.engines])  # wait until every engine has built
+        self.where = ray.get([e.info.remote() for e in self.engines])  # waits until every engine has built
 
     # ------------------------------------------------------------------------------------------------------------
     # Actors
@@ -123,6 +132,8 @@ class EnginePool:
         else:
             env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
             options.update(num_cpus=1, num_gpus=0)
+        if self.resources:
+            options["resources"] = self.resources
         actor_cls = ray.remote(LLMEngine).options(runtime_env={"env_vars": env}, **options)
         actor = actor_cls.remote(
             self.model_path,
@@ -154,7 +165,20 @@ class EnginePool:
             pass
         self._generation[i] += 1
         self.engines[i] = self._start_actor(i)
-        ray.get(self.engines[i].info.remote())
+        self.where[i] = ray.get(self.engines[i].info.remote())
+
+    def _check_node_alive(self, i: int, error: Exception) -> None:
+        """Raise NodeLostError when engine i died with its node: a replacement with the same resources could only
+        wait for that node (or one like it) to come back."""
+        import ray
+
+        node = self.where[i].get("node_id")
+        alive = {n["NodeID"]: n["Alive"] for n in ray.nodes()}
+        if node is not None and not alive.get(node, False):
+            raise NodeLostError(
+                f"engine {i} was lost with its Ray node {node} ({self.where[i].get('node_ip', '?')}), which is no "
+                f"longer alive; finished rollout shards are on disk: rerun the same command once the node is back "
+                f"(last error: {str(error).splitlines()[0]})") from error
 
     # ------------------------------------------------------------------------------------------------------------
     # Generation
@@ -202,6 +226,7 @@ class EnginePool:
                     results, seconds = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
                     attempts[key] += 1
+                    self._check_node_alive(i, e)
                     if attempts[key] > self.cfg.max_shard_retries:
                         raise RuntimeError(f"shard {key!r} failed {attempts[key]} times; last error: {e}") from e
                     if gen == self._generation[i]:  # not yet replaced (a second queued shard may see it first)
@@ -333,6 +358,10 @@ class EnginePool:
     def shutdown(self) -> None:
         import ray
 
+        try:  # a clean vLLM teardown first (TP > 1 on the CPU: worker processes, shared memory); dead ones skipped
+            ray.get([e.close.remote() for e in self.engines], timeout=60)
+        except Exception:
+            pass
         for e in self.engines:
             try:
                 ray.kill(e)
