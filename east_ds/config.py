@@ -114,6 +114,11 @@ class EvalConfig:
 class PlacementConfig:
     mode: Literal["colocated", "split"] = "colocated"  # engines and trainer share GPUs, or have their own
     ray_address: str = ""  # empty: start or join a local Ray; "auto": join the running cluster
+    # Custom Ray resources each engine actor / each trainer rank asks for, on top of CPUs and GPUs: nodes started
+    # with `ray start --resources '{"rollout_node": 8}'` take the engines when engine_resources is
+    # {rollout_node: 1}. Empty: anywhere the CPUs/GPUs fit.
+    engine_resources: dict[str, float] = field(default_factory=dict)
+    trainer_resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,11 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_check(k, kt, f"{key} key"): _check(v, vt, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

@@ -135,8 +135,10 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     init_ray(cfg.placement.ray_address)
     placement = Placement(cfg.placement.mode, cluster_gpus())
     pool = EnginePool(rd.policy_path(), placement.rollout_config(cfg.rollout), cfg.model,
-                      gpu_share=placement.engine_gpu_share())
+                      gpu_share=placement.engine_gpu_share(), resources=cfg.placement.engine_resources)
     placement.pool = pool
+    print("[east-ds] rollout engines on " + ", ".join(f"{w.get('node_ip', 'local')} (node {w.get('node_id', '?')})"
+                                                      for w in pool.where), flush=True)
     group = None  # one trainer process group for the whole run, started on first use; the model loads per call
 
     def trainer(policy: str):
@@ -144,7 +146,7 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
         placement.before_training()
         if group is None:
             group = TrainerGroup(policy, cfg.training, cfg.model, cfg.training.num_ranks,
-                                 **placement.trainer_options())
+                                 resources=cfg.placement.trainer_resources, **placement.trainer_options())
         group.set_model_path(policy)
         return group
 

@@ -66,12 +66,13 @@ class TrainerGroup:
     """`num_ranks` TrainRank actors forming one data-parallel DeepSpeed job (ray must be initialised)."""
 
     def __init__(self, model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, num_ranks: int,
-                 num_gpus_per_rank: float = 0, placement_group=None):
+                 num_gpus_per_rank: float = 0, placement_group=None, resources: dict | None = None):
         """`placement_group` (colocated placement): rank r is scheduled on bundle r of that group, taking
-        `num_gpus_per_rank` of its GPU, so the trainer shares the GPUs the rollout engines hold."""
+        `num_gpus_per_rank` of its GPU, so the trainer shares the GPUs the rollout engines hold. `resources`:
+        custom Ray resources each rank asks for (placement.trainer_resources)."""
         self.model_path, self.train_cfg, self.model_cfg = model_path, train_cfg, model_cfg
         check_batch_sizes(train_cfg, num_ranks)  # fail before starting actors
-        opts = {"num_cpus": 1, "num_gpus": num_gpus_per_rank}
+        opts = {"num_cpus": 1, "num_gpus": num_gpus_per_rank, **({"resources": dict(resources)} if resources else {})}
         if placement_group is not None:
             bundles = len(placement_group.bundle_specs)
             if num_ranks > bundles:
