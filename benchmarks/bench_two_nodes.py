@@ -1,7 +1,7 @@
 """One EAST iteration on a one-node Ray cluster against the same iteration on two nodes (engines on one, the
 trainer on the other), two network namespaces on this machine standing in for two hosts.
 
-    sudo .venv/bin/python benchmarks/bench_two_nodes.py [--repeats 3] [--out /tmp/bench_two_nodes]
+    sudo .venv/bin/python benchmarks/bench_two_nodes.py [--repeats 3] [--out /tmp/bench_two_nodes] [--model M]
 
 Needs root (network namespaces: tests/netns.py). Both modes run the same config and the same command, from node
 a: `launch/ray_job.sh CONFIG name=<mode>_<k>` (the demo's warm-started tiny model and data, one iteration, no
@@ -30,11 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the na
 PHASES = ("rollout", "weigh", "train", "update_weights")
 
 
-def config(out: Path, n_train: int) -> Path:
+def config(out: Path, n_train: int, model: str | None) -> Path:
     from east_ds.config import to_dict
-    from east_ds.demo import demo_config, prepare
+    from east_ds.demo import demo_config, prepare, write_demo_data
 
-    train, test, start = prepare(out, n_train, 8)
+    if model:  # an already warm-started model (e.g. a previous --out's warm_start)
+        train, test, _ = write_demo_data(out / "data", n_train, 8, 0)
+        start = Path(model)
+    else:
+        train, test, start = prepare(out, n_train, 8)
     cfg = to_dict(demo_config(out / "runs", "bench", 1.0, start, train, test, 1, (
         "evaluation.every_iteration=false", "placement.mode=split")))
     cfg["placement"]["engine_resources"] = {"node_b": 1}
@@ -68,6 +72,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/bench_two_nodes")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-questions", type=int, default=64)
+    ap.add_argument("--model", help="a warm-started model to use instead of building the demo's under --out")
     args = ap.parse_args()
     from netns import netns_unavailable
 
@@ -75,7 +80,7 @@ def main() -> None:
     if reason:
         raise SystemExit(f"bench_two_nodes: {reason}")
     out = Path(args.out).resolve()
-    cfg = config(out, args.train_questions)
+    cfg = config(out, args.train_questions, args.model)
     rows = []
     for k in range(args.repeats):
         for mode in ("one_node", "two_nodes") if k % 2 == 0 else ("two_nodes", "one_node"):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from east_ds.config import ConfigError, RunConfig, load_config
 from east_ds.data import load_dataset
+from east_ds.ray_utils import NodeLostError
 from east_ds.rundir import IterDir, RunDir, RunDirError
 from east_ds.schema import REFERENCE_COLUMNS
 from east_ds.tables import TableError, read_table, write_table
@@ -252,7 +253,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         log = run(cfg)
-    except (ConfigError, RunDirError, TableError, WeightingError, FileNotFoundError) as e:
+    except (ConfigError, RunDirError, TableError, WeightingError, FileNotFoundError, NodeLostError) as e:
         print(f"east-ds run: error: {e}", file=sys.stderr)
         return 2
     for m in log:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from east_ds.config import ModelConfig, RolloutConfig
 from east_ds.data import check_model_path  # noqa: F401  (re-exported: the rollout CLI checks first)
+from east_ds.ray_utils import NodeLostError
 from east_ds.weight_sync import bucket_meta, iter_buckets
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,6 @@ def model_max_len(path: str, trust_remote_code: bool = False) -> int | None:
         if isinstance(v, int) and v > 0:
             return v
     return None
-
-
-class NodeLostError(RuntimeError):
-    """An engine died because its Ray node died; the message names the node (id and address)."""
 
 
 def skip_record(reason: str) -> dict:
@@ -165,7 +162,11 @@ class EnginePool:
             pass
         self._generation[i] += 1
         self.engines[i] = self._start_actor(i)
-        self.where[i] = ray.get(self.engines[i].info.remote())
+        try:
+            self.where[i] = ray.get(self.engines[i].info.remote())
+        except ray.exceptions.RayActorError as e:  # e.g. placed on the dying node before it was declared dead
+            self._check_node_alive(i, e)
+            raise
 
     def _check_node_alive(self, i: int, error: Exception) -> None:
         """Raise NodeLostError when engine i died with its node: a replacement with the same resources could only

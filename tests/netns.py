@@ -53,17 +53,20 @@ def netns_unavailable() -> str:
     return ""
 
 
-def _pids_in(ns: str) -> list[int]:
-    r = _ip("netns", "pids", ns, check=False)
-    return [int(p) for p in r.stdout.split()] if r.returncode == 0 else []
+def _pids_in(*names: str) -> list[int]:
+    pids = []
+    for ns in names:
+        r = _ip("netns", "pids", ns, check=False)
+        pids += [int(p) for p in r.stdout.split()] if r.returncode == 0 else []
+    return pids
 
 
-def _kill_all_in(ns: str, grace: float | None = 20.0) -> None:
-    """SIGTERM every process in namespace `ns` (Ray's --block nodes stop their children on it), then after
-    `grace` seconds SIGKILL; `grace` None: SIGKILL at once."""
+def _kill_all_in(*names: str, grace: float | None = 20.0) -> None:
+    """SIGTERM every process in the namespaces `names` (Ray's --block nodes stop their children on it), then
+    after at most `grace` seconds SIGKILL what is left; `grace` None: SIGKILL at once."""
     steps = [(signal.SIGKILL, 5.0)] if grace is None else [(signal.SIGTERM, grace), (signal.SIGKILL, 5.0)]
     for sig, wait in steps:
-        pids = _pids_in(ns)
+        pids = _pids_in(*names)
         for p in pids:
             try:
                 os.kill(p, sig)
@@ -72,7 +75,7 @@ def _kill_all_in(ns: str, grace: float | None = 20.0) -> None:
         deadline = time.monotonic() + wait
         while pids and time.monotonic() < deadline:
             time.sleep(0.2)
-            pids = _pids_in(ns)
+            pids = _pids_in(*names)
         if not pids:
             return
 
@@ -136,8 +139,7 @@ class TwoHosts:
         _kill_all_in(self.ns[host], grace=None)
 
     def close(self) -> None:
-        for h in "ab":
-            _kill_all_in(self.ns[h])
+        _kill_all_in(*self.ns.values())
         for p in self.procs:
             if p.poll() is None:
                 try:
@@ -193,14 +195,14 @@ class RayCluster:
                                 env={**self.env, "NODE_IP": self.hosts.addr[host]}, stdout=log,
                                 stderr=subprocess.STDOUT)
 
-    def alive_nodes(self) -> list[str]:
-        """Addresses of the live nodes, asked from inside namespace a ([] while the cluster is not up)."""
-        code = ("import json, ray; ray.init(address='auto', logging_level='ERROR'); "
-                "print('NODES', json.dumps(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))")
+    def node_ids(self) -> dict[str, str]:
+        """{address: node id} of the live nodes, asked from inside namespace a ({} while the cluster is not up)."""
+        code = ("import json, ray; ray.init(address='auto', logging_level='ERROR'); print('NODES', json.dumps("
+                "{n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes() if n['Alive']}))")
         r = self.hosts.run("a", [sys.executable, "-c", code], env={**self.env, "RAY_ADDRESS":
                                                                    f"{self.hosts.addr['a']}:6379"}, timeout=120)
         lines = [x for x in r.stdout.splitlines() if x.startswith("NODES ")]
-        return json.loads(lines[-1][6:]) if lines else []
+        return json.loads(lines[-1][6:]) if lines else {}
 
     def wait_nodes(self, k: int, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
@@ -208,7 +210,7 @@ class RayCluster:
             for p, h in ((self.head, "a"), (self.worker, "b")):
                 if p is not None and p.poll() is not None and not (h == "b" and k < 2):
                     pytest.fail(f"ray node {h} exited:\n" + (self.root / f"ray_{h}.log").read_text()[-3000:])
-            if len(self.alive_nodes()) == k:
+            if len(self.node_ids()) == k:
                 ok = self.hosts.run("a", ["ray", "job", "list", "--address", JOB_API], env=self.env, timeout=60)
                 if ok.returncode == 0:
                     return
