@@ -12,7 +12,8 @@ link, with test addresses in 10.77.N.0/24 (N drawn at random); neither can reach
 
 Cleanup always runs (context exit, fixture teardown, or the next TwoHosts of a later test session): every
 process still inside either namespace is killed (SIGTERM, then SIGKILL), then the namespaces are deleted, which
-deletes the veth pair. Namespaces are named `e8-<pid>-a|b` after the creating process, so leftovers of a
+deletes the veth pair, then the directories registered in `dirs` (Ray's temp dirs). Namespaces are named
+`e8-<pid>-a|b` after the creating process, so leftovers of a
 crashed session (its pid gone) are removed without touching anyone else's.
 """
 
@@ -99,6 +100,7 @@ class TwoHosts:
         self.addr = {"a": f"10.77.{subnet}.1", "b": f"10.77.{subnet}.2"}
         self.dev = {h: f"v{tag[-8:]}{h}" for h in "ab"}  # interface names: at most 15 characters
         self.procs: list[subprocess.Popen] = []
+        self.dirs: list[Path] = []  # removed at cleanup, after the processes that used them
 
     def __enter__(self) -> "TwoHosts":
         _remove_stale()
@@ -149,6 +151,8 @@ class TwoHosts:
             p.wait()
         for h in "ab":
             _ip("netns", "del", self.ns[h], check=False)
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -188,6 +192,7 @@ class RayCluster:
     def start(self, host: str) -> subprocess.Popen:
         """Start node `host` (a: the head, b: a worker)."""
         temp = Path(f"/tmp/e8{os.getpid()}{host}")  # short: Ray's socket paths must stay under 107 characters
+        self.hosts.dirs.append(temp)
         role = ["head"] if host == "a" else ["worker", f"{self.hosts.addr['a']}:6379"]
         log = (self.root / f"ray_{host}.log").open("a")
         return self.hosts.popen(host, ["bash", str(REPO / "launch" / "ray_head.sh"), *role, "--block",
