@@ -111,9 +111,10 @@ class LLMEngine:
     Tensor parallel. On GPU machines vLLM runs the TP workers as Ray actors inside the placement group this actor
     was scheduled in. On the CPU it runs them as processes of this actor (vLLM's "mp" executor), and the engine
     binds each worker's threads to its share of the cores this process may use (`cpu_thread_binding`), unless
-    VLLM_CPU_OMP_THREADS_BIND is set already. (Without a binding the workers die on vLLM's NUMA assertion; the
-    `KeyError: '/psm_...'` printed after it comes from Python's shared-memory resource tracker, which vLLM's
-    teardown killed along with the workers, and is only an echo of that failure.)
+    VLLM_CPU_OMP_THREADS_BIND is set already. (Without a binding the workers die on vLLM's NUMA assertion. The
+    `KeyError: '/psm_...'` printed after it is only an echo: when the actor process exits, Ray reaps its children,
+    Python's shared-memory resource tracker among them, before vLLM has unlinked its shared-memory queues, and
+    the relaunched tracker does not know them. `close` avoids that on a normal shutdown.)
     """
 
     def __init__(

@@ -13,8 +13,8 @@ link, with test addresses in 10.77.N.0/24 (N drawn at random); neither can reach
 Cleanup always runs (context exit, fixture teardown, or the next TwoHosts of a later test session): every
 process still inside either namespace is killed (SIGTERM, then SIGKILL), then the namespaces are deleted, which
 deletes the veth pair, then the directories registered in `dirs` (Ray's temp dirs). Namespaces are named
-`e8-<pid>-a|b` after the creating process, so leftovers of a
-crashed session (its pid gone) are removed without touching anyone else's.
+`e8-<pid>-a|b` after the creating process, so leftovers of a crashed session (its pid gone) are removed without
+touching anyone else's.
 """
 
 from __future__ import annotations
