@@ -162,24 +162,33 @@ class EnginePool:
             pass
         self._generation[i] += 1
         self.engines[i] = self._start_actor(i)
+        ref = self.engines[i].info.remote()
         try:
-            self.where[i] = ray.get(self.engines[i].info.remote())
+            # While the replacement waits to be placed, the old node may be declared dead; if no live node has the
+            # engines' custom resources, it would wait for ever.
+            while not ray.wait([ref], timeout=5)[0]:
+                self._check_node_alive(i, "the replacement engine cannot be placed", pending=True)
+            self.where[i] = ray.get(ref)
         except ray.exceptions.RayActorError as e:  # e.g. placed on the dying node before it was declared dead
             self._check_node_alive(i, e)
             raise
 
-    def _check_node_alive(self, i: int, error: Exception) -> None:
-        """Raise NodeLostError when engine i died with its node: a replacement with the same resources could only
-        wait for that node (or one like it) to come back."""
+    def _check_node_alive(self, i: int, error: Exception | str, pending: bool = False) -> None:
+        """Raise NodeLostError when engine i's node is dead. `pending` (a replacement still waits to be placed):
+        only when, besides, the engines ask for custom resources that no live node offers, so that the replacement
+        could only wait for the lost node to return."""
         import ray
 
         node = self.where[i].get("node_id")
-        alive = {n["NodeID"]: n["Alive"] for n in ray.nodes()}
-        if node is not None and not alive.get(node, False):
-            raise NodeLostError(
-                f"engine {i} was lost with its Ray node {node} ({self.where[i].get('node_ip', '?')}), which is no "
-                f"longer alive; finished rollout shards are on disk: rerun the same command once the node is back "
-                f"(last error: {str(error).splitlines()[0]})") from error
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        if node is None or any(n["NodeID"] == node for n in nodes):
+            return
+        if pending and (not self.resources or any(set(self.resources) <= set(n["Resources"]) for n in nodes)):
+            return
+        raise NodeLostError(
+            f"engine {i} was lost with its Ray node {node} ({self.where[i].get('node_ip', '?')}), which is no "
+            f"longer alive; finished rollout shards are on disk: rerun the same command once the node is back "
+            f"(last error: {str(error).splitlines()[0]})") from (error if isinstance(error, Exception) else None)
 
     # ------------------------------------------------------------------------------------------------------------
     # Generation
