@@ -171,7 +171,7 @@ class RayCluster:
 
     def __init__(self, hosts: TwoHosts, root: Path, resources: dict[str, dict[str, float]], two_nodes: bool = True,
                  cpus: int = 4):
-        self.hosts, self.root, self.cpus, self.resources = hosts, root, cpus, resources
+        self.hosts, self.root, self.resources = hosts, root, resources
         self.job_api = JOB_API
         self.env = {
             **os.environ,
@@ -210,10 +210,11 @@ class RayCluster:
         return json.loads(lines[-1][6:]) if lines else {}
 
     def wait_nodes(self, k: int, timeout: float = 240) -> None:
+        """Until `k` nodes are alive and the job API answers (a node process that exits fails the test)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for p, h in ((self.head, "a"), (self.worker, "b")):
-                if p is not None and p.poll() is not None and not (h == "b" and k < 2):
+                if p is not None and p.poll() is not None:
                     pytest.fail(f"ray node {h} exited:\n" + (self.root / f"ray_{h}.log").read_text()[-3000:])
             if len(self.node_ids()) == k:
                 ok = self.hosts.run("a", ["ray", "job", "list", "--address", JOB_API], env=self.env, timeout=60)
@@ -228,7 +229,6 @@ class RayCluster:
         return self.hosts.popen("a", ["bash", str(REPO / "launch" / "ray_job.sh"), "--address", JOB_API,
                                       "--job-id", job_id, str(config), *overrides],
                                 env=self.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
 
 
 @pytest.fixture
