@@ -11,7 +11,7 @@ evaluation, engines asking for the resource node_b and trainer ranks for node_a)
              weight files' readers talk over the veth pair.
 Modes alternate, each repeat on freshly started clusters, so machine load drifts over both alike. Printed per
 run: the job's wall seconds and the driver's iteration seconds with its phases; then per mode the median and the
-range (spread), and the ratio of the medians.
+range (spread), the ratio of the medians, and the ratio within each repeat's back-to-back pair.
 """
 
 from __future__ import annotations
@@ -96,7 +96,11 @@ def main() -> None:
             med[mode, key] = statistics.median(xs)
             print(f"{mode:>9} {key:>17}: median {med[mode, key]:6.1f} s, range {min(xs):6.1f}-{max(xs):6.1f}")
     for key in ("job_seconds", "iteration_seconds"):
-        print(f"two nodes / one node, {key}: {med['two_nodes', key] / med['one_node', key]:.2f}")
+        # each repeat's pair ran back to back, so its ratio cancels most of the drift in machine load
+        pairs = [two[key] / one[key] for one, two in zip([r for r in rows if r["mode"] == "one_node"],
+                                                          [r for r in rows if r["mode"] == "two_nodes"])]
+        print(f"two nodes / one node, {key}: ratio of medians {med['two_nodes', key] / med['one_node', key]:.2f}; "
+              f"per repeat {', '.join(f'{x:.2f}' for x in pairs)} (median {statistics.median(pairs):.2f})")
 
 
 if __name__ == "__main__":
