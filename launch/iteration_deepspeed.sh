@@ -53,7 +53,9 @@ shift 2
 train_overrides=("$@")
 mkdir -p "$iter_dir"
 if [[ "$NO_SSH" == 1 ]]; then
-  [[ -n "$HOSTFILE" && -n "$MASTER_ADDR" ]] || { echo "iteration_deepspeed.sh: NO_SSH=1 needs HOSTFILE and MASTER_ADDR" >&2; exit 2; }
+  if [[ -z "$HOSTFILE" || -z "$MASTER_ADDR" ]]; then
+    echo "iteration_deepspeed.sh: NO_SSH=1 needs HOSTFILE and MASTER_ADDR" >&2; exit 2
+  fi
   [[ "$NODE_RANK" =~ ^[0-9]+$ ]] || { echo "iteration_deepspeed.sh: NODE_RANK=$NODE_RANK is not a number" >&2; exit 2; }
 fi
 
