@@ -62,7 +62,7 @@ def _pids_in(*names: str) -> list[int]:
     return pids
 
 
-def _kill_all_in(*names: str, grace: float | None = 20.0) -> None:
+def _kill_all_in(*names: str, grace: float | None = 10.0) -> None:
     """SIGTERM every process in the namespaces `names` (Ray's --block nodes stop their children on it), then
     after at most `grace` seconds SIGKILL what is left; `grace` None: SIGKILL at once."""
     steps = [(signal.SIGKILL, 5.0)] if grace is None else [(signal.SIGTERM, grace), (signal.SIGKILL, 5.0)]
