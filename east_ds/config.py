@@ -116,7 +116,8 @@ class PlacementConfig:
     ray_address: str = ""  # empty: start or join a local Ray; "auto": join the running cluster
     # Custom Ray resources each engine actor / each trainer rank asks for, on top of CPUs and GPUs: nodes started
     # with `ray start --resources '{"rollout_node": 8}'` take the engines when engine_resources is
-    # {rollout_node: 1}. Empty: anywhere the CPUs/GPUs fit.
+    # {rollout_node: 1}. Empty: anywhere the CPUs/GPUs fit. Colocated ranks on GPUs sit on the engines' bundles
+    # and ignore trainer_resources.
     engine_resources: dict[str, float] = field(default_factory=dict)
     trainer_resources: dict[str, float] = field(default_factory=dict)
 

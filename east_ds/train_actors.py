@@ -72,7 +72,9 @@ class TrainerGroup:
         custom Ray resources each rank asks for (placement.trainer_resources)."""
         self.model_path, self.train_cfg, self.model_cfg = model_path, train_cfg, model_cfg
         check_batch_sizes(train_cfg, num_ranks)  # fail before starting actors
-        opts = {"num_cpus": 1, "num_gpus": num_gpus_per_rank, **({"resources": dict(resources)} if resources else {})}
+        opts = {"num_cpus": 1, "num_gpus": num_gpus_per_rank}
+        if resources and placement_group is None:  # colocated ranks go where the engines' bundles are
+            opts["resources"] = dict(resources)
         if placement_group is not None:
             bundles = len(placement_group.bundle_specs)
             if num_ranks > bundles:
