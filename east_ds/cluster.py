@@ -22,9 +22,10 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from east_ds.config import ConfigError, PlacementConfig, RolloutConfig, TrainConfig
 
@@ -93,17 +94,19 @@ def placement_needs(rollout: RolloutConfig, training: TrainConfig, placement: Pl
     Raises ConfigError when colocated training has more ranks than the engines have GPUs to share."""
     engine_gpus = rollout.num_engines * rollout.tensor_parallel_size
     ranks = training.num_ranks
+    eng, trn = dict(placement.engine_resources), dict(placement.trainer_resources)  # custom resources, per actor
     if cluster_gpus <= 0:
-        return [Need("rollout engines", [{"CPU": 1.0}] * rollout.num_engines, ""),
-                Need("trainer ranks", [{"CPU": 1.0}] * ranks, "")]
-    if placement.mode == "colocated":
+        return [Need("rollout engines", [{"CPU": 1.0, **eng}] * rollout.num_engines, ""),
+                Need("trainer ranks", [{"CPU": 1.0, **trn}] * ranks, "")]
+    if placement.mode == "colocated":  # the ranks sit on the engines' bundles and ask for nothing of their own
         if ranks > engine_gpus:
             raise ConfigError(f"placement.mode=colocated: training.num_ranks ({ranks}) must be at most the engines' "
                               f"GPUs (rollout.num_engines x rollout.tensor_parallel_size = {engine_gpus})")
-        shared = [{"GPU": 1.0, "CPU": 2.0}] * ranks + [{"GPU": 1.0, "CPU": 1.0}] * (engine_gpus - ranks)
+        shared = ([{"GPU": 1.0, "CPU": 2.0, **eng}] * ranks
+                  + [{"GPU": 1.0, "CPU": 1.0, **eng}] * (engine_gpus - ranks))
         return [Need("rollout engines + trainer ranks", shared, "PACK")]
-    return [Need("rollout engines", [{"GPU": 1.0, "CPU": 1.0}] * engine_gpus, "PACK"),
-            Need("trainer ranks", [{"GPU": 1.0, "CPU": 1.0}] * ranks, "PACK")]
+    return [Need("rollout engines", [{"GPU": 1.0, "CPU": 1.0, **eng}] * engine_gpus, "PACK"),
+            Need("trainer ranks", [{"GPU": 1.0, "CPU": 1.0, **trn}] * ranks, "PACK")]
 
 
 def shortfall(needs: Sequence[Need], free: Mapping[str, float], have: str = "free") -> list[str]:
@@ -188,16 +191,23 @@ def wait_placement_group(pg: Any, need: Need, timeout_s: float) -> None:
         raise SchedulingTimeout(msg) from None
 
 
-def wait_scheduled(refs: list, need: Need, timeout_s: float) -> list:
+def wait_scheduled(refs: list, need: Need, timeout_s: float, poll: Callable[[], None] | None = None,
+                   poll_every_s: float = 5.0) -> list:
     """`ray.get(refs)` of the actors' first calls, or SchedulingTimeout after `timeout_s` when some actor has not
-    been scheduled (the caller kills the actors). Errors raised by the calls themselves propagate."""
+    been scheduled (the caller kills the actors). Errors raised by the calls themselves propagate. `poll`, when
+    given, is called every `poll_every_s` while waiting; it raises to give up early (e.g. a lost node)."""
     import ray
-    from ray.exceptions import GetTimeoutError
 
-    try:
-        return ray.get(refs, timeout=timeout_s)
-    except GetTimeoutError:
-        raise SchedulingTimeout(timeout_message(need, timeout_s)) from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=max(0.0, min(left, poll_every_s) if poll else left))
+        if len(ready) == len(refs):
+            return ray.get(refs)
+        if time.monotonic() >= deadline:
+            raise SchedulingTimeout(timeout_message(need, timeout_s))
+        if poll is not None:
+            poll()
 
 
 # ----------------------------------------------------------------------------------------------------------------

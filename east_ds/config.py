@@ -122,6 +122,12 @@ class PlacementConfig:
     # the run with what was asked and what the cluster has free (never a silent wait)
     wait_for_resources: bool = False  # false: a run needing more than the whole cluster has fails at once;
     # true: wait up to schedule_timeout_s for it to grow (an autoscaling cluster)
+    # Custom Ray resources each engine actor / each trainer rank asks for, on top of CPUs and GPUs: nodes started
+    # with `ray start --resources '{"rollout_node": 8}'` take the engines when engine_resources is
+    # {rollout_node: 1}. Empty: anywhere the CPUs/GPUs fit. Colocated ranks on GPUs sit on the engines' bundles
+    # and ignore trainer_resources.
+    engine_resources: dict[str, float] = field(default_factory=dict)
+    trainer_resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,11 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_check(k, kt, f"{key} key"): _check(v, vt, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

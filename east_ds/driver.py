@@ -35,6 +35,7 @@ from east_ds.cluster import (SHARE, Need, SchedulingTimeout, StorageNotShared, c
                              placement_needs, shortfall, total_resources)
 from east_ds.config import ConfigError, RunConfig, load_config
 from east_ds.data import load_dataset
+from east_ds.ray_utils import NodeLostError
 from east_ds.rundir import IterDir, RunDir, RunDirError
 from east_ds.schema import REFERENCE_COLUMNS
 from east_ds.tables import TableError, read_table, write_json, write_table
@@ -82,8 +83,9 @@ class Placement:
         self.timeout = cfg.placement.schedule_timeout_s
         self.ranks = cfg.training.num_ranks
         rollout = cfg.rollout
-        if not gpus:  # the pool runs at most one vLLM-CPU engine per core
-            rollout = dataclasses.replace(rollout, num_engines=min(rollout.num_engines, os.cpu_count() or 1))
+        if not gpus:  # the pool runs at most cores // tensor_parallel_size vLLM-CPU engines
+            rollout = dataclasses.replace(rollout, num_engines=min(
+                rollout.num_engines, max(1, (os.cpu_count() or 1) // rollout.tensor_parallel_size)))
         self.needs = placement_needs(rollout, cfg.training, cfg.placement, gpus)
         if cfg.rollout.weight_sync == "broadcast" and self.colocated:
             raise ConfigError("rollout.weight_sync=broadcast needs placement.mode=split on a cluster with GPUs: "
@@ -174,7 +176,7 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
         placement.before_training()
         if group is None:
             group = TrainerGroup(policy, cfg.training, cfg.model, cfg.training.num_ranks,
-                                 **placement.trainer_options())
+                                 resources=cfg.placement.trainer_resources, **placement.trainer_options())
             located["ranks"] = group.locations
             write_json(located, rd.path / "placement.json")
         group.set_model_path(policy)
@@ -186,8 +188,10 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
 
     try:
         pool = placement.pool = EnginePool(rd.policy_path(), placement.rollout_config(cfg.rollout), cfg.model,
-                                           **placement.engine_options())
+                                           resources=cfg.placement.engine_resources, **placement.engine_options())
         located["engines"] = pool.locations
+        print("[east-ds] rollout engines on " + ", ".join(f"{w.get('node_ip', 'local')} (node {w.get('node_id', '?')})"
+                                                          for w in pool.locations), flush=True)
         write_json(located, rd.path / "placement.json")
         # Iteration 0: the starting model's accuracy, the baseline every later iteration is compared with.
         it0 = rd.iteration(0)
@@ -312,7 +316,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         log = run(cfg)
     except (ConfigError, RunDirError, TableError, WeightingError, FileNotFoundError, SchedulingTimeout,
-            StorageNotShared) as e:
+            StorageNotShared, NodeLostError) as e:
         print(f"east-ds run: error: {e}", file=sys.stderr)
         return 2
     for m in log:

@@ -29,9 +29,10 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from east_ds.cluster import Need, wait_placement_group, wait_scheduled
+from east_ds.cluster import Need, SchedulingTimeout, wait_placement_group, wait_scheduled
 from east_ds.config import ModelConfig, RolloutConfig
 from east_ds.data import check_model_path  # noqa: F401  (re-exported: the rollout CLI checks first)
+from east_ds.ray_utils import NodeLostError
 from east_ds.weight_sync import iter_buckets
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,15 @@ class EnginePool:
     """`cfg.num_engines` vLLM engines (Ray actors) serving one policy. See the module docstring."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, model_cfg: ModelConfig, gpu_share: float = 1.0,
-                 need: Need | None = None, schedule_timeout_s: float = 300.0):
+                 need: Need | None = None, schedule_timeout_s: float = 300.0,
+                 resources: Mapping[str, float] | None = None):
         """`gpu_share`: the fraction of its bundle's GPU an engine actor (tensor_parallel_size 1) takes; below 1
         the trainer's ranks can be placed on the same bundles (`placement_group`) to share the GPUs.
         `need`: the bundles to reserve (cluster.placement_needs; default: one `{GPU: 1, CPU: 1}` bundle per
         engine GPU on a cluster with GPUs, plain one-CPU actors without). A placement group or engine actor not
-        scheduled within `schedule_timeout_s` raises cluster.SchedulingTimeout, after cleaning up."""
+        scheduled within `schedule_timeout_s` raises cluster.SchedulingTimeout, after cleaning up.
+        `resources`: custom Ray resources each engine actor asks for (placement.engine_resources), e.g.
+        {"node_b": 1} to keep the engines on the nodes started with that resource."""
         import ray
 
         check_model_path(model_path)  # before any actor starts
@@ -86,15 +90,17 @@ class EnginePool:
         # GPU (sleep mode, NCCL) is decided inside the engine by its own device (LLMEngine.on_gpu).
         self.gpu_bundles = ray.cluster_resources().get("GPU", 0) > 0
         n = cfg.num_engines
-        if not self.gpu_bundles:
-            cores = os.cpu_count() or 1
+        if not self.gpu_bundles:  # a core per engine, and per TP worker of an engine
+            cores = max(1, (os.cpu_count() or 1) // cfg.tensor_parallel_size)
             if n > cores:
-                log.warning("num_engines=%d > %d cores: using %d vLLM-CPU engines", n, cores, cores)
+                log.warning("num_engines=%d x tensor_parallel_size=%d > %d cores: using %d vLLM-CPU engines", n,
+                            cfg.tensor_parallel_size, os.cpu_count() or 1, cores)
                 n = cores
         self.num_engines = n
         tp = cfg.tensor_parallel_size
-        self.need = need or (Need("rollout engines", [{"GPU": 1.0, "CPU": 1.0}] * (n * tp), "PACK")
-                             if self.gpu_bundles else Need("rollout engines", [{"CPU": 1.0}] * n, ""))
+        self.resources = dict(resources or {})
+        self.need = need or (Need("rollout engines", [{"GPU": 1.0, "CPU": 1.0, **self.resources}] * (n * tp), "PACK")
+                             if self.gpu_bundles else Need("rollout engines", [{"CPU": 1.0, **self.resources}] * n, ""))
         self.schedule_timeout_s = schedule_timeout_s
         self.gpu_share = gpu_share
         self._pg = None
@@ -116,15 +122,16 @@ class EnginePool:
     # ------------------------------------------------------------------------------------------------------------
     # Actors
 
-    def _start_actors(self, indices: Iterable[int]) -> list:
+    def _start_actors(self, indices: Iterable[int], poll: Callable[[], None] | None = None) -> list:
         """Start engine actors `indices`: wait (at most schedule_timeout_s) until each is scheduled, then build
-        vLLM in all of them and load the current weights. Returns the actors in order."""
+        vLLM in all of them and load the current weights. Returns the actors in order. `poll` is called every few
+        seconds while they wait to be scheduled; it raises to give up early."""
         import ray
 
         indices = list(indices)
         actors = [self._new_actor(i) for i in indices]
         try:
-            where = wait_scheduled([a.where.remote() for a in actors], self.need, self.schedule_timeout_s)
+            where = wait_scheduled([a.where.remote() for a in actors], self.need, self.schedule_timeout_s, poll)
             built = ray.get([a.build.remote() for a in actors])
             kind, source = self._weights
             if kind == "path" and source is not None:
@@ -163,6 +170,8 @@ class EnginePool:
                 options.update(num_cpus=0, num_gpus=0, scheduling_strategy=strategy)
         else:
             options.update(num_cpus=1, num_gpus=0)
+        if self.resources:
+            options["resources"] = self.resources
         actor_cls = ray.remote(PlacedLLMEngine).options(runtime_env={"env_vars": env}, **options)
         return actor_cls.remote(
             self.model_path,
@@ -187,7 +196,14 @@ class EnginePool:
         except Exception:
             pass
         self._generation[i] += 1
-        [self.engines[i]] = self._start_actors([i])
+        try:
+            # While the replacement waits to be placed, the old node may be declared dead; if no live node has the
+            # engines' custom resources, it could only wait for that node to return.
+            [self.engines[i]] = self._start_actors(
+                [i], poll=lambda: self._check_node_alive(i, "the replacement engine cannot be placed", pending=True))
+        except (ray.exceptions.RayActorError, SchedulingTimeout) as e:  # e.g. placed on the dying node
+            self._check_node_alive(i, e)
+            raise
 
     def drain_events(self) -> list[dict]:
         """Every engine's recorded sleep/wake/update events since the last call, ordered by time."""
@@ -195,6 +211,23 @@ class EnginePool:
 
         return sorted((e for evs in ray.get([a.drain_events.remote() for a in self.engines]) for e in evs),
                       key=lambda e: e["t"])
+
+    def _check_node_alive(self, i: int, error: Exception | str, pending: bool = False) -> None:
+        """Raise NodeLostError when engine i's node is dead. `pending` (a replacement still waits to be placed):
+        only when, besides, the engines ask for custom resources that no live node offers, so that the replacement
+        could only wait for the lost node to return."""
+        import ray
+
+        node = self.locations[i].get("node_id")
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        if node is None or any(n["NodeID"] == node for n in nodes):
+            return
+        if pending and (not self.resources or any(set(self.resources) <= set(n["Resources"]) for n in nodes)):
+            return
+        raise NodeLostError(
+            f"engine {i} was lost with its Ray node {node} ({self.locations[i].get('node_ip', '?')}), which is no "
+            f"longer alive; finished rollout shards are on disk: rerun the same command once the node is back "
+            f"(last error: {str(error).splitlines()[0]})") from (error if isinstance(error, Exception) else None)
 
     # ------------------------------------------------------------------------------------------------------------
     # Generation
@@ -242,6 +275,7 @@ class EnginePool:
                     results, seconds = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
                     attempts[key] += 1
+                    self._check_node_alive(i, e)
                     if attempts[key] > self.cfg.max_shard_retries:
                         raise RuntimeError(f"shard {key!r} failed {attempts[key]} times; last error: {e}") from e
                     if gen == self._generation[i]:  # not yet replaced (a second queued shard may see it first)
@@ -373,6 +407,10 @@ class EnginePool:
     def shutdown(self) -> None:
         import ray
 
+        try:  # a clean vLLM teardown first (TP > 1 on the CPU: worker processes, shared memory); dead ones skipped
+            ray.get([e.close.remote() for e in self.engines], timeout=60)
+        except Exception:
+            pass
         for e in self.engines:
             try:
                 ray.kill(e)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 
 
+class NodeLostError(RuntimeError):
+    """An actor died because its Ray node died; the message names the node (id and address)."""
+
+
 def init_ray(address: str = "", num_cpus: int | None = None) -> None:
     """Join the cluster at `address` ("auto" for a running one, default $RAY_ADDRESS), or start a local Ray
     bound to 127.0.0.1.

@@ -110,7 +110,7 @@ class TrainerGroup:
 
     def __init__(self, model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, num_ranks: int,
                  num_gpus_per_rank: float = 0, placement_group=None, need: Need | None = None,
-                 schedule_timeout_s: float = 300.0):
+                 schedule_timeout_s: float = 300.0, resources: dict | None = None):
         """Where the ranks go:
         - `placement_group` (colocated placement): rank r on bundle r of that group (the engines'), taking
           `num_gpus_per_rank` of its GPU, so the trainer shares the GPUs the rollout engines hold;
@@ -118,14 +118,19 @@ class TrainerGroup:
           on bundle r, removed at shutdown;
         - else plain actors of one CPU and `num_gpus_per_rank` GPUs.
         A placement group or rank not scheduled within `schedule_timeout_s` raises cluster.SchedulingTimeout
-        (naming `need`, what was asked) after killing what was started."""
+        (naming `need`, what was asked) after killing what was started. `resources`: custom Ray resources each
+        rank asks for (placement.trainer_resources; part of `need`'s bundles when the ranks have a placement group
+        of their own); ranks on the engines' bundles ask for none."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.model_path, self.train_cfg, self.model_cfg = model_path, train_cfg, model_cfg
         check_batch_sizes(train_cfg, num_ranks)  # fail before starting actors
         opts = {"num_cpus": 1, "num_gpus": num_gpus_per_rank}
-        self.need = need or Need("trainer ranks", [{k: float(v) for k, v in
-                                                    (("CPU", 1), ("GPU", num_gpus_per_rank)) if v}] * num_ranks, "")
+        if resources and placement_group is None:
+            opts["resources"] = dict(resources)
+        rank = {"CPU": 1.0, **({"GPU": float(num_gpus_per_rank)} if num_gpus_per_rank else {}),
+                **opts.get("resources", {})}
+        self.need = need or Need("trainer ranks", [rank] * num_ranks, "")
         self._own_pg = None
         if placement_group is not None:
             bundles = len(placement_group.bundle_specs)

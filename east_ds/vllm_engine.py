@@ -131,11 +131,30 @@ class TrainerWeightBroadcaster:
 # The engine.
 
 
+def cpu_thread_binding(cores: list[int], tensor_parallel_size: int) -> str:
+    """`VLLM_CPU_OMP_THREADS_BIND` for a tensor-parallel engine on the CPU: the cores split into one contiguous
+    list per TP rank, `|`-separated ("0|1"; "0,1|2,3" on 4 cores). Cores left over by an uneven split go to
+    no rank. Without a binding vLLM-CPU asserts "Not enough allowed NUMA nodes" for TP > 1 on one NUMA node."""
+    if tensor_parallel_size < 1:
+        raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+    if len(cores) < tensor_parallel_size:
+        raise ValueError(f"tensor_parallel_size={tensor_parallel_size} on the CPU needs a core per TP rank, but this "
+                         f"process may use only {len(cores)} core(s): {sorted(cores)}")
+    per = len(cores) // tensor_parallel_size
+    cores = sorted(cores)
+    return "|".join(",".join(str(c) for c in cores[r * per:(r + 1) * per]) for r in range(tensor_parallel_size))
+
+
 class LLMEngine:
     """Holds one `vllm.LLM`. Engine `engine_index` uses `seed` (already offset by the pool: base seed + index).
 
-    On GPU machines with `tensor_parallel_size > 1` vLLM runs its TP workers as Ray actors inside the placement
-    group this actor was scheduled in.
+    Tensor parallel. On GPU machines vLLM runs the TP workers as Ray actors inside the placement group this actor
+    was scheduled in. On the CPU it runs them as processes of this actor (vLLM's "mp" executor), and the engine
+    binds each worker's threads to its share of the cores this process may use (`cpu_thread_binding`), unless
+    VLLM_CPU_OMP_THREADS_BIND is set already. (Without a binding the workers die on vLLM's NUMA assertion. The
+    `KeyError: '/psm_...'` printed after it is only an echo: when the actor process exits, Ray reaps its children,
+    Python's shared-memory resource tracker among them, before vLLM has unlinked its shared-memory queues, and
+    the relaunched tracker does not know them. `close` avoids that on a normal shutdown.)
     """
 
     def __init__(
@@ -170,16 +189,32 @@ class LLMEngine:
             if tensor_parallel_size > 1:
                 kwargs["distributed_executor_backend"] = "ray"
         else:
+            if tensor_parallel_size > 1:
+                kwargs["distributed_executor_backend"] = "mp"
+                if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") == "auto":
+                    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(
+                        sorted(os.sched_getaffinity(0)), tensor_parallel_size)
             # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a request with a per-request seed
             # has its prefill chunked, so prompts are prefilled whole: the step budget must hold the longest.
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(max_model_len, 4096)
         self.enable_sleep = enable_sleep and self.on_gpu
+        self.workers_in_ray = self.on_gpu or tensor_parallel_size == 1  # see update_weights_from_refs
         self.llm = LLM(**kwargs)
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
     def info(self) -> dict:
-        return {"engine": self.engine_index, "max_model_len": self.max_model_len, "pid": os.getpid()}
+        """Who and where this engine is: index, context length, pid, and (in a Ray actor) node id and address."""
+        out = {"engine": self.engine_index, "max_model_len": self.max_model_len, "pid": os.getpid(),
+               "thread_binding": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "")}
+        try:
+            import ray
+
+            if ray.is_initialized():
+                out.update(node_id=ray.get_runtime_context().get_node_id(), node_ip=ray.util.get_node_ip_address())
+        except ImportError:
+            pass
+        return out
 
     def generate(self, requests: list[dict]) -> tuple[list[list[dict]], float]:
         """Generate for a list of requests; return per-request sample records and the wall seconds taken.
@@ -221,9 +256,20 @@ class LLMEngine:
         return time.perf_counter() - t0
 
     def update_weights_from_refs(self, bucket_refs: list) -> float:
-        """`bucket_refs`: a list of Ray object refs, each to a bucket (list of `(name, tensor)`)."""
+        """`bucket_refs`: a list of Ray object refs, each to a bucket (list of `(name, tensor)`).
+
+        Workers that are Ray processes (TP 1 in this actor; GPU TP workers) pull the buckets themselves, one at a
+        time. vLLM-CPU's TP workers are plain child processes that cannot reach Ray's object store (a `ray.get`
+        there would start a private Ray instance), so this actor fetches the buckets and vLLM's own RPC carries
+        the tensors to them: the whole model passes through this process once."""
+        import ray
+
         t0 = time.perf_counter()
-        self.llm.collective_rpc(_reload_from_refs, args=(bucket_refs,))
+        if self.workers_in_ray:
+            self.llm.collective_rpc(_reload_from_refs, args=(bucket_refs,))
+        else:
+            weights = [item for ref in bucket_refs for item in ray.get(ref)]
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t0
 
@@ -235,6 +281,12 @@ class LLMEngine:
         self.llm.collective_rpc(_reload_from_broadcast, args=(buckets_meta,))
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Stop vLLM's engine core and its worker processes while this actor is alive. Killing the actor without
+        it lets Ray reap the children (vLLM's workers and Python's shared-memory resource tracker) before vLLM
+        unlinks its shared-memory queues, which prints `KeyError: '/psm_...'` from the relaunched tracker."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     def reset_prefix_cache(self) -> bool:
         return bool(self.llm.reset_prefix_cache())

@@ -116,3 +116,14 @@ def test_batch_sizes_must_multiply_to_the_global_batch():
     check_batch_sizes(cfg, 2)  # 2 x 4 x 2 = 16
     with pytest.raises(ValueError, match=r"x world size \(4\) = 32 != global_batch_size \(16\)"):
         check_batch_sizes(cfg, 4)
+
+
+def test_placement_resources_are_mappings_of_numbers():
+    cfg = load_config(None, ["placement.engine_resources={node_b: 1}", "placement.trainer_resources.node_a=0.5"])
+    assert cfg.placement.engine_resources == {"node_b": 1.0}
+    assert cfg.placement.trainer_resources == {"node_a": 0.5}
+    assert load_config(None).placement.engine_resources == {}
+    with pytest.raises(ConfigError, match=r"placement.engine_resources: expected a mapping, got 3"):
+        load_config(None, ["placement.engine_resources=3"])
+    with pytest.raises(ConfigError, match=r"placement.trainer_resources.gpu_a: expected a number, got 'many'"):
+        load_config(None, ["placement.trainer_resources={gpu_a: many}"])

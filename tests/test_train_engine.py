@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from east_ds import train_data as td
 from east_ds.config import ModelConfig, TrainConfig
 from east_ds.tables import TableError
+from netns import two_hosts  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -235,6 +237,31 @@ def test_bad_input_is_named(setup, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # Two ranks
 
+# The 2-rank run of east_ds.train (ZeRO-3, 2 ranks x 2 micro-batches of 1) that must equal `one_rank_run`.
+TWO_RANK_OVERRIDES = [
+    "model.dtype=float32", "training.lr=0.01", "training.epochs=1", "training.global_batch_size=4",
+    "training.micro_batch_size=1", "training.gradient_accumulation_steps=2", "training.warmup_ratio=0.0",
+    "training.grad_clip=100.0", "training.adam_eps=0.001", "training.max_len=96", "training.max_steps=2",
+    "training.deepspeed_config=ds_configs/zero3.json"]
+
+
+def one_rank_run(setup) -> Path:
+    """Global batch 4 as 1 rank x 4 micro-batches (in process, ZeRO-0), 2 steps: the reference of 2-rank runs."""
+    out = setup["root"] / "one_rank"
+    if not (out / "hf").is_dir():  # once per module: several tests compare against it
+        run_fit(setup, "one_rank", setup["weighted"], max_steps=2, micro_batch_size=1, gradient_accumulation_steps=4)
+    return out
+
+
+def assert_same_training(one: Path, other: Path) -> None:
+    """Two training outputs took the same 2 steps: losses, grad norms and final weights equal."""
+    a, b = metrics(one), metrics(other)
+    assert len(b) == len(a) == 2
+    for k in (0, 1):
+        assert b[k]["loss"] == pytest.approx(a[k]["loss"], abs=1e-5)
+        assert b[k]["grad_norm"] == pytest.approx(a[k]["grad_norm"], rel=1e-5)
+    assert max_diff(params(other / "hf"), params(one / "hf")) < 1e-5
+
 
 def test_two_ranks_launcher_zero3_and_ray_zero2_match_one_rank(setup):
     """Global batch 4: 1 rank x 4 micro-batches (in process, ZeRO-0) vs 2 ranks x 2 micro-batches under the
@@ -243,22 +270,14 @@ def test_two_ranks_launcher_zero3_and_ray_zero2_match_one_rank(setup):
     from east_ds.train_actors import TrainerGroup
     from east_ds.train_engine import reference_logprobs
 
-    one, _ = run_fit(setup, "one_rank", setup["weighted"], max_steps=2, micro_batch_size=1,
-                     gradient_accumulation_steps=4)
+    one = one_rank_run(setup)
     out = setup["root"] / "launcher"
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", "29731", "--module",
            "east_ds.train", "--examples", setup["weighted"], "--model", setup["model"], "--out", str(out),
-           "model.dtype=float32", "training.lr=0.01", "training.epochs=1", "training.global_batch_size=4",
-           "training.micro_batch_size=1", "training.gradient_accumulation_steps=2", "training.warmup_ratio=0.0",
-           "training.grad_clip=100.0", "training.adam_eps=0.001", "training.max_len=96", "training.max_steps=2",
-           "training.deepspeed_config=ds_configs/zero3.json"]
+           *TWO_RANK_OVERRIDES]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    a, b = metrics(one), metrics(out)
-    for k in (0, 1):
-        assert b[k]["loss"] == pytest.approx(a[k]["loss"], abs=1e-5)
-        assert b[k]["grad_norm"] == pytest.approx(a[k]["grad_norm"], rel=1e-5)
-    assert max_diff(params(out / "hf"), params(one / "hf")) < 1e-5
+    assert_same_training(one, out)
 
     # KTO: reference in process, then 1 rank x 4 vs 2 Ray ranks x 2 (ZeRO-2)
     kcfg = dataclasses.replace(BASE, loss="kto", beta=0.5, micro_batch_size=1, gradient_accumulation_steps=4,
@@ -283,6 +302,38 @@ def test_two_ranks_launcher_zero3_and_ray_zero2_match_one_rank(setup):
         assert b[k]["grad_norm"] == pytest.approx(a[k]["grad_norm"], rel=1e-5)
     assert a[1]["loss_unweighted"] != pytest.approx(0.5, abs=1e-4)  # the policy moved: step 2 is a real check
     assert max_diff(params(setup["root"] / "kto_ray" / "hf"), params(one_k / "hf")) < 1e-5
+
+
+@pytest.mark.cluster
+def test_two_nodes_iteration_deepspeed_matches_one_rank(setup, two_hosts, tmp_path):  # noqa: F811
+    """launch/iteration_deepspeed.sh once per node, each inside its own network namespace (tests/netns.py),
+    `--no_ssh` with a hostfile of two 1-slot nodes: the 2 ranks train the 1-rank run's 2 steps exactly."""
+    hosts = two_hosts
+    iter_dir = tmp_path / "iter_1"
+    iter_dir.mkdir()
+    # RESUME=1 skips the stages whose output exists: node 0 goes straight to training on the examples that the
+    # 1-rank run trains on (an empty rollouts file stands for the rollout stage), TEST_DATA="" skips eval.
+    shutil.copy(setup["weighted"], iter_dir / "examples.parquet")
+    (iter_dir / "rollouts.parquet").touch()
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    venv = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{venv}{os.pathsep}{os.environ['PATH']}", "RESUME": "1", "TEST_DATA": "",
+           "HOSTFILE": str(hostfile), "NO_SSH": "1", "MASTER_ADDR": hosts.addr["a"], "MASTER_PORT": "29500",
+           "WAIT_S": "120"}  # port 29500 inside namespace a, which nothing else uses
+    procs = []
+    for rank, h in enumerate("ab"):
+        log = (tmp_path / f"node_{h}.log").open("w")
+        # gloo takes its address from the hostname, which resolves outside the namespaces: name the interface
+        procs.append(hosts.popen(h, ["bash", str(REPO / "launch" / "iteration_deepspeed.sh"), setup["model"],
+                                     str(iter_dir), *TWO_RANK_OVERRIDES], cwd=REPO, stdout=log,
+                                 stderr=subprocess.STDOUT,
+                                 env={**env, "NODE_RANK": str(rank), "GLOO_SOCKET_IFNAME": hosts.dev[h]}))
+    rcs = [p.wait(timeout=600) for p in procs]
+    logs = {h: (tmp_path / f"node_{h}.log").read_text() for h in "ab"}
+    assert rcs == [0, 0], "\n".join(f"--- node {h}\n{t[-3000:]}" for h, t in logs.items())
+    assert '"world_size": 2' in logs["a"], logs["a"][-3000:]
+    assert_same_training(one_rank_run(setup), iter_dir / "checkpoint")
 
 
 @pytest.mark.gpu
