@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from east_ds.config import ConfigError, RunConfig, load_config
+from east_ds.config import ConfigError, RunConfig, load_config, to_dict
 from east_ds.data import load_dataset
 from east_ds.rundir import IterDir, RunDir, RunDirError
 from east_ds.schema import REFERENCE_COLUMNS
@@ -119,13 +119,17 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     for key, value in (("model.path", cfg.model.path), ("data.train", cfg.data.train)):
         if not value:
             raise ConfigError(f"{key} is required (a hub name or a local path)")
+    from east_ds.preflight import check_before_run
+
+    check_before_run(cfg)  # bad input fails here, listing every problem, before the run name is claimed
     rd = RunDir(cfg)
     rd.claim()
     evaluate = bool(cfg.data.test) and cfg.evaluation.every_iteration
     if all(rd.iteration(k).metrics.is_file() for k in range(0 if evaluate else 1, cfg.iterations + 1)):
         print(f"[east-ds] {rd.path}: every iteration finished earlier; nothing to do", flush=True)
         return rd.metrics_log()  # without starting Ray, the engines or the trainer
-    sink = sink or make_sink(rd.path, rank=0, jsonl=False)  # metrics.jsonl is rebuilt by RunDir
+    sink = sink or make_sink(rd.path, rank=0, jsonl=False,  # metrics.jsonl is rebuilt by RunDir
+                             logging=cfg.logging, name=cfg.name, run_config=to_dict(cfg))
     system = cfg.data.system_prompt
     train_q = load_dataset(cfg.data.train, cfg.data.format, cfg.data.train_split, cfg.data.train_limit)
     test_q = (load_dataset(cfg.data.test, cfg.data.format, cfg.data.test_split, cfg.data.test_limit)
