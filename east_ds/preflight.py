@@ -42,6 +42,7 @@ class Report:
 
     problems: list[tuple[str, str]] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)
+    params: int | None = None  # the model's parameter count, once the model check has built it
 
     def problem(self, area: str, message: str) -> None:
         self.problems.append((area, message))
@@ -237,6 +238,7 @@ def cheap_checks(cfg: RunConfig, report: Report | None = None) -> Report:
     """Every check but the cluster's, on a parsed config."""
     report = report or Report()
     facts = check_model(cfg, report)
+    report.params = facts.params
     check_data(cfg, facts, report)
     check_training(cfg, report)
     check_disk(cfg, facts, report)
@@ -272,13 +274,14 @@ def check_cluster(cfg: RunConfig, report: Report) -> None:
         report.note("cluster", f"every node sees {out.resolve()}")
 
 
-def check_before_run(cfg: RunConfig) -> None:
+def check_before_run(cfg: RunConfig) -> Report:
     """The cheap checks `east-ds run` makes before claiming the run name; PreflightError lists every problem."""
     report = cheap_checks(cfg)
     if report.problems:
         lines = "\n".join(f"  {a}: {m}" for a, m in report.problems)
         raise PreflightError(f"{len(report.problems)} problem(s) before the run could start "
                              f"(`east-ds check` lists them too):\n{lines}")
+    return report
 
 
 # ----------------------------------------------------------------------------------------------------------------
