@@ -245,6 +245,10 @@ def cheap_checks(cfg: RunConfig, report: Report | None = None) -> Report:
     return report
 
 
+def _resources(res) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(res.items())) or "nothing"
+
+
 def check_cluster(cfg: RunConfig, report: Report) -> None:
     """Ray reachable (or a local one started), the placement's needs against the free resources, and every node
     seeing the run directory (east_ds.cluster)."""
@@ -258,13 +262,17 @@ def check_cluster(cfg: RunConfig, report: Report) -> None:
                                   f"({type(e).__name__}: {e})")
         return
     free = cluster.free_resources()
-    needs = cluster.placement_needs(cfg.rollout, cfg.training, cfg.placement, cluster_gpus())
+    try:
+        needs = cluster.placement_needs(cfg.rollout, cfg.training, cfg.placement, cluster_gpus())
+    except ConfigError as e:  # e.g. more colocated trainer ranks than engine GPUs to share
+        report.problem("cluster", str(e))
+        needs = []
     short = cluster.shortfall(needs, free)
     for p in short:
         report.problem("cluster", p)
-    if not short:
-        asked = "; ".join(f"{n.what}: {n.total()}" for n in needs)
-        report.note("cluster", f"needs {asked}; free {dict(free)}")
+    if needs and not short:
+        asked = "; ".join(f"{n.what} {_resources(n.total())}" for n in needs)
+        report.note("cluster", f"needs {asked}; free {_resources(free)}")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     seen = cluster.check_shared_path(out)
