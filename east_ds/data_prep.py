@@ -12,8 +12,8 @@ Where the rows come from:
 - otherwise the hub, through the `datasets` package (`pip install -e '.[data]'`; the `gpu` extra includes it).
   Offline (HF_HUB_OFFLINE=1 or no network) this is an error that says how to get the files.
 
-Each written row keeps the source's columns. A row whose gold answer does not parse (data.gsm8k_gold /
-data.math_gold, the same functions the driver uses) is left out and counted, so every written file loads.
+Each written row keeps the source's columns. A row whose gold answer does not parse (data.gold_of, as
+the driver reads them) is left out and counted, so every written file loads.
 For each file it prints the row count, the share of rows whose gold parsed, and the file's sha256.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from east_ds.data import gsm8k_gold, math_gold
+from east_ds.data import gold_of
 from east_ds.tables import TableError, read_table, write_table
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
@@ -129,17 +129,6 @@ def read_hub(name: str, spec: DataSpec, split: str, out: Path) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Gold answers, writing, the command
-
-
-def gold_of(row: dict, fmt: str) -> str:
-    """The gold answer of one raw row, as the driver reads it; ValueError when it does not parse."""
-    if fmt == "gsm8k":
-        if not isinstance(row.get("answer"), str):
-            raise ValueError("no `answer` field")
-        return gsm8k_gold(row["answer"])
-    if fmt == "math":
-        return math_gold(row)
-    raise ValueError(f"unknown dataset format {fmt!r} (gsm8k or math)")
 
 
 def parsable_rows(df: pd.DataFrame, fmt: str) -> list[int]:

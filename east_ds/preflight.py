@@ -134,7 +134,7 @@ def _make_hint(source: str) -> str:
 
 
 def check_data(cfg: RunConfig, facts: ModelFacts, report: Report) -> None:
-    from east_ds.data import _load_raw, load_dataset, render_prompt
+    from east_ds.data import load_dataset, load_raw, render_prompt
     from east_ds.tables import TableError
 
     d = cfg.data
@@ -147,7 +147,7 @@ def check_data(cfg: RunConfig, facts: ModelFacts, report: Report) -> None:
             report.problem("data", f"{key} is required (a local file or a hub dataset name)")
             continue
         try:
-            raw, where = _load_raw(source, split)
+            raw, where = load_raw(source, split)
         except TableError as e:
             report.problem("data", f"{key}: {e}{_make_hint(source) if 'no such file' in str(e) else ''}")
             continue
