@@ -1,0 +1,251 @@
+"""What a run needs from the Ray cluster, what is free, whether it is scheduled in time, and whether every node
+sees the run's files.
+
+    needs = placement_needs(cfg.rollout, cfg.training, cfg.placement, cluster_gpus)
+    problems = shortfall(needs, free_resources())        # [] when everything fits
+    problems = check_shared_path(run_dir)                # [] when every alive node reads the driver's token
+    wait_placement_group(pg, need, timeout_s)            # SchedulingTimeout instead of waiting for ever
+    wait_scheduled(refs, need, timeout_s)                # the same for actors (their first call's refs)
+
+The needs mirror what engine_pool.py and train_actors.py ask Ray for:
+- on a cluster with GPUs the engines hold one placement group of `num_engines * tensor_parallel_size` bundles
+  `{GPU: 1, CPU: 1}`, PACK. `colocated`: trainer rank r sits on the engines' bundle r with half its GPU and one
+  more CPU, so the shared bundles are `{GPU: 1, CPU: 2}` and the trainer asks for nothing else. `split`: the
+  ranks hold a placement group of their own, `{GPU: 1, CPU: 1}` per rank, PACK.
+- without GPUs engines and ranks are plain actors of one CPU each (no placement group).
+
+Ray is imported inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from east_ds.config import ConfigError, PlacementConfig, RolloutConfig, TrainConfig
+
+TOKEN_PREFIX = ".east_ds_shared_check_"
+SHARE = 0.5  # GPU fraction of an engine actor and of a trainer rank on a shared (colocated) bundle
+
+
+class SchedulingTimeout(RuntimeError):
+    """A placement group or actor was not scheduled in time; the message names what was asked and what is free."""
+
+
+@dataclass(frozen=True)
+class Need:
+    """One group of actors that must be scheduled together."""
+
+    what: str  # "rollout engines" / "trainer ranks" / "rollout engines + trainer ranks"
+    bundles: list[dict[str, float]]  # resources per bundle (or per actor when strategy is "")
+    strategy: str  # placement-group strategy ("PACK", "SPREAD"), or "" for plain actors (no placement group)
+
+    def total(self) -> dict[str, float]:
+        """Resources summed over the bundles."""
+        out: dict[str, float] = {}
+        for b in self.bundles:
+            for k, v in b.items():
+                out[k] = out.get(k, 0.0) + float(v)
+        return out
+
+    def describe(self) -> str:
+        """e.g. "4 bundles of {GPU: 1, CPU: 1}, PACK" or "2 x {CPU: 1}"."""
+        groups: list[tuple[dict, int]] = []
+        for b in self.bundles:
+            if groups and groups[-1][0] == b:
+                groups[-1] = (b, groups[-1][1] + 1)
+            else:
+                groups.append((b, 1))
+        if self.strategy:
+            parts = [f"{n} bundle{'s' if n != 1 else ''} of {_fmt_bundle(b)}" for b, n in groups]
+            return ", ".join(parts) + f", {self.strategy}"
+        return ", ".join(f"{n} x {_fmt_bundle(b)}" for b, n in groups)
+
+
+def _num(v: float) -> str:
+    return f"{v:g}"
+
+
+def _fmt_bundle(b: Mapping[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {_num(v)}" for k, v in b.items()) + "}"
+
+
+def fmt_resources(res: Mapping[str, float]) -> str:
+    """GPU and CPU first, then custom resources: "GPU 1, CPU 7, trainer_node 1"."""
+    keys = [k for k in ("GPU", "CPU") if k in res] + sorted(k for k in res if k not in ("GPU", "CPU"))
+    return ", ".join(f"{k} {_num(res[k])}" for k in keys) or "nothing"
+
+
+def placement_needs(rollout: RolloutConfig, training: TrainConfig, placement: PlacementConfig,
+                    cluster_gpus: float) -> list[Need]:
+    """What the engines (num_engines x tensor_parallel_size) and the trainer ranks ask Ray for under
+    `placement.mode` on a cluster advertising `cluster_gpus` GPUs (see the module docstring).
+
+    Raises ConfigError when colocated training has more ranks than the engines have GPUs to share."""
+    engine_gpus = rollout.num_engines * rollout.tensor_parallel_size
+    ranks = training.num_ranks
+    if cluster_gpus <= 0:
+        return [Need("rollout engines", [{"CPU": 1.0}] * rollout.num_engines, ""),
+                Need("trainer ranks", [{"CPU": 1.0}] * ranks, "")]
+    if placement.mode == "colocated":
+        if ranks > engine_gpus:
+            raise ConfigError(f"placement.mode=colocated: training.num_ranks ({ranks}) must be at most the engines' "
+                              f"GPUs (rollout.num_engines x rollout.tensor_parallel_size = {engine_gpus})")
+        shared = [{"GPU": 1.0, "CPU": 2.0}] * ranks + [{"GPU": 1.0, "CPU": 1.0}] * (engine_gpus - ranks)
+        return [Need("rollout engines + trainer ranks", shared, "PACK")]
+    return [Need("rollout engines", [{"GPU": 1.0, "CPU": 1.0}] * engine_gpus, "PACK"),
+            Need("trainer ranks", [{"GPU": 1.0, "CPU": 1.0}] * ranks, "PACK")]
+
+
+def shortfall(needs: Sequence[Need], free: Mapping[str, float]) -> list[str]:
+    """One human-readable problem per resource the needs together ask for more of than `free` has, e.g.
+    "rollout engines + trainer ranks need 6 GPUs (4 bundles of {GPU: 1, CPU: 1}, PACK + 2 x {GPU: 1});
+    the cluster has 2 free". Empty when everything fits."""
+    totals: dict[str, float] = {}
+    for n in needs:
+        for k, v in n.total().items():
+            totals[k] = totals.get(k, 0.0) + v
+    problems = []
+    for res, amount in totals.items():
+        have = float(free.get(res, 0.0))
+        if amount > have + 1e-9:
+            askers = [n for n in needs if n.total().get(res, 0.0) > 0]
+            problems.append(f"{' + '.join(n.what for n in askers)} need {_num(amount)} {res}s "
+                            f"({' + '.join(n.describe() for n in askers)}); the cluster has {_num(have)} free")
+    return problems
+
+
+def free_resources() -> dict[str, float]:
+    """Resources available now (GPU, CPU and custom ones; not memory or node labels). Ray must be initialised."""
+    import ray
+
+    skip = ("memory", "object_store_memory")
+    return {k: float(v) for k, v in ray.available_resources().items()
+            if k not in skip and not k.startswith(("node:", "accelerator_type:"))}
+
+
+def timeout_message(need: Need, timeout_s: float) -> str:
+    """What a SchedulingTimeout says: what was asked (bundles, GPUs and CPUs each, strategy) and what is free."""
+    total = need.total()
+    try:
+        free = fmt_resources(free_resources())
+    except Exception as e:  # the message must not fail on a cluster that went away
+        free = f"unknown ({type(e).__name__}: {e})"
+    return (f"{need.what} not scheduled within {timeout_s:g} s: asked for {need.describe()} "
+            f"(in all {fmt_resources(total)}); the cluster has free: {free}. Fewer engines/ranks, another "
+            f"placement.mode, or a larger placement.schedule_timeout_s")
+
+
+def wait_placement_group(pg: Any, need: Need, timeout_s: float) -> None:
+    """Wait until placement group `pg` (asked as `need`) is ready; SchedulingTimeout after `timeout_s`
+    (the group is removed first, so nothing stays reserved)."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+    from ray.util.placement_group import remove_placement_group
+
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except GetTimeoutError:
+        msg = timeout_message(need, timeout_s)
+        remove_placement_group(pg)
+        raise SchedulingTimeout(msg) from None
+
+
+def wait_scheduled(refs: list, need: Need, timeout_s: float) -> list:
+    """`ray.get(refs)` of the actors' first calls, or SchedulingTimeout after `timeout_s` when some actor has not
+    been scheduled (the caller kills the actors). Errors raised by the calls themselves propagate."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except GetTimeoutError:
+        raise SchedulingTimeout(timeout_message(need, timeout_s)) from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared storage
+
+
+def _fingerprint(path: str) -> str:
+    """What a node sees at `path`: the token's content when there is one, else the directory listing with sizes
+    (or the file's size). Runs on the driver and on every node; errors are part of what is seen."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            return "\n".join(f"{c.name} {c.stat().st_size if c.is_file() else '-'}" for c in sorted(p.iterdir()))
+        return f"file {p.stat().st_size}"
+    except OSError as e:
+        return f"error: {e}"
+
+
+def _read_back(path: str, token_name: str) -> tuple[str, str]:
+    """(what this node sees, its IP): the token's content, or the fingerprint when no token was written."""
+    import ray
+
+    ip = ray.util.get_node_ip_address()
+    if token_name:
+        try:
+            return (Path(path) / token_name).read_text(), ip
+        except OSError as e:
+            return f"error: {e}", ip
+    return _fingerprint(path), ip
+
+
+def check_shared_path(path: str | Path, timeout_s: float = 60.0) -> list[str]:
+    """Can every alive Ray node see `path` as the driver does?
+
+    Writes a token file under `path` (a directory) and runs a tiny task pinned to every alive node that reads it
+    back; when `path` is a file or cannot be written (read-only model storage), the nodes compare what they see
+    there (listing and sizes) with the driver's view instead. Returns one problem per node that cannot see it,
+    naming the node (id and IP) and the path; [] when all see it. Ray must be initialised."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    path = str(Path(path).resolve())
+    if not os.path.exists(path):
+        return [f"{path}: does not exist on the driver's node"]
+    token_name, expected = "", ""
+    if os.path.isdir(path):
+        token_name, expected = f"{TOKEN_PREFIX}{secrets.token_hex(8)}", secrets.token_hex(16)
+        try:
+            (Path(path) / token_name).write_text(expected)
+        except OSError:
+            token_name = ""
+    if not token_name:
+        expected = _fingerprint(path)
+    read = ray.remote(num_cpus=0, max_retries=0)(_read_back)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = {read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(path, token_name): n for n in nodes}
+    problems = []
+    try:
+        ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        for ref in ready:
+            node = refs[ref]
+            where = f"node {node['NodeID']} ({node.get('NodeManagerAddress', '?')})"
+            try:
+                seen, _ = ray.get(ref)
+            except Exception as e:
+                problems.append(f"{where}: could not check {path}: {type(e).__name__}: {e}")
+                continue
+            if seen != expected:
+                what = ("cannot read the token file the driver wrote there" if token_name
+                        else "sees different contents there than the driver")
+                problems.append(f"{where} does not see {path} as the driver does: it {what} ({seen[:200]!r}); "
+                                "east_ds needs storage shared by every node")
+        for ref in late:
+            node = refs[ref]
+            ray.cancel(ref, force=True)
+            problems.append(f"node {node['NodeID']} ({node.get('NodeManagerAddress', '?')}): no answer about "
+                            f"{path} within {timeout_s:g} s")
+    finally:
+        if token_name:
+            try:
+                (Path(path) / token_name).unlink()
+            except OSError:
+                pass
+    return problems
