@@ -10,7 +10,8 @@ problem listed at once (exit status 1 when there is any). No engine or trainer i
     disk      free space under output_dir for one iteration: the policy checkpoint (parameters x dtype) plus
               the DeepSpeed checkpoint with its optimizer state while training
     cluster   (`check` only) Ray reachable, or a local one; the GPUs and CPUs the placement needs against what is
-              free (tensor parallelism included); every node sees the run directory (east_ds.cluster)
+              free (tensor parallelism included); every node sees output_dir and a local model directory
+              (east_ds.cluster)
 
 `east-ds run` runs the same checks except the cluster ones before it claims the run name (`check_before_run`),
 so a mistyped path fails at once and the corrected command is not refused as "a different config".
@@ -251,7 +252,7 @@ def _resources(res) -> str:
 
 def check_cluster(cfg: RunConfig, report: Report) -> None:
     """Ray reachable (or a local one started), the placement's needs against the free resources, and every node
-    seeing the run directory (east_ds.cluster)."""
+    seeing output_dir and the model directory (east_ds.cluster)."""
     from east_ds import cluster
     from east_ds.ray_utils import cluster_gpus, init_ray
 
@@ -275,11 +276,13 @@ def check_cluster(cfg: RunConfig, report: Report) -> None:
         report.note("cluster", f"needs {asked}; free {_resources(free)}")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seen = cluster.check_shared_path(out)
-    for p in seen:
-        report.problem("cluster", p)
-    if not seen:
-        report.note("cluster", f"every node sees {out.resolve()}")
+    shared = [out] + ([Path(cfg.model.path)] if Path(cfg.model.path).exists() else [])  # engines and ranks read it
+    for path in shared:
+        unseen = cluster.check_shared_path(path)
+        for p in unseen:
+            report.problem("cluster", p)
+        if not unseen:
+            report.note("cluster", f"every node sees {path.resolve()}")
 
 
 def check_before_run(cfg: RunConfig) -> Report:

@@ -117,3 +117,19 @@ def test_run_with_a_mistyped_path_claims_nothing(tmp_path, tiny_model):
     with pytest.raises(RunDirError, match="different config"):
         RunDir(cfg).claim()
     RunDir(load_config(_config(tmp_path, tiny_model), ["logging.wandb=true", "iterations=3"])).claim()  # a resume
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_cluster_part_on_a_local_ray(tmp_path, tiny_model, ray_session, capsys):
+    """The cluster checks against the session's local Ray (8 logical CPUs, no GPU): engines and ranks need a CPU
+    each, and the single node sees the output directory and the model."""
+    cfg = _config(tmp_path, tiny_model)
+    assert main(["check", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "cluster   ok       needs rollout engines CPU 1; trainer ranks CPU 1; free" in out
+    assert f"every node sees {(tmp_path / 'runs').resolve()}" in out and f"every node sees {tiny_model}" in out
+    assert main(["check", str(cfg), "rollout.num_engines=64", "training.micro_batch_size=3"]) == 1
+    problems = [line for line in capsys.readouterr().out.splitlines() if "PROBLEM" in line]
+    assert any("cluster" in p and "need 65 CPUs" in p and "the cluster has" in p for p in problems)
+    assert any("training" in p and "micro_batch_size (3)" in p for p in problems)  # listed together
