@@ -185,7 +185,8 @@ def to_markdown(r: dict) -> str:
              f"model `{r['model']}` ({_fmt((r['params'] or 0) / 1e6)}M parameters) on {r['device']}; "
              f"{r['prompts']} prompts x {r['samples_per_prompt']} samples, up to {r['max_new_tokens']} new tokens; "
              f"{r['loss']} training, {r['steps']} steps", "",
-             "| engines | tokens | seconds | tokens/s | tokens/s per engine | scaling | MFU |", "|---|---|---|---|---|---|---|"]
+             "| engines | tokens | seconds | tokens/s | tokens/s per engine | scaling | MFU |",
+             "|---|---|---|---|---|---|---|"]
     for x in r["rollout"]:
         lines.append(f"| {x['engines']} | {x['tokens']} | {x['seconds']:.2f} | {x['tokens_per_s']:.1f} | "
                      f"{x['tokens_per_s_per_engine']:.1f} | {_fmt(x['scaling_efficiency'], '.2f')} | "

@@ -11,8 +11,9 @@ Each iteration reads like EAST.md section 1:
 
 Every phase writes its output into the run directory (see rundir.py) and is skipped when that output exists, so
 rerunning the same command after a crash or a kill resumes where it stopped. Before the run name is claimed the
-cheap checks of `east-ds check` run (preflight.py), so bad input fails at once and claims nothing. Phases are timed; metrics go to
-`iter_<k>/metrics.json` and the run's `metrics.jsonl` (and TensorBoard when installed, W&B with `logging.wandb`).
+cheap checks of `east-ds check` run (preflight.py), so bad input fails at once and claims nothing. Phases are
+timed; metrics go to `iter_<k>/metrics.json` and the run's `metrics.jsonl` (and TensorBoard when installed, W&B
+with `logging.wandb`).
 
 Departures from the reference code, numbered:
 1. The SFT/DPO/KTO weight multiplies each example's own loss (EAST.md section 2), not a micro-batch mean.
