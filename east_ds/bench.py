@@ -1,7 +1,8 @@
 """`east-ds bench CONFIG [key=value ...] --out DIR`: a short, measured slice of your own setup through the real
 pipeline: the same EnginePool, run_rollout, weigh, TrainerGroup and phase timers as `east-ds run`.
 
-    rollout     --prompts N training questions x rollout.n samples, once per --engines value
+    rollout     --prompts N training questions x rollout.n samples, once per --engines value, in shards of at
+                most rollout.shard_size prompts and at least two per engine (the same shards at every count)
     weigh       grading, clustering, entropy, weights and example selection of the first rollout
     reference   DPO/KTO: the frozen model's log-probs of the examples
     train       --steps K optimizer steps, once per --ranks value (global batch kept; accumulation adjusted)
@@ -99,6 +100,9 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
     device, peak = device_peak(peak_tflops)
     placement = Placement(cfg.placement.mode, cluster_gpus())
     tp = cfg.rollout.tensor_parallel_size
+    # At least two shards per engine at the largest engine count, and the same shards (so the same per-request
+    # seeds and samples) at every count.
+    shard = max(1, min(cfg.rollout.shard_size, -(-len(questions) // (2 * max(engines)))))
     phases = Phases()
     result: dict = {"config": cfg.name, "model": cfg.model.path, "params": params, "device": device,
                     "peak_flops_per_gpu": peak, "prompts": len(questions), "samples_per_prompt": cfg.rollout.n,
@@ -108,7 +112,7 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
         for e in engines:
             if pool is not None:
                 pool.shutdown()
-            rcfg = dataclasses.replace(cfg.rollout, num_engines=e)
+            rcfg = dataclasses.replace(cfg.rollout, num_engines=e, shard_size=shard)
             pool = EnginePool(cfg.model.path, placement.rollout_config(rcfg), cfg.model,
                               gpu_share=placement.engine_gpu_share())
             placement.pool = pool
