@@ -157,7 +157,12 @@ class WandbSink:
         self.run.log(flatten_scalars(metrics), step=step)
 
     def close(self) -> None:
+        """Finish the run and stop W&B's service process: only then are the run's files complete on disk (an
+        offline run's history was seen missing right after finish() alone)."""
+        import wandb
+
         self.run.finish()
+        wandb.teardown()
 
 
 class MultiSink:
