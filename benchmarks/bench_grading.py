@@ -11,7 +11,10 @@ Timed passes (each starts with empty memo caches):
   math-verify:    parse(response) + verify(parse(gold), ...) for every response (gold parsed once).
 Agreement: per response, east grade == math-verify verify; disagreements are printed for inspection.
 
-    python benchmarks/bench_grading.py [MATH500.jsonl] [GSM8K.jsonl] [--gsm N] [--show K]
+    python benchmarks/bench_grading.py [MATH500.jsonl] [GSM8K.jsonl] [--gsm N] [--show K] [--min-rounds R]
+
+Rounds repeat (at least --min-rounds) until the spread (max - min) of the rollout-mode ratio is below its margin
+over the --target ratio; the median, min and max ratios are printed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import random
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -129,25 +133,44 @@ def main() -> int:
     ap.add_argument("gsm8k", nargs="?", default=str(DATA / "gsm8k_test.jsonl"))
     ap.add_argument("--gsm", type=int, default=300, help="GSM8K questions to add (default 300)")
     ap.add_argument("--show", type=int, default=40, help="disagreements to print (default 40)")
+    ap.add_argument("--min-rounds", type=int, default=3, help="timed rounds at least (default 3)")
+    ap.add_argument("--max-rounds", type=int, default=8, help="rounds at most, until the spread of the rollout "
+                    "ratio is below its margin over --target (default 8)")
+    ap.add_argument("--target", type=float, default=30.0, help="rollout-mode ratio to beat (default 30)")
     args = ap.parse_args()
     work = build(Path(args.math500), Path(args.gsm8k), args.gsm)
     # Import cost is paid once per process, not per response: import both graders' dependencies first.
     import math_verify  # noqa: F401
 
-    import east_ds.latex_math  # noqa: F401
+    import east_ds.grading.latex_math  # noqa: F401
     n = sum(len(t) for _, t in work)
-    rows, results = [], {}
-    for name, fn in (("east (rollout, answer_key)", run_east_rollout), ("east (plain grade)", run_east_plain),
-                     ("math-verify parse+verify", run_math_verify)):
-        t0 = time.perf_counter()
-        results[name] = fn(work)
-        dt = time.perf_counter() - t0
-        rows.append((name, dt, n / dt))
-    base = rows[-1][2]
-    print(f"{len(work)} questions x {N_PER_Q + 1} responses = {n} responses")
-    print(f"{'grader':<30}{'seconds':>10}{'resp/s':>12}{'vs math-verify':>16}")
-    for name, dt, rps in rows:
-        print(f"{name:<30}{dt:>10.2f}{rps:>12.0f}{rps / base:>15.1f}x")
+    names = ("east (rollout, answer_key)", "east (plain grade)", "math-verify parse+verify")
+    fns = (run_east_rollout, run_east_plain, run_math_verify)
+    results: dict = {}
+    ratios: dict[str, list[float]] = {nm: [] for nm in names[:2]}
+    rps_all: dict[str, list[float]] = {nm: [] for nm in names}
+    for rnd in range(args.max_rounds):  # each round times all three graders back to back
+        rps = {}
+        for name, fn in zip(names, fns):
+            t0 = time.perf_counter()
+            results[name] = fn(work)
+            rps[name] = n / (time.perf_counter() - t0)
+            rps_all[name].append(rps[name])
+        for nm in names[:2]:
+            ratios[nm].append(rps[nm] / rps[names[2]])
+        r = ratios[names[0]]
+        spread, margin = max(r) - min(r), statistics.median(r) - args.target
+        print(f"round {rnd + 1}: rollout {r[-1]:.1f}x, plain {ratios[names[1]][-1]:.1f}x math-verify")
+        if rnd + 1 >= args.min_rounds and spread < margin:
+            break
+    print(f"{len(work)} questions x {N_PER_Q + 1} responses = {n} responses, {len(r)} rounds")
+    print(f"{'grader':<30}{'resp/s (median)':>16}{'vs math-verify: median [min, max]':>38}")
+    for name in names:
+        q = ratios.get(name, [1.0] * len(r))
+        print(f"{name:<30}{statistics.median(rps_all[name]):>16.0f}"
+              f"{statistics.median(q):>20.1f}x [{min(q):.1f}, {max(q):.1f}]")
+    print(f"rollout ratio spread (max - min) {spread:.1f}x; margin over the {args.target:.0f}x target "
+          f"{margin:.1f}x: {'spread below the margin' if spread < margin else 'NOT below the margin'}")
     east, mv = results["east (rollout, answer_key)"], results["math-verify parse+verify"]
     plain = results["east (plain grade)"]
     same_modes = sum(a == b for qa, qb in zip(east, plain) for a, b in zip(qa, qb))

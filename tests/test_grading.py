@@ -24,7 +24,8 @@ EXTRACT = [
     (r"\fbox{42}", "42"),
     (r"set $\boxed{\{1,2\}}$", r"\{1,2\}"),
     (r"$\boxed{1}, \boxed{2}$", "1, 2"),
-    (r"either $\boxed{15\frac{39}{40}},$ or $\boxed{\frac{639}{40}}$ inches", r"\frac{639}{40}"),
+    # boxes joined by "or" are alternatives: equal ones are one answer (graded below), different ones a set
+    (r"either $\boxed{15\frac{39}{40}},$ or $\boxed{\frac{639}{40}}$ inches", r"15\frac{39}{40} or \frac{639}{40}"),
     ("She makes 9 * 2 = $18.\n#### 18", "18"),
     ("total\n#### 1,234", "1234"),
     ("Final Answer: The final answer is $28 \\%$. I hope it is correct.", "28 \\%"),
@@ -234,6 +235,19 @@ HOSTILE = [
     "a" * 2_000_000, "\\boxed{" + "9" * 2_000_000 + "}", "#### " + "1," * 100000,
     "The answer is " + "(" * 100000, "x" + "^x" * 10000, "\\begin{pmatrix}" + "1&" * 20000 + "\\end{pmatrix}",
     "10^{9999}", "1/" * 3000 + "1", "\\frac{1}{0}", "0^{-1}", "\\sin(10^{1000})", "(-1)^{1/3}",
+    # the shapes of issue 10: joined boxes, 'or', assignments, doubled escapes, chains, matrix sums, set algebra
+    "\\boxed{1} or " * 5000 + "\\boxed{2}", "\\boxed{x} and " * 3000, "x=1, " * 300, "\\\\frac" * 20000,
+    "1 < x < " * 1000, "\\begin{pmatrix}1\\end{pmatrix}+" * 1000, " or " * 10000, "\\{1\\}\\cup" * 2000,
+    "\\{x \\mid " * 1000, "(1,2) or " * 200, "m=1,n=3; " * 150, "2 \\le |w| \\le " * 300, "2or" * 3000,
+    "$" + "\\boxed{1}$ $" * 3000, "\\boxed{1} and " * 20 + "Final Answer: " * 2000,
+]
+
+# Pairs of long symbolic lists: set comparison must not go quadratic in sympy comparisons.
+HOSTILE_PAIRS = [
+    (", ".join(f"x+{i}" for i in range(150)), ", ".join(f"x+{i}" for i in range(140))),
+    (", ".join(f"x+{i}" for i in range(150)), ", ".join(f"x+{i}" for i in reversed(range(150)))),
+    ("\\{" + ", ".join(f"x+{i}" for i in range(150)) + "\\}\\cup\\{1\\}", "\\{1\\}"),
+    (" or ".join(f"x+{i}" for i in range(120)), ", ".join(f"x+{i}" for i in range(120))),
 ]
 
 
@@ -263,6 +277,13 @@ def test_hostile_inputs_return_quickly(idx):
     assert isinstance(_bounded(lambda: is_equivalent(text[:5000], "2")), bool)
     assert isinstance(_bounded(lambda: answer_key(text[:5000])), str)
     _bounded(lambda: extract_answer(text))
+
+
+@pytest.mark.parametrize("idx", range(len(HOSTILE_PAIRS)))
+def test_hostile_pairs_return_quickly(idx):
+    a, b = HOSTILE_PAIRS[idx]
+    assert isinstance(_bounded(lambda: is_equivalent(a, b)), bool)
+    assert isinstance(_bounded(lambda: cluster_answers([a, b, a[::-1]])), list)
 
 
 def test_nothing_is_executed():

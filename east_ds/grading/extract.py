@@ -55,12 +55,20 @@ def _boxed_at(text: str, pos: int, cmd_len: int) -> tuple[str, int] | None:
     return (text[j:k], k) if k > j else None
 
 
-_GAP_FILLER = re.compile(r"\\q?quad|\\text\{\s*and\s*\}|\band\b|[\s,;$.]")
+# What may stand between two boxes that together make one answer: punctuation and math delimiters, spacing,
+# "and"/"or" (plain, or ending a short \text), at most one word naming what the first box counts
+# (`\boxed{3} cats and \boxed{4} dogs`) and a label (`x = \boxed{2} or x = \boxed{3}`). Anything longer is
+# prose, and only the last box is the answer.
+_P = r"(?:[^\w\\{}=]|\\q?quad|\\[()\[\],;!]|\\text\{\s*,?\s*\})*"
+_GAP = re.compile(_P + r"(?:(?:\\text\{\s*[A-Za-z]*\s*\}|[A-Za-z]{2,12})?" + _P
+                  + r"(?:\\text\{[^{}]{0,30}\b(?:and|or)\s*\}|\b(?:and|or)\b))?" + _P
+                  + r"(?:[A-Za-z](?:_\{?\w{1,3}\}?)?\s*=)?" + _P)
+_OR_GAP = re.compile(r"\bor\b")
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last \\boxed{}/\\fbox{} of text; adjacent boxes (`\\boxed{1}, \\boxed{2}`) are joined."""
-    found: list[tuple[int, str, int]] = []  # (start, content, end), from the right
+    found: list[tuple[int, str, int, str]] = []  # (start, content, end, joiner to the box on its right)
     hi = len(text)
     for _ in range(_MAX_TRIES):
         pb, pf = text.rfind("\\boxed", 0, hi), text.rfind("\\fbox", 0, hi)
@@ -74,17 +82,23 @@ def last_boxed(text: str) -> str | None:
                 break
             continue
         content, end = got
+        joiner = ""
+        if found and content.strip() == found[-1][1].strip():  # the same box repeated: one answer
+            found[-1] = (pos, found[-1][1], end, found[-1][3])
+            continue
         if found:
             gap = text[end : found[-1][0]]
-            if len(gap) > 40 or _GAP_FILLER.sub("", gap):
+            if len(gap) > 60 or not _GAP.fullmatch(gap):
                 break
-        found.append((pos, content, end))
+            joiner = " or " if _OR_GAP.search(gap) else ", "
+        found.append((pos, content, end, joiner))
     if not found:
         return None
-    return ", ".join(c for _, c, _ in reversed(found))
+    return "".join(c + joiner for _, c, _, joiner in reversed(found))  # the joiner leads to the box on the right
 
 
-_PHRASES = ("final answer is", "the answer is", "answer is:", "final answer:", "answer:", "# answer")
+_PHRASES = ("final answer is", "the answer is", "answer is:", "final answer:", "answer:", "# answer",
+            "correct answer is", "correct option is", "correct choice is")
 
 
 def _tail(text: str) -> str | None:
@@ -96,7 +110,7 @@ def _tail(text: str) -> str | None:
             if end > 0:
                 return t[len(open_) : end].strip()
     line = t.split("\n", 1)[0]
-    m = re.search(r"\.(\s|$)|\bI hope\b", line)
+    m = re.search(r"\.(\s|$)|\bI hope\b|,?\s+\b(?:because|since|as it|which|as we)\b", line)
     if m:
         line = line[: m.start()]
     line = line.strip().rstrip(".").strip()
@@ -123,7 +137,7 @@ _LAST_SPAN = re.compile(r"\$\$([^$]{1,2000})\$\$|\$([^$]{1,1000})\$|\\\((.{1,100
 
 def _last_math_span(text: str) -> str | None:
     """Content of the last `$..$` / `\\(..\\)` / `\\[..\\]` of text when no number follows it ("so $x < 3$.")."""
-    tail = text[-4000:]
+    tail = text[-4000:].replace("\\$", "  ")  # an escaped dollar sign is text, not a delimiter
     last = None
     for m in _LAST_SPAN.finditer(tail):
         last = m
@@ -133,6 +147,40 @@ def _last_math_span(text: str) -> str | None:
     if not content or len(_PROSE_WORD.findall(re.sub(r"\\[A-Za-z]+(\{[^{}]*\})?", " ", content))) >= 2:
         return None
     return content
+
+
+_COMMAND_ARG = re.compile(r"\\[A-Za-z]+(?:\{[^{}]{0,100}\})?")
+
+
+def _whole_answer(text: str) -> str | None:
+    """The whole text when it is only an answer (`.75`, `2 500`, `\\dfrac{7}{3}`, `x = 5`, `12 cm`, `Evelyn`): one
+    short line whose only words are units or "and"/"or", or a single bare word. Else None."""
+    t = text.strip()
+    if not t or len(t) > 300 or "\n" in t or "\\boxed" in t or "\\fbox" in t:
+        return None
+    if re.fullmatch(r"[A-Za-z]{1,20}", t):  # one bare word: a name or a label (`Evelyn`, `LQSX`)
+        return t
+    words = _PROSE_WORD.findall(_COMMAND_ARG.sub(" ", t))
+    return t if all(w.lower() in _UNITS or w.lower() in ("and", "or") for w in words) else None
+
+
+# Text copied out of JSON without unescaping has every backslash doubled: `\\frac{1}{4}`, `\\left(`.
+_DOUBLED_CMD = re.compile(r"(?<!\\)\\\\(?=(?:d?frac|sqrt|left|right|boxed|text|pi|cdot|times|infty|le|ge|leq|geq|"
+                          r"neq|in|cup|cap|pm|circ|begin|end|mathrm|mathbf|dfrac|tfrac|quad|qquad|sin|cos|tan|log|"
+                          r"ln|alpha|beta|theta|\{|\}|\(|\)|\[|\]|,|!|;|%|\$)(?![A-Za-z]))")
+_ANY_DOUBLED = re.compile(r"(?<!\\)\\\\[A-Za-z$%!,;{}()\[\]]")
+_SINGLE_CMD = re.compile(r"(?<!\\)\\[A-Za-z(\[{]")
+
+
+def undouble_backslashes(s: str) -> str:
+    """`\\\\frac{1}{4}` -> `\\frac{1}{4}`. When no command is written with a single backslash, every `\\\\` is
+    halved (a matrix row break becomes `\\\\` again from `\\\\\\\\`); otherwise only doubled known commands are,
+    so a real row break before a letter (`a \\\\ b`) stays."""
+    if "\\\\" not in s:
+        return s
+    if not _SINGLE_CMD.search(s):
+        return s.replace("\\\\", "\\") if _ANY_DOUBLED.search(s) else s
+    return _DOUBLED_CMD.sub(lambda m: "\\", s)
 
 
 _NUMBER = re.compile(r"(?<![A-Za-z_])-?\d[\d,]*(?:\.\d+)?(?:/\d+(?:\.\d+)?|[eE][-+]?\d+)?")
@@ -149,7 +197,14 @@ def extract_answer(text: str) -> str | None:
         return None
     if "\x00" in text:
         text = text.replace("\x00", "")
+    text = undouble_backslashes(text)
     boxed = last_boxed(text)
+    final, box = text.lower().rfind("final answer"), max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if final > box >= 0 and len(_PROSE_WORD.findall(text[box : text.lower().find("final answer", box)])) >= 3:
+        # "Final Answer: ... is $10,455$" a few sentences after the last box (which held a step): it wins
+        ans = _tail(text[final + 12 :].lstrip(" :*").removeprefix("is").removeprefix("The final answer is"))
+        if ans and re.search(r"\d", ans):
+            return ans
     if boxed is not None and boxed.strip():
         return boxed.strip()
     pos = text.rfind("####")
@@ -167,6 +222,9 @@ def extract_answer(text: str) -> str | None:
         ans = _tail(text[best + blen :])
         if ans:
             return ans
+    whole = _whole_answer(text)
+    if whole is not None:
+        return whole
     span = _last_math_span(text)
     if span is not None:
         return span
@@ -188,17 +246,22 @@ _DROP = ("\\displaystyle", "\\;", "\\:", "\\quad", "\\qquad", "\\limits", "\\$",
 _RENAME = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\dbinom", "\\binom"),
            ("\\geqslant", "\\geq"), ("\\leqslant", "\\leq"), ("\\ge ", "\\geq "), ("\\le ", "\\leq "),
            ("\\ne ", "\\neq "), (">=", "\\geq "), ("<=", "\\leq "), ("!=", "\\neq "), ("\\lt", "<"), ("\\gt", ">"),
-           ("\\emptyset", "\\{\\}"), ("\\varnothing", "\\{\\}"), ("\\mp", "\\pm"), ("\\approx", "="),
+           ("\\mathbb{R}", "(-\\infty, \\infty)"), ("\\emptyset", "\\{\\}"), ("\\varnothing", "\\{\\}"), ("\\mp", "\\pm"), ("\\approx", "="),
            ("\\colon", ":"), ("\\tbinom", "\\binom"), ("\\dots", ""), ("\\ldots", ""), ("\\cdots", ""))
+_ORDINAL = re.compile(r"(?<=\d)\s*(?:\^\s*)?\{?\s*(?:\\(?:text|mathrm|textrm)\s*\{\s*)?(?:st|nd|rd|th)\b\s*\}?\}?")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|\bdegrees?\b")
 _PERCENT = re.compile(r"\\%|%|\bpercent(age)?\b|\bpct\b")
 _UNITS = {"cm", "m", "km", "mm", "ft", "feet", "foot", "in", "inch", "inches", "yd", "yards", "mi", "miles",
           "mile", "kg", "g", "lb", "lbs", "pounds", "oz", "s", "sec", "seconds", "min", "minutes", "hr", "hrs",
           "hours", "days", "weeks", "years", "mph", "units", "sq", "square", "cubic", "meters", "cents",
           "dollars", "cups", "ml", "l", "liters", "gallons", "points", "ways", "people", "students", "apples"}
+_GLUED_OR = re.compile(r"(?<=[)\]}\d])\s*\.?\s*or\s*(?=[(\[\\\d-]|[A-Z]|[a-z][(_=])")
+_UNIT_IN_LIST = re.compile(r"(?<=[\d}])\s*\b(?:" + "|".join(sorted(_UNITS, key=len, reverse=True))
+                           + r")(?![A-Za-z])(?:\s*\^\s*\{?[23]\}?)?(?=\s*(?:[,;)\]]| or | and |$))")
 _WORD_TAIL = re.compile(r"(?:\s*\b[a-zA-Z]{2,}\b\.?)+(?:\s*\^\s*\{?[23]\}?)?\s*$")
 _ELLIPSIS = re.compile(r"(,\s*)(?:\.\.\.|\\[lc]?dots)\s*$")
-_AND_LIST = re.compile(r"(?<=[\d}])\s*,?\s*\band\b\s*(?=[-\d\\(])")
+_AND_LIST = re.compile(r"(?:(?<=[\d})\]])|(?<=\b[A-Za-z])|(?<=\d[A-Za-z]))\s*\.?,?\s*\band\b\s*"
+                       r"(?=[-\d\\(]|[A-Za-z](?![A-Za-z])|[A-Za-z]{1,3}(?:_\{?\w+\}?)?\s*=)")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SPACE_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 
@@ -208,7 +271,7 @@ def _strip_wrappers(s: str) -> str:
     for _ in range(10):
         s0 = s
         s = s.strip()
-        while s[-1:] in (".", ",", ";") and not s.endswith("..."):
+        while s[-1:] in (".", ",", ";") and not s.endswith("...") and s[-2:-1] != "\\":
             s = s[:-1].rstrip()
         for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
             if s.startswith(open_) and s.endswith(close) and len(s) >= len(open_) + len(close):
@@ -249,8 +312,10 @@ def _replace_text_groups(s: str) -> str:
             continue
         out.append(s[last:a])
         c = content.strip()
-        if c.lower() in ("and", "or", ","):
+        if c.lower() in ("and", ","):
             out.append(",")
+        elif c.lower() == "or":
+            out.append(" or ")
         elif has_value and re.fullmatch(r"[a-zA-Z .]*", c):
             # a unit: also drop the exponent of `\text{cm}^2`
             m = re.match(r"\s*\^\s*\{?[23]\}?", s[b:])
@@ -268,7 +333,7 @@ def normalize(answer: str) -> str:
 
     A percentage keeps a single trailing `%` so the comparison can accept both 28 and 0.28 for 28%.
     """
-    s = answer[: MAX_ANSWER_CHARS * 2]
+    s = undouble_backslashes(answer[: MAX_ANSWER_CHARS * 2])
     if "\x00" in s:
         s = s.replace("\x00", "")
     for k, v in _UNICODE.items():
@@ -278,6 +343,7 @@ def normalize(answer: str) -> str:
     s = s.replace("\n", " ").replace("\\\\", " \x01 ")
     s = _strip_wrappers(s)
     s = _ELLIPSIS.sub("\\1 \u2026", s)  # `1, 2, 3, ...` is not the finite list 1, 2, 3
+    s = re.sub(r"(?<=\d)\s*(?:\{\s*,\s*\}|,\\!)\s*(?=\d{3}(?!\d))", "", s)  # 14{,}916, 11,\!111: one number
     s = re.sub(r"\s*\{\s*,\s*\}\s*", ",", s)  # 14{,}916 and 14 {, }916
     k = s.find("\\approx")
     if k > 0 and "=" in s[:k]:  # `x = 1/3 \approx 0.33`: the exact value is the answer
@@ -292,6 +358,7 @@ def normalize(answer: str) -> str:
     s = s.replace("\\{", " \\{ ").replace("\\}", " \\} ")
     s = s.replace("\x01", "\\\\")
     s = _DEGREES.sub(" ", s)
+    s = _ORDINAL.sub("", s)  # 5^\mathrm{th}, 21st
     s = _replace_text_groups(s)
     pct = False
     if _PERCENT.search(s):
@@ -299,7 +366,9 @@ def normalize(answer: str) -> str:
         s = _PERCENT.sub(" ", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = _strip_wrappers(s)
+    s = _GLUED_OR.sub(" or ", s)  # `(11,7)or(7,11)`
     s = _AND_LIST.sub(", ", s)  # `19, 46, and 82`
+    s = _UNIT_IN_LIST.sub("", s)  # `3 cm, 4 cm`
     if s.startswith("{") and s.endswith("}") and "," in s and match_brace(s, 0) == len(s) - 1:
         s = "\\{" + s[1:-1] + "\\}"  # `{-2021, 2021}`: a set written with bare braces
     # Leading prose such as "x \in", "k =" is left to the structure parser; trailing unit words go here.
