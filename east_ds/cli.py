@@ -4,6 +4,9 @@ so `east-ds grade` never loads vLLM, Ray or DeepSpeed.
     east-ds run CONFIG.yaml [key=value ...]   the iterative EAST driver
     east-ds rollout / grade / weight / train / eval / report   the stages one at a time
     east-ds demo                               the CPU demo (vanilla against EAST on a tiny model)
+    east-ds data gsm8k|math|math500            write the data files the shipped configs read
+    east-ds check CONFIG.yaml [key=value ...]  preflight: every problem of a run at once, in seconds
+    east-ds bench CONFIG.yaml [key=value ...]  throughput of your own setup through the real pipeline
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ COMMANDS = {
     "weight": ("east_ds.weight_stage", "add_parser"),
     "report": ("east_ds.report", "add_parser"),
     "demo": ("east_ds.demo", "add_parser"),
+    "data": ("east_ds.data_prep", "add_parser"),
+    "check": ("east_ds.preflight", "add_parser"),
+    "bench": ("east_ds.bench", "add_parser"),
 }
 
 

@@ -131,6 +131,18 @@ class PlacementConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """Where the driver's per-iteration metrics go besides the run directory's metrics.jsonl (always written)."""
+
+    tensorboard: bool | None = None  # event files in <run>/tensorboard; null: when tensorboard is installed
+    wandb: bool = False  # Weights & Biases (pip install -e '.[wandb]'); files under <run>/wandb
+    wandb_project: str = "east_ds"  # W&B project
+    wandb_entity: str = ""  # W&B team or user; empty: the logged-in account's default
+    wandb_mode: Literal["auto", "online", "offline"] = "auto"  # auto: online when credentials are found
+    # (WANDB_API_KEY or `wandb login`), else offline (sync later with `wandb sync <run>/wandb/offline-run-*`)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs"  # the run directory is output_dir/name
@@ -142,6 +154,7 @@ class RunConfig:
     training: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
     def run_dir(self) -> Path:

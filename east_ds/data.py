@@ -40,7 +40,18 @@ def math_gold(row: dict) -> str:
     return found
 
 
-def _load_raw(source: str, split: str) -> tuple[pd.DataFrame, str]:
+def gold_of(row: dict, fmt: str) -> str:
+    """The gold answer of one raw row in format `fmt` ("gsm8k" or "math"); ValueError when it does not parse."""
+    if fmt == "gsm8k":
+        if "answer" not in row:
+            raise ValueError("no `answer` field")
+        return gsm8k_gold(str(row["answer"]))
+    if fmt == "math":
+        return math_gold(row)
+    raise ValueError(f"unknown dataset format {fmt!r} (gsm8k or math)")
+
+
+def load_raw(source: str, split: str) -> tuple[pd.DataFrame, str]:
     """A DataFrame of raw rows from a local file, or from the hub when `source` is not a local path."""
     p = Path(source)
     if p.suffix.lower() in (".jsonl", ".json", ".parquet") or p.exists():
@@ -63,7 +74,7 @@ def load_dataset(source: str, fmt: str, split: str = "train", limit: int | None 
     `question_id` is the row's `id`/`unique_id` when it has one, else `<split>-<row index>`. A row without a
     readable gold answer is an error that names the source and the row.
     """
-    df, where = _load_raw(source, split)
+    df, where = load_raw(source, split)
     qcol = "question" if "question" in df.columns else "problem"
     if qcol not in df.columns:
         raise TableError(f"{where}: no `question` or `problem` column; found {list(df.columns)}")
@@ -72,14 +83,7 @@ def load_dataset(source: str, fmt: str, split: str = "train", limit: int | None 
     golds = []
     for i, row in enumerate(df.to_dict("records")):
         try:
-            if fmt == "gsm8k":
-                if "answer" not in row:
-                    raise ValueError("no `answer` field")
-                golds.append(gsm8k_gold(str(row["answer"])))
-            elif fmt == "math":
-                golds.append(math_gold(row))
-            else:
-                raise ValueError(f"unknown dataset format {fmt!r} (gsm8k or math)")
+            golds.append(gold_of(row, fmt))
         except ValueError as e:
             raise TableError(f"{where}: row {i}: {e}") from None
     id_col = next((c for c in ("question_id", "id", "unique_id") if c in df.columns), None)

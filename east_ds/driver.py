@@ -10,8 +10,10 @@ Each iteration reads like EAST.md section 1:
     evaluate     greedy accuracy on the test set
 
 Every phase writes its output into the run directory (see rundir.py) and is skipped when that output exists, so
-rerunning the same command after a crash or a kill resumes where it stopped. Phases are timed; metrics go to
-`iter_<k>/metrics.json` and the run's `metrics.jsonl` (and TensorBoard when installed).
+rerunning the same command after a crash or a kill resumes where it stopped. Before the run name is claimed the
+cheap checks of `east-ds check` run (preflight.py), so bad input fails at once and claims nothing. Phases are
+timed; metrics go to `iter_<k>/metrics.json` and the run's `metrics.jsonl` (and TensorBoard when installed, W&B
+with `logging.wandb`).
 
 Departures from the reference code, numbered:
 1. The SFT/DPO/KTO weight multiplies each example's own loss (EAST.md section 2), not a micro-batch mean.
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from east_ds.cluster import (SHARE, Need, SchedulingTimeout, StorageNotShared, check_shared_path, free_resources,
                              placement_needs, shortfall, total_resources)
-from east_ds.config import ConfigError, RunConfig, load_config
+from east_ds.config import ConfigError, RunConfig, load_config, to_dict
 from east_ds.data import load_dataset
 from east_ds.ray_utils import NodeLostError
 from east_ds.rundir import IterDir, RunDir, RunDirError
@@ -145,11 +147,13 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     from east_ds.metrics import make_sink
     from east_ds.ray_utils import cluster_gpus, init_ray
     from east_ds.rollout import run_eval, run_rollout
+    from east_ds.preflight import check_before_run
     from east_ds.train_actors import TrainerGroup
 
     for key, value in (("model.path", cfg.model.path), ("data.train", cfg.data.train)):
         if not value:
             raise ConfigError(f"{key} is required (a hub name or a local path)")
+    check_before_run(cfg)  # bad input fails here, listing every problem, before the run name is claimed
     rd = RunDir(cfg)
     rd.claim()
     evaluate = bool(cfg.data.test) and cfg.evaluation.every_iteration
@@ -166,7 +170,8 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     placement = Placement(cfg, cluster_gpus())
     placement.check_resources(total_resources(), free_resources(), cfg.placement.wait_for_resources)
     check_storage(rd.path, cfg.model.path)
-    sink = sink or make_sink(rd.path, rank=0, jsonl=False)  # metrics.jsonl is rebuilt by RunDir
+    sink = sink or make_sink(rd.path, rank=0, jsonl=False,  # metrics.jsonl is rebuilt by RunDir
+                             logging=cfg.logging, name=cfg.name, run_config=to_dict(cfg))
     tokenizer = _tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     pool = group = None  # one trainer process group for the whole run, started on first use; the model loads per call
     located: dict = {"mode": cfg.placement.mode, "cluster_gpus": placement.gpus}  # where engines and ranks landed

@@ -1,13 +1,16 @@
 """Metrics sinks: where the driver's per-phase metric dicts go. Only the driver logs, on rank 0.
 
     sink = make_sink(run_dir, rank)      # JSONL (+ TensorBoard if installed) on rank 0, a no-op elsewhere
+    sink = make_sink(run_dir, 0, logging=cfg.logging, name=..., run_config=...)   # + W&B when logging.wandb
     sink.log({"iteration": k, "eval_accuracy": 0.41, "phase_seconds": {...}}, step=k)
     sink.close()
 
 `JsonlSink` appends one JSON object per call. The driver does not use it (`make_sink(..., jsonl=False)`): it
 rebuilds `run_dir/metrics.jsonl`, the file `east-ds report` reads, from the iterations' metrics.json, so a
 resumed run never logs an iteration twice. It stays for callers that pass their own sink to `driver.run`.
-`TensorBoardSink` flattens nested dicts to `a/b` scalar tags and skips values that are not numbers.
+`TensorBoardSink` flattens nested dicts to `a/b` scalar tags and skips values that are not numbers; `WandbSink`
+logs the same scalars to Weights & Biases, offline (files under run_dir/wandb, `wandb sync` later) when no
+credentials are found, and resumes the same W&B run when the run directory is resumed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -119,6 +123,48 @@ class TensorBoardSink:
         self.writer.close()
 
 
+def wandb_credentials() -> bool:
+    """True when W&B finds an API key: WANDB_API_KEY, or the ~/.netrc entry `wandb login` writes."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+class WandbSink:
+    """Scalars to a Weights & Biases run whose files live in run_dir/wandb. The W&B run id is kept in
+    run_dir/wandb_id.txt, so a resumed run directory continues the same W&B run (its steps only grow)."""
+
+    def __init__(self, run_dir: str | Path, name: str, run_config: dict | None = None, project: str = "east_ds",
+                 entity: str = "", mode: str = "auto"):
+        import wandb
+
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        id_file = run_dir / "wandb_id.txt"
+        if not id_file.is_file():
+            id_file.write_text(secrets.token_hex(8))
+        if mode == "auto":  # an explicit WANDB_MODE in the environment wins, as W&B documents
+            mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials() else "offline")
+        self.run = wandb.init(project=project, entity=entity or None, name=name, dir=str(run_dir),
+                              config=run_config or {}, id=id_file.read_text().strip(), resume="allow", mode=mode)
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.run.log(flatten_scalars(metrics), step=step)
+
+    def close(self) -> None:
+        """Finish the run and stop W&B's service process: only then are the run's files complete on disk (an
+        offline run's history was seen missing right after finish() alone)."""
+        import wandb
+
+        self.run.finish()
+        wandb.teardown()
+
+
 class MultiSink:
     """Fans each call out to several sinks, in order."""
 
@@ -134,14 +180,22 @@ class MultiSink:
             s.close()
 
 
-def make_sink(run_dir: str | Path, rank: int = 0, tensorboard: bool | None = None, jsonl: bool = True) -> Sink:
+def make_sink(run_dir: str | Path, rank: int = 0, tensorboard: bool | None = None, jsonl: bool = True,
+              logging=None, name: str = "", run_config: dict | None = None) -> Sink:
     """Rank 0: JSONL at run_dir/metrics.jsonl (unless `jsonl=False`: the driver rebuilds that file itself), plus
     TensorBoard at run_dir/tensorboard when it is installed (`tensorboard=None`) or asked for (`True`: an
-    ImportError if it is not installed). Other ranks: NullSink."""
+    ImportError if it is not installed), plus W&B when `logging` (a config.LoggingConfig, whose `tensorboard`
+    then replaces the argument) asks for it; `name` and `run_config` describe the W&B run. Other ranks:
+    NullSink."""
     if rank != 0:
         return NullSink()
     run_dir = Path(run_dir)
+    if logging is not None:
+        tensorboard = logging.tensorboard
     sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl")] if jsonl else []
     if tensorboard or (tensorboard is None and tensorboard_available()):
         sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+    if logging is not None and logging.wandb:
+        sinks.append(WandbSink(run_dir, name or run_dir.name, run_config, logging.wandb_project,
+                               logging.wandb_entity, logging.wandb_mode))
     return MultiSink(sinks)

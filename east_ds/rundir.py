@@ -71,16 +71,20 @@ class RunDir:
         return IterDir(self.path / f"iter_{k}")
 
     def claim(self) -> None:
-        """Write config.yaml, or check that an existing one describes the same run (a resume)."""
+        """Write config.yaml, or check that an existing one describes the same run (a resume). The number of
+        iterations and the logging sinks may change on a resume; a directory with no iteration output yet may be
+        claimed by any config."""
         self.path.mkdir(parents=True, exist_ok=True)
         mine = to_dict(self.cfg)
         f = self.path / "config.yaml"
         if f.exists():
             theirs = yaml.safe_load(f.read_text()) or {}
             diff = _diff(theirs, mine)
-            # The number of iterations may grow: extending a finished run is a resume.
-            diff = [d for d in diff if d != "iterations"]
-            if diff:
+            # The number of iterations may grow (extending a finished run is a resume); sinks change no result.
+            diff = [d for d in diff if d != "iterations" and not d.startswith("logging")]
+            # A directory in which no phase has written anything holds no run yet (e.g. a start that failed
+            # before its first phase): the new config takes its place.
+            if diff and any(self.path.glob("iter_*")):
                 raise RunDirError(
                     f"{self.path} holds a run with a different config (keys {diff}); "
                     "use another `name=` or `output_dir=`, or delete the directory"

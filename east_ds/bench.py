@@ -1,0 +1,244 @@
+"""`east-ds bench CONFIG [key=value ...] --out DIR`: a short, measured slice of your own setup through the real
+pipeline: the same EnginePool, run_rollout, weigh, TrainerGroup and phase timers as `east-ds run`.
+
+    rollout     --prompts N training questions x rollout.n samples, once per --engines value, in shards of at
+                most rollout.shard_size prompts and at least two per engine (the same shards at every count)
+    weigh       grading, clustering, entropy, weights and example selection of the first rollout
+    reference   DPO/KTO: the frozen model's log-probs of the examples
+    train       --steps K optimizer steps, once per --ranks value (global batch kept; accumulation adjusted)
+    update      the trained checkpoint loaded into the running engines
+
+Writes DIR/bench.json and DIR/bench.md. Throughputs are tokens generated (or trained on, padding excluded) per
+second of the phase; the top-level figures are those of the first --engines / --ranks value. With several values
+the scaling efficiency of k is throughput(k) / (k x throughput(1)) (against the smallest value when 1 is not
+listed). MFU, on GPUs only: achieved FLOPs / peak, with 2 x parameters FLOPs per generated token and
+6 x parameters per trained token (attention FLOPs and recomputation left out, as usual), over the GPUs the phase
+holds; the peak is looked up from Ray's accelerator type (dense bf16) unless --peak-tflops gives it.
+Scratch outputs go to DIR/work, which each bench clears first so nothing is resumed instead of measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from east_ds.config import ConfigError, RunConfig, load_config
+from east_ds.tables import TableError, read_jsonl, read_table, write_json, write_table
+
+# Dense bf16 tensor-core peak per GPU, TFLOP/s, by Ray's accelerator type (vendor data sheets).
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+
+
+def scaling(rows: list[dict], count: str, key: str) -> None:
+    """Add `scaling_efficiency` to each row: throughput(k) / (k / k0 x throughput(k0)), k0 the smallest count."""
+    base = min(rows, key=lambda r: r[count])
+    for r in rows:
+        ideal = base[key] * r[count] / base[count]
+        r["scaling_efficiency"] = r[key] / ideal if ideal else None
+
+
+def mfu(tokens_per_s: float | None, flops_per_token: float, gpus: float, peak_flops: float | None) -> float | None:
+    """Model FLOPs utilisation, or None without a peak (CPU) or a throughput."""
+    if not peak_flops or not tokens_per_s or not gpus:
+        return None
+    return tokens_per_s * flops_per_token / (gpus * peak_flops)
+
+
+def device_peak(peak_tflops: float | None) -> tuple[str, float | None]:
+    """(device name, peak FLOP/s per GPU) from Ray's accelerator-type resource; (cpu, None) without GPUs."""
+    import ray
+
+    res = ray.cluster_resources()
+    if not res.get("GPU"):
+        return "cpu", None
+    kinds = [k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")]
+    name = kinds[0] if kinds else "unknown GPU"
+    tflops = peak_tflops if peak_tflops else PEAK_TFLOPS.get(name)
+    return name, tflops * 1e12 if tflops else None
+
+
+def _fill(examples: Path, rows: int, out: Path) -> tuple[Path, int]:
+    """The examples table repeated until it has at least `rows` rows (enough for the asked steps)."""
+    df = read_table(examples)
+    if len(df) >= rows:
+        return examples, len(df)
+    df = pd.concat([df] * (rows // len(df) + 1), ignore_index=True)
+    return write_table(df, out), len(df)
+
+
+def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, engines: list[int] | None = None,
+          ranks: list[int] | None = None, peak_tflops: float | None = None) -> dict:
+    """Measure the pipeline of `cfg` (see the module docstring); write out/bench.json and out/bench.md."""
+    from east_ds.data import load_dataset
+    from east_ds.driver import Phases, Placement, _tokenizer
+    from east_ds.engine_pool import EnginePool
+    from east_ds.preflight import check_before_run
+    from east_ds.ray_utils import cluster_gpus, init_ray
+    from east_ds.rollout import run_rollout
+    from east_ds.schema import REFERENCE_COLUMNS
+    from east_ds.train_actors import TrainerGroup
+    from east_ds.weight_stage import weigh
+
+    out = Path(out)
+    engines, ranks = engines or [cfg.rollout.num_engines], ranks or [cfg.training.num_ranks]
+    t, B = cfg.training, cfg.training.global_batch_size
+    for r in ranks:  # the global batch is kept: accumulation = B / (micro x ranks) must be a whole number
+        if B % (t.micro_batch_size * r):
+            raise ConfigError(f"--ranks {r}: global_batch_size ({B}) is not a multiple of micro_batch_size "
+                              f"({t.micro_batch_size}) x {r} ranks")
+    params = check_before_run(cfg).params
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    questions = load_dataset(cfg.data.train, cfg.data.format, cfg.data.train_split, prompts)
+    tokenizer = _tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    init_ray(cfg.placement.ray_address)
+    device, peak = device_peak(peak_tflops)
+    placement = Placement(cfg.placement.mode, cluster_gpus())
+    tp = cfg.rollout.tensor_parallel_size
+    # At least two shards per engine at the largest engine count, and the same shards (so the same per-request
+    # seeds and samples) at every count.
+    shard = max(1, min(cfg.rollout.shard_size, -(-len(questions) // (2 * max(engines)))))
+    phases = Phases()
+    result: dict = {"config": cfg.name, "model": cfg.model.path, "params": params, "device": device,
+                    "peak_flops_per_gpu": peak, "prompts": len(questions), "samples_per_prompt": cfg.rollout.n,
+                    "max_new_tokens": cfg.rollout.max_new_tokens, "loss": t.loss, "steps": steps}
+    rollout_rows, train_rows, pool = [], [], None
+    try:
+        for e in engines:
+            if pool is not None:
+                pool.shutdown()
+            rcfg = dataclasses.replace(cfg.rollout, num_engines=e, shard_size=shard)
+            pool = EnginePool(cfg.model.path, placement.rollout_config(rcfg), cfg.model,
+                              gpu_share=placement.engine_gpu_share())
+            placement.pool = pool
+            stats = run_rollout(pool, questions, tokenizer, rcfg, work / f"engines_{e}",
+                                cfg.data.system_prompt).attrs["stats"]
+            tps = stats["num_tokens"] / stats["seconds"]
+            rollout_rows.append({"engines": pool.num_engines, "tokens": stats["num_tokens"],
+                                 "seconds": stats["seconds"], "tokens_per_s": tps,
+                                 "tokens_per_s_per_engine": tps / pool.num_engines,
+                                 "mfu": mfu(tps, 2 * (params or 0), pool.num_engines * tp, peak)})
+        scaling(rollout_rows, "engines", "tokens_per_s")
+
+        rollouts = read_table(work / f"engines_{engines[0]}" / "rollouts.parquet")
+        with phases("weigh"):
+            w = weigh(rollouts, cfg.weighting, t.loss, work / "weigh")
+        result["grade_responses_per_s"] = len(rollouts) / w["grade_seconds"]
+        result["weigh_seconds"] = w["weigh_seconds"]
+        if not w["examples"]:
+            raise TableError(f"{work / 'weigh'}: the rollouts gave no training example (every question's samples "
+                             f"agree: {w['dropped_all_correct']} all right, {w['dropped_all_wrong']} all wrong); "
+                             "raise --prompts")
+        examples, n_examples = _fill(work / "weigh" / "examples.parquet", steps * B, work / "examples_bench.parquet")
+        result["examples"] = {"selected": w["examples"], "used": n_examples}
+
+        for r in ranks:
+            tcfg = dataclasses.replace(t, num_ranks=r, gradient_accumulation_steps=B // (t.micro_batch_size * r),
+                                       max_steps=steps, save_every_steps=0)
+            placement.before_training()
+            group = TrainerGroup(cfg.model.path, tcfg, cfg.model, r, **placement.trainer_options())
+            try:
+                if REFERENCE_COLUMNS[t.loss]:
+                    with phases(f"reference_{r}"):
+                        group.reference_logprobs(str(examples), str(work / f"reference_{r}.parquet"))
+                    train_input = work / f"reference_{r}.parquet"
+                    result.setdefault("reference_s", phases.seconds[f"reference_{r}"])
+                else:
+                    train_input = examples
+                group.fit(str(train_input), str(work / f"ranks_{r}"), resume=False)
+            finally:
+                group.shutdown()
+                placement.after_training()
+            log = read_jsonl(work / f"ranks_{r}" / "metrics.jsonl")
+            tokens, seconds = sum(m["tokens"] for m in log), sum(m["step_time"] for m in log)
+            tps = tokens / seconds if seconds else None
+            train_rows.append({"ranks": r, "steps": len(log), "tokens": tokens, "seconds": seconds,
+                               "tokens_per_s": tps, "tokens_per_s_per_rank": tps / r if tps else None,
+                               "mfu": mfu(tps, 6 * (params or 0), r, peak)})
+        scaling(train_rows, "ranks", "tokens_per_s")
+
+        with phases("update_weights"):
+            pool.update_weights_from_path(str(work / f"ranks_{ranks[0]}" / "hf"))
+        result["weight_update_s"] = phases.seconds["update_weights"]
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    result.update(rollout=rollout_rows, train=train_rows,
+                  rollout_tokens_per_s=rollout_rows[0]["tokens_per_s"],
+                  rollout_tokens_per_s_per_engine=rollout_rows[0]["tokens_per_s_per_engine"],
+                  train_tokens_per_s=train_rows[0]["tokens_per_s"],
+                  train_tokens_per_s_per_rank=train_rows[0]["tokens_per_s_per_rank"],
+                  mfu={"rollout": rollout_rows[0]["mfu"], "train": train_rows[0]["mfu"]} if peak else None)
+    write_json(result, out / "bench.json")
+    (out / "bench.md").write_text(to_markdown(result))
+    return result
+
+
+def _fmt(v, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def to_markdown(r: dict) -> str:
+    """bench.json as tables a person reads."""
+    lines = [f"# east-ds bench: {r['config']}", "",
+             f"model `{r['model']}` ({_fmt((r['params'] or 0) / 1e6)}M parameters) on {r['device']}; "
+             f"{r['prompts']} prompts x {r['samples_per_prompt']} samples, up to {r['max_new_tokens']} new tokens; "
+             f"{r['loss']} training, {r['steps']} steps", "",
+             "| engines | tokens | seconds | tokens/s | tokens/s per engine | scaling | MFU |",
+             "|---|---|---|---|---|---|---|"]
+    for x in r["rollout"]:
+        lines.append(f"| {x['engines']} | {x['tokens']} | {x['seconds']:.2f} | {x['tokens_per_s']:.1f} | "
+                     f"{x['tokens_per_s_per_engine']:.1f} | {_fmt(x['scaling_efficiency'], '.2f')} | "
+                     f"{_fmt(x['mfu'], '.3f')} |")
+    lines += ["", "| ranks | steps | tokens | seconds | tokens/s | tokens/s per rank | scaling | MFU |",
+              "|---|---|---|---|---|---|---|---|"]
+    for x in r["train"]:
+        lines.append(f"| {x['ranks']} | {x['steps']} | {x['tokens']} | {x['seconds']:.2f} | {_fmt(x['tokens_per_s'])} "
+                     f"| {_fmt(x['tokens_per_s_per_rank'])} | {_fmt(x['scaling_efficiency'], '.2f')} | "
+                     f"{_fmt(x['mfu'], '.3f')} |")
+    lines += ["", f"grading: {r['grade_responses_per_s']:.0f} responses/s; weighing (grade, cluster, weights, "
+                  f"examples): {r['weigh_seconds']:.2f} s; weight update: {r['weight_update_s']:.2f} s"
+              + (f"; reference log-probs: {r['reference_s']:.2f} s" if "reference_s" in r else ""), ""]
+    return "\n".join(lines)
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give counts of at least 1")
+    return values
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="throughput of your own setup through the real pipeline",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML run config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, as for `east-ds run`")
+    p.add_argument("--out", required=True, help="where bench.json, bench.md and the scratch outputs go")
+    p.add_argument("--prompts", type=int, default=64, help="training questions to roll out")
+    p.add_argument("--steps", type=int, default=4, help="optimizer steps to train")
+    p.add_argument("--engines", type=_counts, default=None, help="engine counts, e.g. 1,2 (default: the config's)")
+    p.add_argument("--ranks", type=_counts, default=None, help="trainer rank counts, e.g. 1,2 (default: the config's)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s per GPU for MFU (default: looked "
+                                                                   "up from the GPU type)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+        r = bench(cfg, args.out, args.prompts, args.steps, args.engines, args.ranks, args.peak_tflops)
+    except (ConfigError, TableError, FileNotFoundError, ValueError) as e:
+        print(f"east-ds bench: error: {e}", file=sys.stderr)
+        return 2
+    print(to_markdown(r))
+    print(f"written: {Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.md'}")
+    return 0
