@@ -145,9 +145,9 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     """Run (or resume) `cfg.iterations` EAST iterations. Returns the run's metrics log."""
     from east_ds.engine_pool import EnginePool
     from east_ds.metrics import make_sink
+    from east_ds.preflight import check_before_run
     from east_ds.ray_utils import cluster_gpus, init_ray
     from east_ds.rollout import run_eval, run_rollout
-    from east_ds.preflight import check_before_run
     from east_ds.train_actors import TrainerGroup
 
     for key, value in (("model.path", cfg.model.path), ("data.train", cfg.data.train)):
