@@ -74,6 +74,7 @@ def _fill(examples: Path, rows: int, out: Path) -> tuple[Path, int]:
 def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, engines: list[int] | None = None,
           ranks: list[int] | None = None, peak_tflops: float | None = None) -> dict:
     """Measure the pipeline of `cfg` (see the module docstring); write out/bench.json and out/bench.md."""
+    from east_ds.cluster import free_resources, total_resources
     from east_ds.data import load_dataset
     from east_ds.driver import Phases, Placement, _tokenizer
     from east_ds.engine_pool import EnginePool
@@ -98,7 +99,7 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
     tokenizer = _tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     init_ray(cfg.placement.ray_address)
     device, peak = device_peak(peak_tflops)
-    placement = Placement(cfg.placement.mode, cluster_gpus())
+    gpus = cluster_gpus()
     tp = cfg.rollout.tensor_parallel_size
     # At least two shards per engine at the largest engine count, and the same shards (so the same per-request
     # seeds and samples) at every count.
@@ -113,9 +114,11 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
             if pool is not None:
                 pool.shutdown()
             rcfg = dataclasses.replace(cfg.rollout, num_engines=e, shard_size=shard)
-            pool = EnginePool(cfg.model.path, placement.rollout_config(rcfg), cfg.model,
-                              gpu_share=placement.engine_gpu_share())
-            placement.pool = pool
+            placement = Placement(dataclasses.replace(cfg, rollout=rcfg), gpus)  # what `east-ds run` would ask for
+            placement.check_resources(total_resources(), free_resources(), cfg.placement.wait_for_resources)
+            pool = placement.pool = EnginePool(cfg.model.path, placement.rollout_config(rcfg), cfg.model,
+                                               resources=cfg.placement.engine_resources,
+                                               **placement.engine_options())
             stats = run_rollout(pool, questions, tokenizer, rcfg, work / f"engines_{e}",
                                 cfg.data.system_prompt).attrs["stats"]
             tps = stats["num_tokens"] / stats["seconds"]
@@ -140,8 +143,11 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
         for r in ranks:
             tcfg = dataclasses.replace(t, num_ranks=r, gradient_accumulation_steps=B // (t.micro_batch_size * r),
                                        max_steps=steps, save_every_steps=0)
+            placement = Placement(dataclasses.replace(cfg, rollout=rcfg, training=tcfg), gpus)
+            placement.pool = pool
             placement.before_training()
-            group = TrainerGroup(cfg.model.path, tcfg, cfg.model, r, **placement.trainer_options())
+            group = TrainerGroup(cfg.model.path, tcfg, cfg.model, r, resources=cfg.placement.trainer_resources,
+                                 **placement.trainer_options())
             try:
                 if REFERENCE_COLUMNS[t.loss]:
                     with phases(f"reference_{r}"):
