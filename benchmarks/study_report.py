@@ -138,6 +138,23 @@ def entropy_table(questions: pd.DataFrame, reference: str) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("tier", key=lambda s: s.map(order)).reset_index(drop=True)
 
 
+def tier_accuracy_table(evals: pd.DataFrame, arms: list[str], last: int) -> pd.DataFrame:
+    """Test accuracy at the last iteration by difficulty tier (%, mean over seeds), and the warm start's."""
+    from east_ds.synthetic import tier_of
+
+    e = evals[evals["iteration"].isin([0, last])].copy()
+    if e.empty:
+        return pd.DataFrame()
+    e["tier"] = e["question_id"].map(tier_of)
+    per_seed = e.groupby(["arm", "seed", "iteration", "tier"])["correct"].mean().reset_index()
+    mean = per_seed.groupby(["arm", "iteration", "tier"])["correct"].mean().unstack("tier")
+    order = [t for t in ("easy", "medium", "hard", "hopeless") if t in mean.columns]
+    rows = [{"model": "warm start (iteration 0)", **{t: round(100 * mean.loc[(arms[0], 0), t], 1) for t in order}}]
+    rows += [{"model": f"{arm}, iteration {last}", **{t: round(100 * mean.loc[(arm, last), t], 1) for t in order}}
+             for arm in arms if (arm, last) in mean.index]
+    return pd.DataFrame(rows) if (arms[0], 0) in mean.index else pd.DataFrame()
+
+
 def mechanism_table(mech: pd.DataFrame) -> pd.DataFrame:
     if mech.empty:
         return pd.DataFrame()
@@ -293,6 +310,9 @@ def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = N
     gains = gain_table(df, last)
     if not gains.empty:
         parts += [f"### Gain over the warm start (iteration 0 -> {last})", "", _md(gains), ""]
+    tiers = tier_accuracy_table(evals, arms, last) if not evals.empty else pd.DataFrame()
+    if not tiers.empty:
+        parts += ["### Test accuracy by difficulty tier (%, mean over seeds)", "", _md(tiers), ""]
     parts += ["### Minimal detectable difference", "",
               *mde_lines(evals, diffs, reference, last, len(seeds) or int(df["seed"].nunique())), ""]
     ent = entropy_table(questions, reference) if not questions.empty else pd.DataFrame()
