@@ -50,8 +50,8 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # one warm-started model per seed, shared by all its arms
     arms: tuple[str, ...] = FULL_ARMS  # names from ARMS; the first is the reference of the paired differences
     iterations: int = 3  # EAST iterations per run (iteration 0 is the warm start)
-    train_questions: int = 800  # training questions per seed (drawn per seed)
-    test_questions: int = 2000  # one fixed test set for every seed and arm
+    train_questions: int = 400  # training questions per seed (drawn per seed)
+    test_questions: int = 1000  # one fixed test set for every seed and arm
     n: int = 16  # samples per training question
     warm_steps: int = 600  # most warm-start optimizer steps (stops earlier once samples disagree enough)
     warm_check_every: int = 50  # warm-start steps between checks of sampled disagreement
@@ -61,7 +61,8 @@ class StudyConfig:
     results: Path = REPO / "benchmarks" / "study"  # results.jsonl, per-question tables, plots, tables
 
 
-QUICK = dict(seeds=(0, 1), arms=("vanilla", "east_a1"), iterations=2, train_questions=400, test_questions=1000)
+QUICK = dict(seeds=(0, 1), arms=("vanilla", "east_a1"), iterations=2, train_questions=200, test_questions=500,
+             warm_steps=300)
 
 
 # ---------------------------------------------------------------------------------------------------------------
