@@ -57,6 +57,7 @@ class StudyConfig:
     warm_check_every: int = 50  # warm-start steps between checks of sampled disagreement
     warm_questions: int = 3000  # worked solutions the warm start trains on
     overrides: tuple[str, ...] = ()  # extra key=value overrides for every run (tests use tiny settings)
+    start_model: str = ""  # a warm-started model for every seed instead of one built per seed (tests only)
     out: Path = REPO / "runs" / "study"  # models, data and run directories (large; not committed)
     results: Path = REPO / "benchmarks" / "study"  # results.jsonl, per-question tables, plots, tables
 
@@ -87,6 +88,8 @@ def prepare_seed(cfg: StudyConfig, seed: int) -> tuple[Path, Path, Path]:
     if not train.is_file():
         problems = make_mixed_problems(cfg.train_questions, seed=1000 * seed + 1, prefix="train")
         write_table(pd.DataFrame(to_gsm8k_rows(problems)), train)
+    if cfg.start_model:
+        return train, test, Path(cfg.start_model)
     start = root / "warm_start"
     if not (start / "warm_start.json").is_file():
         base = build_tiny_model(root / "base_model", size="tiny", seed=seed)
@@ -250,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, help="samples per training question")
     ap.add_argument("--warm-steps", type=int)
     ap.add_argument("--warm-check-every", type=int, help="warm-start steps between disagreement checks")
+    ap.add_argument("--start-model", help="one warm-started model for every seed (tests; breaks per-seed models)")
     ap.add_argument("--out", type=Path, help="models, data and run directories (default runs/study)")
     ap.add_argument("--results", type=Path, help="recorded results, tables and plots (default benchmarks/study)")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="key=value overrides for every run")
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     given = {"seeds": args.seeds and tuple(args.seeds), "arms": args.arms and tuple(args.arms),
              "iterations": args.iterations, "train_questions": args.train_questions,
              "test_questions": args.test_questions, "n": args.n, "warm_steps": args.warm_steps,
-             "warm_check_every": args.warm_check_every,
+             "warm_check_every": args.warm_check_every, "start_model": args.start_model,
              "out": args.out, "results": args.results}
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
     cfg = replace(cfg, overrides=(f"rollout.n={cfg.n}", *cfg.overrides, *args.overrides))

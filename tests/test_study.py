@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--seeds", "0", "1", "--arms", "vanilla", "east_a1", "--iterations", "2", "--train-questions", "32",
-        "--test-questions", "32", "--n", "4", "--warm-steps", "200", "--warm-check-every", "1000",
+        "--test-questions", "32", "--n", "4",
         "--set", "training.global_batch_size=4", "training.micro_batch_size=2",
         "training.gradient_accumulation_steps=2", "rollout.max_new_tokens=48", "evaluation.max_new_tokens=48"]
 
@@ -25,10 +25,12 @@ def _rows(results: Path) -> list[dict]:
     return [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
 
 
-def test_tiny_study_records_resumes_and_analyzes(tmp_path, ray_session):
+def test_tiny_study_records_resumes_and_analyzes(tmp_path, warm_model, ray_session):
     out, results, md = tmp_path / "runs", tmp_path / "results", tmp_path / "STUDY.md"
     shutil.copyfile(REPO / "benchmarks" / "STUDY.md", md)
-    args = [*TINY, "--out", str(out), "--results", str(results), "--study-md", str(md)]
+    # the session's warm-started model for both seeds (the study builds one per seed; too slow for a test)
+    args = [*TINY, "--start-model", str(warm_model), "--out", str(out), "--results", str(results),
+            "--study-md", str(md)]
     assert main(args) == 0
 
     rows = _rows(results)
