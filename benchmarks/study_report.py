@@ -1,0 +1,346 @@
+"""Tables and plots of the study (benchmarks/study.py) from what it recorded, and STUDY.md's results block.
+
+    python benchmarks/study.py --analyze-only [--results benchmarks/study]
+
+Reads <results>/results.jsonl, <results>/questions/*.parquet and <results>/eval/*.parquet; writes into <results>:
+accuracy.png, paired_diff.png, entropy_iter1.png, mechanism.png and tables.md, and replaces the text between
+the markers below in STUDY.md. Works on a partial study: it reports the seeds recorded so far and says so.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.study_stats import (discordance, mde_paired, mechanism, paired_differences, summarize)
+
+BEGIN, END = "<!-- study-results:begin -->", "<!-- study-results:end -->"
+
+
+def load_results(results: Path) -> pd.DataFrame:
+    from east_ds.tables import read_jsonl
+
+    rows = read_jsonl(results / "results.jsonl")
+    if not rows:
+        raise SystemExit(f"study: {results / 'results.jsonl'} has no rows yet")
+    df = pd.DataFrame(rows).drop_duplicates(["arm", "seed", "iteration"], keep="last")
+    return df.sort_values(["arm", "seed", "iteration"]).reset_index(drop=True)
+
+
+def _load_parquets(folder: Path) -> pd.DataFrame:
+    from east_ds.tables import read_table
+
+    frames = []
+    for f in sorted(folder.glob("seed*_*.parquet")):
+        m = re.match(r"seed(\d+)_(.+)\.parquet$", f.name)
+        if m:
+            frames.append(read_table(f).assign(seed=int(m.group(1)), arm=m.group(2)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def complete_seeds(df: pd.DataFrame, arms: list[str]) -> list[int]:
+    """Seeds with every arm recorded up to the study's last iteration."""
+    last = int(df["iteration"].max())
+    done = df[df["iteration"] == last].groupby("seed")["arm"].apply(set)
+    return sorted(int(s) for s, a in done.items() if set(arms) <= a)
+
+
+def _fmt(mean: float, lo: float, hi: float, scale: float = 100.0) -> str:
+    return f"{scale * mean:+.1f} [{scale * lo:+.1f}, {scale * hi:+.1f}]"
+
+
+def _md(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def accuracy_table(df: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
+    """arm x iteration: mean accuracy over seeds (%) with its bootstrap interval; rows in the order of `arms`."""
+    s = summarize(df, ["arm", "iteration"], "accuracy")
+    s["cell"] = [f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" for m, lo, hi in zip(s["mean"], s["lo"], s["hi"])]
+    table = s.pivot(index="arm", columns="iteration", values="cell").rename_axis(None, axis=1)
+    return table.reindex([a for a in arms if a in table.index]).reset_index()
+
+
+def diff_table(diffs: pd.DataFrame) -> pd.DataFrame:
+    s = summarize(diffs, ["arm", "iteration"], "diff")
+    return pd.DataFrame({"arm": s["arm"], "iteration": s["iteration"], "seeds": s["seeds"],
+                         "difference (points) [95% CI]": [_fmt(m, lo, hi) for m, lo, hi in
+                                                          zip(s["mean"], s["lo"], s["hi"])],
+                         "seeds above": s["positive"], "sign test p": s["sign_p"].round(3)})
+
+
+def gain_table(df: pd.DataFrame, last: int) -> pd.DataFrame:
+    """Per arm: final accuracy minus the warm start's, over seeds."""
+    wide = df.pivot_table(index=["arm", "seed"], columns="iteration", values="accuracy").reset_index()
+    if last not in wide.columns or 0 not in wide.columns:
+        return pd.DataFrame()
+    wide["gain"] = wide[last] - wide[0]
+    s = summarize(wide.dropna(subset=["gain"]), ["arm"], "gain")
+    return pd.DataFrame({"arm": s["arm"], "seeds": s["seeds"],
+                         f"gain 0 -> {last} (points) [95% CI]": [_fmt(m, lo, hi) for m, lo, hi in
+                                                                 zip(s["mean"], s["lo"], s["hi"])]})
+
+
+def mde_lines(evals: pd.DataFrame, diffs: pd.DataFrame, reference: str, last: int, n_seeds: int) -> list[str]:
+    """The minimal detectable difference, from the observed discordance and the seed-to-seed spread."""
+    if evals.empty:
+        return ["(no per-question evaluations recorded)"]
+    d = []
+    final = evals[evals["iteration"] == last]
+    for (arm, seed), g in final.groupby(["arm", "seed"]):
+        ref = final[(final["arm"] == reference) & (final["seed"] == seed)]
+        if arm != reference and not ref.empty:
+            d.append(discordance(g, ref))
+    n = int(final.groupby(["arm", "seed"]).size().max())
+    if not d:
+        return ["(no paired evaluations yet)"]
+    dbar = float(np.mean(d))
+    out = [f"- Test set: {n} questions. Observed discordance at iteration {last} (share of test questions where "
+           f"an arm and {reference} of the same seed disagree, one right and one wrong): mean {dbar:.3f} "
+           f"(range {min(d):.3f}-{max(d):.3f}).",
+           f"- Test-set MDE (two-sided 5%, power 80%, McNemar normal approximation, "
+           f"`mde_paired`): {100 * mde_paired(dbar, n):.1f} points for one seed, "
+           f"{100 * mde_paired(dbar, n, max(n_seeds, 1)):.1f} points for the mean over {n_seeds} seeds."]
+    fin = diffs[diffs["iteration"] == last].groupby("arm")["diff"].std()
+    if len(fin.dropna()):
+        sd = float(fin.dropna().mean())
+        out.append(f"- Seed-to-seed: the standard deviation over seeds of an arm's final paired difference is "
+                   f"{100 * sd:.1f} points on average over arms, so training noise gives an MDE of about "
+                   f"{100 * 2.8 * sd / math.sqrt(max(n_seeds, 1)):.1f} points for the mean over {n_seeds} seeds "
+                   f"(2.8 sd / sqrt(seeds), normal approximation; optimistic with so few seeds).")
+    return out
+
+
+def entropy_table(questions: pd.DataFrame, reference: str) -> pd.DataFrame:
+    from east_ds.synthetic import tier_of
+
+    q = questions[(questions["arm"] == reference) & (questions["iteration"] == 1)].copy()
+    if q.empty:
+        return pd.DataFrame()
+    q["tier"] = q["question_id"].map(tier_of)
+    rows = []
+    for tier, g in q.groupby("tier", sort=False):
+        rows.append({"tier": tier, "questions": len(g), "sampled accuracy": round(g["accuracy"].mean(), 3),
+                     "all correct": f"{(g['n_correct'] == g['n']).mean():.0%}",
+                     "all wrong": f"{(g['n_correct'] == 0).mean():.0%}", "kept": f"{g['kept'].mean():.0%}",
+                     "mean entropy (kept)": round(g.loc[g["kept"], "entropy"].mean(), 3)})
+    order = {"easy": 0, "medium": 1, "hard": 2, "hopeless": 3}
+    return pd.DataFrame(rows).sort_values("tier", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def tier_accuracy_table(evals: pd.DataFrame, arms: list[str], last: int) -> pd.DataFrame:
+    """Test accuracy at the last iteration by difficulty tier (%, mean over seeds), and the warm start's."""
+    from east_ds.synthetic import tier_of
+
+    e = evals[evals["iteration"].isin([0, last])].copy()
+    if e.empty:
+        return pd.DataFrame()
+    e["tier"] = e["question_id"].map(tier_of)
+    per_seed = e.groupby(["arm", "seed", "iteration", "tier"])["correct"].mean().reset_index()
+    mean = per_seed.groupby(["arm", "iteration", "tier"])["correct"].mean().unstack("tier")
+    order = [t for t in ("easy", "medium", "hard", "hopeless") if t in mean.columns]
+    rows = [{"model": "warm start (iteration 0)", **{t: round(100 * mean.loc[(arms[0], 0), t], 1) for t in order}}]
+    rows += [{"model": f"{arm}, iteration {last}", **{t: round(100 * mean.loc[(arm, last), t], 1) for t in order}}
+             for arm in arms if (arm, last) in mean.index]
+    return pd.DataFrame(rows) if (arms[0], 0) in mean.index else pd.DataFrame()
+
+
+def mechanism_table(mech: pd.DataFrame) -> pd.DataFrame:
+    if mech.empty:
+        return pd.DataFrame()
+    mech = mech.assign(top_minus_bottom=mech["top_quartile"] - mech["bottom_quartile"])
+    s = summarize(mech.dropna(subset=["slope"]), ["arm"], "slope")
+    t = summarize(mech, ["arm"], "top_minus_bottom")
+    c = mech.groupby("arm")["corr_own"].mean()
+    return pd.DataFrame({
+        "arm": s["arm"], "seeds": s["seeds"],
+        "slope: excess change per unit weight (points) [95% CI]": [_fmt(m, lo, hi) for m, lo, hi in
+                                                                  zip(s["mean"], s["lo"], s["hi"])],
+        "top - bottom weight quartile, excess change (points) [95% CI]": [
+            _fmt(m, lo, hi) for m, lo, hi in zip(t["mean"], t["lo"], t["hi"])],
+        "sign test p (slope)": s["sign_p"].round(3),
+        "corr(weight, own change)": [round(float(c[a]), 3) for a in s["arm"]]})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# plots
+
+
+def plot_accuracy(df: pd.DataFrame, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summarize(df, ["arm", "iteration"], "accuracy")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for arm, g in s.groupby("arm", sort=False):
+        ax.plot(g["iteration"], 100 * g["mean"], marker="o", label=arm)
+        ax.fill_between(g["iteration"], 100 * g["lo"], 100 * g["hi"], alpha=0.15)
+    ax.set_xlabel("iteration (0 = warm start)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Test accuracy: mean over seeds, bootstrap 95% band")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_diffs(diffs: pd.DataFrame, out: Path, reference: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summarize(diffs, ["arm", "iteration"], "diff")
+    arms = list(dict.fromkeys(s["arm"]))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    width = 0.8 / max(len(arms), 1)
+    for i, arm in enumerate(arms):
+        g = s[s["arm"] == arm]
+        x = g["iteration"] + (i - (len(arms) - 1) / 2) * width
+        ax.errorbar(x, 100 * g["mean"], yerr=[100 * (g["mean"] - g["lo"]), 100 * (g["hi"] - g["mean"])],
+                    fmt="o", capsize=3, label=arm)
+        seeds = diffs[diffs["arm"] == arm]
+        ax.scatter(seeds["iteration"] + (i - (len(arms) - 1) / 2) * width, 100 * seeds["diff"], s=8, alpha=0.4,
+                   color="grey")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"accuracy minus {reference} (points)")
+    ax.set_title(f"Paired difference against {reference}: mean, 95% CI, seeds (grey)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "paired_diff.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_entropy(questions: pd.DataFrame, out: Path, reference: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from east_ds.synthetic import TIERS, tier_of
+
+    q = questions[(questions["arm"] == reference) & (questions["iteration"] == 1)]
+    if q.empty:
+        return
+    tiers = q["question_id"].map(tier_of)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    bins = np.linspace(0, max(float(q["entropy"].max()), 0.1), 21)
+    ax.hist([q.loc[tiers == t.name, "entropy"] for t in TIERS], bins=bins, stacked=True,
+            label=[t.name for t in TIERS])
+    ax.set_xlabel("answer entropy at iteration 1 (nats; 0 = every sample gives the same answer)")
+    ax.set_ylabel("training questions (all seeds)")
+    ax.set_title("Entropy of iteration 1's answers, by difficulty tier")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "entropy_iter1.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_mechanism(questions: pd.DataFrame, out: Path, reference: str) -> None:
+    """Mean change of sampled accuracy from iteration 1 to 2, by quintile of iteration 1's entropy, per arm."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    q = questions[questions["iteration"].isin([1, 2])]
+    wide = q.pivot_table(index=["arm", "seed", "question_id"], columns="iteration", values="accuracy")
+    if 2 not in wide.columns:
+        return
+    change = (wide[2] - wide[1]).rename("change").reset_index()
+    first = q[(q["iteration"] == 1) & q["kept"]][["arm", "seed", "question_id", "entropy"]]
+    change = change.merge(first, on=["arm", "seed", "question_id"])
+    # quintiles within each run (at iteration 1 every arm of a seed has the same kept questions and entropies)
+    change["bin"] = change.groupby(["arm", "seed"])["entropy"].transform(
+        lambda e: np.minimum(4, (e.rank(method="first") - 1) * 5 // len(e)))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for arm, g in change.groupby("arm", sort=False):
+        m = g.groupby("bin")["change"].mean()
+        ax.plot(m.index + 1, 100 * m.to_numpy(), marker="o", label=arm, lw=2.5 if arm == reference else 1.2)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(1, 6))
+    ax.set_xlabel("quintile of iteration 1's answer entropy (1 = most certain kept questions)")
+    ax.set_ylabel("change of sampled accuracy, 1 -> 2 (points)")
+    ax.set_title("Per-question change after one iteration, by entropy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "mechanism.png", dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = None) -> str:
+    """Write tables.md and the plots into `results`; rewrite STUDY.md's results block if given. Returns the
+    Markdown of the results."""
+    df = load_results(results)
+    arms = list(dict.fromkeys([reference, *sorted(df["arm"].unique())]))
+    last = int(df["iteration"].max())
+    seeds = complete_seeds(df, arms)
+    questions = _load_parquets(results / "questions")
+    evals = _load_parquets(results / "eval")
+    diffs = paired_differences(df[df["iteration"] > 0], reference)  # iteration 0 is the same model in every arm
+    plot_accuracy(df, results)
+    if not diffs.empty:
+        plot_diffs(diffs, results, reference)
+    if not questions.empty:
+        plot_entropy(questions, results, reference)
+        plot_mechanism(questions, results, reference)
+    recorded = df.groupby("seed")["arm"].nunique()
+    parts = [
+        f"Recorded: {len(df)} rows, arms {', '.join(arms)}; seeds with every arm through iteration {last}: "
+        f"{', '.join(map(str, seeds)) or 'none'} ({len(seeds)} of {len(recorded)} seeds started).",
+        "", "### Test accuracy (%), mean over seeds [bootstrap 95% interval]", "", _md(accuracy_table(df, arms)), "",
+        "![accuracy](study/accuracy.png)", ""]
+    if not diffs.empty:
+        parts += [f"### Paired difference against {reference}, per iteration", "",
+                  "Arm minus vanilla on the same seed (same warm start, same test set), in accuracy points; "
+                  "interval: exact bootstrap of the mean over seeds; sign test: two-sided exact, over seeds.", "",
+                  _md(diff_table(diffs)), "", "![paired differences](study/paired_diff.png)", ""]
+    gains = gain_table(df, last)
+    if not gains.empty:
+        parts += [f"### Gain over the warm start (iteration 0 -> {last})", "", _md(gains), ""]
+    tiers = tier_accuracy_table(evals, arms, last) if not evals.empty else pd.DataFrame()
+    if not tiers.empty:
+        parts += ["### Test accuracy by difficulty tier (%, mean over seeds)", "", _md(tiers), ""]
+    parts += ["### Minimal detectable difference", "",
+              *mde_lines(evals, diffs, reference, last, len(seeds) or int(df["seed"].nunique())), ""]
+    ent = entropy_table(questions, reference) if not questions.empty else pd.DataFrame()
+    if not ent.empty:
+        parts += ["### The task's regime: iteration 1 by difficulty tier (the reference arm, all seeds)", "",
+                  _md(ent), "", "![entropy at iteration 1](study/entropy_iter1.png)", ""]
+    mech = mechanism(questions, reference, 1) if not questions.empty else pd.DataFrame()
+    mt = mechanism_table(mech)
+    if not mt.empty:
+        parts += ["### Mechanism: does the weight predict the next iteration's change? (iteration 1 -> 2)", "",
+                  f"Per question kept at iteration 1 (shared rollouts, so same start for every arm): excess change "
+                  f"= the arm's change of sampled accuracy from iteration 1 to 2 minus {reference}'s change on the "
+                  f"same question. Slope of excess change on the arm's weight, and the top minus bottom weight "
+                  f"quartile, per seed; mean over seeds with bootstrap interval.", "", _md(mt), "",
+                  "![mechanism](study/mechanism.png)", ""]
+    text = "\n".join(parts)
+    (results / "tables.md").write_text(text + "\n")
+    if study_md is not None:
+        write_block(study_md, text)
+    print(text)
+    return text
+
+
+def write_block(path: Path, text: str) -> None:
+    """Replace what lies between BEGIN and END in `path` with `text`."""
+    doc = path.read_text()
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"study: {path} lacks the markers {BEGIN} ... {END}")
+    head, rest = doc.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")

@@ -1,0 +1,122 @@
+"""The study's statistics (benchmarks/study_stats.py) against values worked out by hand, and the mixed-difficulty
+task (east_ds/synthetic.py) that the study runs on."""
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks.study_stats import (bootstrap_ci, discordance, mde_paired, mechanism, paired_differences, sign_test,
+                                    slope, summarize)
+
+
+def test_bootstrap_two_values():
+    # resamples of [0, 1]: means 0, 0.5, 0.5, 1 (each 1/4); 2.5% -> 0, 97.5% -> 1; 50% level: 25% -> 0, 75% -> 0.5
+    assert bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
+    assert bootstrap_ci([0.0, 1.0], level=0.5) == (0.0, 0.5)
+
+
+def test_bootstrap_three_values():
+    # [0, 0, 3]: the mean is the number j of draws of the 3, j ~ Binomial(3, 1/3): P = 8, 12, 6, 1 (/27).
+    # CDF 0.296, 0.741, 0.963, 1: the 97.5% bound is 3; at level 0.9 the 95% bound is 2 (0.963 >= 0.95).
+    assert bootstrap_ci([0.0, 0.0, 3.0]) == (0.0, 3.0)
+    assert bootstrap_ci([0.0, 0.0, 3.0], level=0.9) == (0.0, 2.0)
+
+
+def test_bootstrap_constant_nan_and_random_path():
+    assert bootstrap_ci([0.02] * 5) == pytest.approx((0.02, 0.02))
+    assert bootstrap_ci([1.0, float("nan"), 1.0]) == (1.0, 1.0)  # NaN values are left out
+    assert all(math.isnan(v) for v in bootstrap_ci([]))
+    lo, hi = bootstrap_ci(np.arange(20.0))  # 20 values: random resamples; the mean 9.5 lies inside
+    assert lo < 9.5 < hi and hi - lo < 10
+
+
+def test_sign_test():
+    assert sign_test([1, 2, 3, 4, 5]) == pytest.approx(2 / 32)  # 5 of 5 positive
+    assert sign_test([1, 2, 3, 4, -5]) == pytest.approx(2 * 6 / 32)  # 4 of 5: 2 * (C(5,0) + C(5,1)) / 32
+    assert sign_test([1, -1]) == 1.0
+    assert sign_test([0, 0, 0]) == 1.0  # zeros are dropped
+    assert sign_test([0, -1, -2, -3]) == pytest.approx(2 / 8)  # 3 of 3 negative after dropping the zero
+
+
+def test_mde():
+    # z = 1.95996 + 0.84162 = 2.80158; d = 0.2, n = 2000: SE = sqrt(1e-4) = 0.01 -> 0.0280; 5 seeds: / sqrt 5
+    assert mde_paired(0.2, 2000) == pytest.approx(0.0280158, abs=1e-6)
+    assert mde_paired(0.2, 2000, n_seeds=5) == pytest.approx(0.0280158 / math.sqrt(5), abs=1e-6)
+
+
+def test_discordance_and_slope():
+    a = pd.DataFrame({"question_id": ["q1", "q2", "q3", "q4"], "correct": [True, True, False, False]})
+    b = pd.DataFrame({"question_id": ["q4", "q3", "q2", "q1"], "correct": [True, False, False, True]})
+    assert discordance(a, b) == 0.5  # q2 and q4 differ; matched by id, not by row
+    assert slope([0, 1, 2], [1, 3, 5]) == 2.0
+    assert math.isnan(slope([1, 1], [0, 1]))
+
+
+def test_paired_differences_and_summary():
+    rows = [("vanilla", 0, 1, 0.30), ("east_a1", 0, 1, 0.32), ("vanilla", 1, 1, 0.40), ("east_a1", 1, 1, 0.39),
+            ("east_a1", 2, 1, 0.50)]  # seed 2 has no vanilla row: not paired
+    df = pd.DataFrame(rows, columns=["arm", "seed", "iteration", "accuracy"])
+    d = paired_differences(df, "vanilla")
+    assert d["seed"].tolist() == [0, 1]
+    assert d["diff"].tolist() == pytest.approx([0.02, -0.01])
+    s = summarize(d, ["arm", "iteration"], "diff").iloc[0]
+    # mean 0.005; resamples of two values: -0.01, 0.005, 0.005, 0.02 -> interval (-0.01, 0.02); 1 of 2 positive
+    assert (s["seeds"], s["positive"], s["sign_p"]) == (2, 1, 1.0)
+    assert (s["mean"], s["lo"], s["hi"]) == pytest.approx((0.005, -0.01, 0.02))
+
+
+def test_mechanism_by_hand():
+    # One seed. Iteration 1 (shared): q1..q4 kept, sampled accuracy 0.5 each. EAST weights 0.5, 0.5, 1.5, 1.5.
+    # Iteration 2: vanilla 0.6 everywhere (change +0.1); EAST 0.5, 0.5, 0.8, 0.8 (change 0, 0, +0.3, +0.3).
+    # Excess change = -0.1, -0.1, +0.2, +0.2: slope on weight = 0.3 / 1.0 = 0.3; top - bottom quartile = 0.3.
+    rows = []
+    for qid, w, east2 in (("q1", 0.5, 0.5), ("q2", 0.5, 0.5), ("q3", 1.5, 0.8), ("q4", 1.5, 0.8)):
+        rows += [("vanilla", 0, 1, qid, True, 1.0, 0.5), ("east_a1", 0, 1, qid, True, w, 0.5),
+                 ("vanilla", 0, 2, qid, True, 1.0, 0.6), ("east_a1", 0, 2, qid, True, 1.0, east2)]
+    rows += [("vanilla", 0, 1, "q5", False, np.nan, 1.0), ("east_a1", 0, 1, "q5", False, np.nan, 1.0),
+             ("vanilla", 0, 2, "q5", True, 1.0, 0.0), ("east_a1", 0, 2, "q5", True, 1.0, 0.9)]  # dropped at 1
+    q = pd.DataFrame(rows, columns=["arm", "seed", "iteration", "question_id", "kept", "weight", "accuracy"])
+    m = mechanism(q, "vanilla", 1)
+    assert len(m) == 1
+    r = m.iloc[0]
+    assert (r["arm"], r["seed"], r["questions"]) == ("east_a1", 0, 4)
+    assert r["slope"] == pytest.approx(0.3)
+    assert r["top_quartile"] - r["bottom_quartile"] == pytest.approx(0.3)
+    assert r["corr_own"] == pytest.approx(1.0)
+
+
+def test_demo_problems_unchanged():
+    """The mixed-difficulty task reuses the demo's generator; the demo's own problems stay byte for byte."""
+    from east_ds.synthetic import make_problems, to_gsm8k_rows
+
+    h = hashlib.sha256()
+    for seed, prefix, n in ((1, "train", 800), (2, "test", 500), (3, "warm", 3000), (4, "probe", 32),
+                            (1234, "tok", 400)):
+        h.update(json.dumps(to_gsm8k_rows(make_problems(n, seed=seed, prefix=prefix))).encode())
+    assert h.hexdigest() == "538f045b24b6a052a88e51bce362d61087a90caf9c3c05e0d81ab5f745e04d6f"
+
+
+def test_mixed_problems():
+    from east_ds.grading import grade
+    from east_ds.synthetic import TIERS, make_mixed_problems, tier_of
+
+    ps = make_mixed_problems(200, seed=7, prefix="t")
+    assert [p.question_id for p in ps] == [p.question_id for p in make_mixed_problems(200, seed=7, prefix="t")]
+    counts = pd.Series([tier_of(p.question_id) for p in ps]).value_counts()
+    assert counts.to_dict() == {"easy": 40, "medium": 70, "hard": 60, "hopeless": 30}
+    for p in ps:
+        tier = next(t for t in TIERS if t.name == tier_of(p.question_id))
+        lines = p.solution.split("\n")[:-2]
+        assert tier.steps[0] <= len(lines) <= tier.steps[1]
+        value = int(lines[0].split()[0])
+        for line in lines:  # each step's arithmetic is right and chains on
+            x, op, k, _, y = line.split()
+            assert int(x) == value and y == str({"+": int(x) + int(k), "-": int(x) - int(k),
+                                                 "*": int(x) * int(k)}[op])
+            value = int(y)
+        assert p.answer == str(value) and value >= 1 and grade(f"\\boxed{{{value}}}", p.answer)
+    assert tier_of("train-hard-12") == "hard" and tier_of("train-12") == "" and tier_of("x-odd-1") == ""
