@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,24 +27,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import free_ports
 from east_ds.synthetic import make_problems
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
-
-
-def _free_ports(k: int) -> list[int]:
-    socks = []
-    for _ in range(k):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _wait_for_jobs_api(url: str, token: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -68,7 +56,7 @@ def _wait_for_jobs_api(url: str, token: str, proc: subprocess.Popen, log: Path, 
 @pytest.fixture(scope="module")
 def ray_head():
     """A private Ray head on 127.0.0.1; yields (dashboard_url, env for clients)."""
-    gcs_port, dash_port, client_port, agent_port = _free_ports(4)
+    gcs_port, dash_port, client_port, agent_port = free_ports(4)
     # short path: Ray puts unix sockets under it (107-character limit)
     temp_dir = Path(tempfile.mkdtemp(prefix="eray", dir="/tmp"))
     token = secrets.token_hex(16)
