@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.study_stats import (discordance, mde_paired, mechanism, paired_differences, summarize)
+from east_ds.report import _plt
 
 BEGIN, END = "<!-- study-results:begin -->", "<!-- study-results:end -->"
 
@@ -176,29 +177,33 @@ def mechanism_table(mech: pd.DataFrame) -> pd.DataFrame:
 # plots
 
 
+def _save(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Label the axes, add the legend, write the PNG and free the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_accuracy(df: pd.DataFrame, out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     s = summarize(df, ["arm", "iteration"], "accuracy")
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for arm, g in s.groupby("arm", sort=False):
         ax.plot(g["iteration"], 100 * g["mean"], marker="o", label=arm)
         ax.fill_between(g["iteration"], 100 * g["lo"], 100 * g["hi"], alpha=0.15)
-    ax.set_xlabel("iteration (0 = warm start)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Test accuracy: mean over seeds, bootstrap 95% band")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, out / "accuracy.png",
+          "iteration (0 = warm start)",
+          "test accuracy (%)",
+          "Test accuracy: mean over seeds, bootstrap 95% band")
 
 
 def plot_diffs(diffs: pd.DataFrame, out: Path, reference: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     s = summarize(diffs, ["arm", "iteration"], "diff")
     arms = list(dict.fromkeys(s["arm"]))
@@ -213,19 +218,14 @@ def plot_diffs(diffs: pd.DataFrame, out: Path, reference: str) -> None:
         ax.scatter(seeds["iteration"] + (i - (len(arms) - 1) / 2) * width, 100 * seeds["diff"], s=8, alpha=0.4,
                    color="grey")
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(f"accuracy minus {reference} (points)")
-    ax.set_title(f"Paired difference against {reference}: mean, 95% CI, seeds (grey)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "paired_diff.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, out / "paired_diff.png",
+          "iteration",
+          f"accuracy minus {reference} (points)",
+          f"Paired difference against {reference}: mean, 95% CI, seeds (grey)")
 
 
 def plot_entropy(questions: pd.DataFrame, out: Path, reference: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     from east_ds.synthetic import TIERS, tier_of
 
@@ -237,20 +237,15 @@ def plot_entropy(questions: pd.DataFrame, out: Path, reference: str) -> None:
     bins = np.linspace(0, max(float(q["entropy"].max()), 0.1), 21)
     ax.hist([q.loc[tiers == t.name, "entropy"] for t in TIERS], bins=bins, stacked=True,
             label=[t.name for t in TIERS])
-    ax.set_xlabel("answer entropy at iteration 1 (nats; 0 = every sample gives the same answer)")
-    ax.set_ylabel("training questions (all seeds)")
-    ax.set_title("Entropy of iteration 1's answers, by difficulty tier")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "entropy_iter1.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, out / "entropy_iter1.png",
+          "answer entropy at iteration 1 (nats; 0 = every sample gives the same answer)",
+          "training questions (all seeds)",
+          "Entropy of iteration 1's answers, by difficulty tier")
 
 
 def plot_mechanism(questions: pd.DataFrame, out: Path, reference: str) -> None:
     """Mean change of sampled accuracy from iteration 1 to 2, by quintile of iteration 1's entropy, per arm."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     q = questions[questions["iteration"].isin([1, 2])]
     wide = q.pivot_table(index=["arm", "seed", "question_id"], columns="iteration", values="accuracy")
@@ -268,13 +263,10 @@ def plot_mechanism(questions: pd.DataFrame, out: Path, reference: str) -> None:
         ax.plot(m.index + 1, 100 * m.to_numpy(), marker="o", label=arm, lw=2.5 if arm == reference else 1.2)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(1, 6))
-    ax.set_xlabel("quintile of iteration 1's answer entropy (1 = most certain kept questions)")
-    ax.set_ylabel("change of sampled accuracy, 1 -> 2 (points)")
-    ax.set_title("Per-question change after one iteration, by entropy")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "mechanism.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, out / "mechanism.png",
+          "quintile of iteration 1's answer entropy (1 = most certain kept questions)",
+          "change of sampled accuracy, 1 -> 2 (points)",
+          "Per-question change after one iteration, by entropy")
 
 
 # ---------------------------------------------------------------------------------------------------------------
