@@ -25,6 +25,12 @@ from east_ds.config import RunConfig, to_dict
 from east_ds.tables import read_jsonl, write_json
 
 
+# Config keys a resume may change: they say how many iterations, where the actors run and how they talk, and
+# where metrics go, never what an iteration computes. So a run stopped on one cluster (or with a lost node) goes
+# on with another placement, and a finished run can be extended.
+RESUMABLE_KEYS = ("iterations", "logging", "placement", "rollout.weight_sync")
+
+
 class RunDirError(RuntimeError):
     """The run directory holds a different run."""
 
@@ -71,17 +77,16 @@ class RunDir:
         return IterDir(self.path / f"iter_{k}")
 
     def claim(self) -> None:
-        """Write config.yaml, or check that an existing one describes the same run (a resume). The number of
-        iterations and the logging sinks may change on a resume; a directory with no iteration output yet may be
-        claimed by any config."""
+        """Write config.yaml, or check that an existing one describes the same run (a resume). Keys under
+        RESUMABLE_KEYS may change on a resume; a directory with no iteration output yet may be claimed by any
+        config."""
         self.path.mkdir(parents=True, exist_ok=True)
         mine = to_dict(self.cfg)
         f = self.path / "config.yaml"
         if f.exists():
             theirs = yaml.safe_load(f.read_text()) or {}
             diff = _diff(theirs, mine)
-            # The number of iterations may grow (extending a finished run is a resume); sinks change no result.
-            diff = [d for d in diff if d != "iterations" and not d.startswith("logging")]
+            diff = [d for d in diff if not any(d == k or d.startswith(k + ".") for k in RESUMABLE_KEYS)]
             # A directory in which no phase has written anything holds no run yet (e.g. a start that failed
             # before its first phase): the new config takes its place.
             if diff and any(self.path.glob("iter_*")):

@@ -6,8 +6,8 @@
     group.set_model_path(out_dir + "/hf")                # next iteration starts from this export
     group.shutdown()
 
-One actor per rank. Rank 0 picks MASTER_ADDR/PORT and publishes them; every actor sets RANK, WORLD_SIZE,
-LOCAL_RANK, MASTER_ADDR, MASTER_PORT and joins one process group (gloo on CPU, nccl on GPU) that lives as long
+One actor per rank. Rank 0 opens the group's TCP store on a port the OS picks and publishes its address; every
+actor sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT and joins one process group (gloo on CPU, nccl on GPU) that lives as long
 as the actor. Each call builds a fresh DeepSpeed engine from `model_path` (reloaded every call, nothing kept
 in memory between calls), so the driver passes the previous iteration's HF export as the next model_path.
 Each method returns rank 0's metrics dict.
@@ -32,6 +32,7 @@ class TrainRank:
     def __init__(self, rank: int, world_size: int, local_rank: int):
         self.rank, self.world, self.local_rank = rank, world_size, local_rank
         self._events: list[dict] = []
+        self._store = None  # rank 0's TCP store of the process group (open_store)
 
     def where(self) -> dict:
         """Where Ray put this rank, seen from inside it (cluster.actor_location), and its process-group backend."""
@@ -55,18 +56,32 @@ class TrainRank:
             self._events.append({"t": time.time(), "actor": f"rank {self.rank}", "event": f"{name} end"})
 
     def master(self) -> tuple[str, int]:
-        """Address and a free port of this actor's node (called on rank 0)."""
+        """Address and a free port of this actor's node (called on rank 0), for a group whose rank 0 binds the
+        port later (the weight-broadcast group)."""
         addr = ray.util.get_node_ip_address()
         with socket.socket() as s:
             s.bind((addr, 0))
             return addr, s.getsockname()[1]
 
+    def open_store(self) -> tuple[str, int]:
+        """Rank 0: start the process group's TCP store on a port the OS picks, and return where it listens. The
+        port is bound before anyone hears of it, so no other process can take it between pick and bind."""
+        import torch.distributed as dist
+
+        addr = ray.util.get_node_ip_address()
+        self._store = dist.TCPStore(addr, 0, self.world, is_master=True, wait_for_workers=False)
+        return addr, self._store.port
+
     def init_group(self, addr: str, port: int) -> int:
+        """Join the process group whose store rank 0 opened at addr:port (`open_store`)."""
+        import torch.distributed as dist
+
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK=str(self.local_rank),
                           MASTER_ADDR=addr, MASTER_PORT=str(port))
         from east_ds import train_engine as te
 
-        rank, _ = te.init_distributed()
+        store = self._store if self.rank == 0 else dist.TCPStore(addr, port, self.world, is_master=False)
+        rank, _ = te.init_distributed(store)
         return rank
 
     def reference_logprobs(self, model_path, train_cfg, model_cfg, examples_path, out_path, nll=False) -> dict:
@@ -152,7 +167,7 @@ class TrainerGroup:
         self.actors = [TrainRank.options(**options(r)).remote(r, num_ranks, 0) for r in range(num_ranks)]
         try:
             wait_scheduled([a.where.remote() for a in self.actors], self.need, schedule_timeout_s)
-            addr, port = ray.get(self.actors[0].master.remote())
+            addr, port = ray.get(self.actors[0].open_store.remote())
             ray.get([a.init_group.remote(addr, port) for a in self.actors])
             self.locations = ray.get([a.where.remote() for a in self.actors])  # now with the backend
         except BaseException:

@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -52,22 +51,22 @@ FORBIDDEN_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "grad
 # Distributed setup and DeepSpeed config
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join (or create, for a lone process) the process group: gloo on CPU, nccl on CUDA. Returns (rank, world)."""
+def init_distributed(store=None) -> tuple[int, int]:
+    """Join (or create, for a lone process) the process group: gloo on CPU, nccl on CUDA. Returns (rank, world).
+    `store`: a torch.distributed store already open for this group (rank and world size from RANK and
+    WORLD_SIZE); without it the group meets at MASTER_ADDR:MASTER_PORT (env://)."""
     import deepspeed
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # a lone process: a world of one on loopback
+        if "RANK" not in os.environ:  # a lone process: a world of one, its store on a loopback port of its own
+            store = store or dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(_free_port()))
+                              MASTER_PORT=str(store.port))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if store is not None:  # DeepSpeed keeps a group it finds initialised
+            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]))
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return dist.get_rank(), dist.get_world_size()
 

@@ -114,6 +114,25 @@ def test_node_that_cannot_see_the_path_is_named(ray_session, tmp_path):
     assert list(private.iterdir()) == []  # the token went to the driver's tmpfs, never to the shared directory
 
 
+def test_trainer_store_port_is_taken_before_it_is_published(ray_session):
+    """Rank 0 opens the process group's TCP store itself, so the port it hands to the other ranks is already
+    bound: nothing else on the node can take it between the pick and the group forming (a busy node used to see
+    EADDRINUSE when the port was only picked, released and bound again later)."""
+    import socket
+
+    import ray
+
+    from east_ds.train_actors import TrainRank
+
+    rank0 = TrainRank.options(num_cpus=0).remote(0, 2, 0)
+    try:
+        addr, port = ray.get(rank0.open_store.remote())
+        with socket.socket() as s, pytest.raises(OSError, match="in use"):
+            s.bind((addr, port))
+    finally:
+        ray.kill(rank0)
+
+
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_what_cannot_be_scheduled_times_out_and_is_given_back(ray_session, tmp_path):

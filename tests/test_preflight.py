@@ -116,7 +116,13 @@ def test_run_with_a_mistyped_path_claims_nothing(tmp_path, tiny_model):
     (fixed.run_dir / "iter_0").mkdir()  # once a phase has written output, a different config is refused
     with pytest.raises(RunDirError, match="different config"):
         RunDir(cfg).claim()
-    RunDir(load_config(_config(tmp_path, tiny_model), ["logging.wandb=true", "iterations=3"])).claim()  # a resume
+    # a resume may extend the run, log elsewhere and run on another cluster layout; what it computes is fixed
+    RunDir(load_config(_config(tmp_path, tiny_model), [
+        "logging.wandb=true", "iterations=3", "placement.mode=split", "placement.schedule_timeout_s=5",
+        "placement.engine_resources={rollout_node: 1}", "rollout.weight_sync=broadcast"])).claim()
+    for changed in ("rollout.n=3", "weighting.a=2", "training.lr=1e-3", "rollout.temperature=0.5"):
+        with pytest.raises(RunDirError, match=rf"different config \(keys \['{changed.split('=')[0]}'\]\)"):
+            RunDir(load_config(_config(tmp_path, tiny_model), [changed])).claim()
 
 
 @pytest.mark.slow
