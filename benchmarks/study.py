@@ -3,6 +3,7 @@
     python benchmarks/study.py                 # the full study (benchmarks/STUDY.md): 5 seeds x 6 arms x 3 iterations
     python benchmarks/study.py --quick         # 2 seeds x 2 arms (vanilla, east_a1) x 2 iterations, smaller sets
     python benchmarks/study.py --analyze-only  # tables, plots and STUDY.md's results from what is recorded
+    python benchmarks/study.py --arms dpo_vanilla dpo_east_a1   # add the DPO arms to a study (paired as well)
 
 Each seed builds its own tiny model (east_ds.tiny) and warm-starts it (east_ds.demo.warm_start) on a task of
 mixed difficulty (east_ds.synthetic.make_mixed_problems); every arm of that seed starts from that same model and
@@ -110,12 +111,13 @@ def run_config(cfg: StudyConfig, seed: int, arm: str, start: Path, train: Path, 
 
 
 def share_first_rollouts(cfg: StudyConfig, seed: int, arm: str) -> bool:
-    """Copy iteration 1's rollouts from another arm of the seed (same start model, same rollout seed) into this
-    arm's run directory, where the driver then skips the rollout. True if copied."""
+    """Copy iteration 1's rollouts from another arm of the seed (same start model, same rollout config and seed;
+    the loss and weighting act later) into this arm's run directory, where the driver then skips the rollout.
+    True if copied."""
     mine = cfg.out / f"seed_{seed}" / arm / "iter_1" / "rollouts.parquet"
     if mine.is_file():
         return False
-    for other in cfg.arms:
+    for other in ARMS:  # any arm of the seed, also one run by an earlier command with other --arms
         theirs = cfg.out / f"seed_{seed}" / other / "iter_1" / "rollouts.parquet"
         if other != arm and theirs.is_file():
             mine.parent.mkdir(parents=True, exist_ok=True)
@@ -282,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_analysis:
         from benchmarks.study_report import analyze
 
-        analyze(cfg.results, reference=cfg.arms[0], study_md=None if args.quick else args.study_md)
+        # vanilla stays the reference when a later command adds arms (e.g. --arms dpo_vanilla dpo_east_a1)
+        arms_recorded = {arm for arm, _, _ in recorded(cfg.results)}
+        reference = "vanilla" if "vanilla" in arms_recorded else cfg.arms[0]
+        analyze(cfg.results, reference=reference, study_md=None if args.quick else args.study_md)
     if failed:
         print(f"[study] {failed} run(s) failed; rerun the same command to resume them", file=sys.stderr)
     return 1 if failed else 0

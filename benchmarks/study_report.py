@@ -50,6 +50,23 @@ def complete_seeds(df: pd.DataFrame, arms: list[str]) -> list[int]:
     return sorted(int(s) for s, a in done.items() if set(arms) <= a)
 
 
+def reference_of(arm: str, reference: str) -> str:
+    """The arm `arm` is paired with: a DPO arm with dpo_vanilla (same loss, only the weights differ), every other
+    arm, dpo_vanilla included (the loss against SFT), with the study's reference."""
+    return "dpo_vanilla" if arm.startswith("dpo_") and arm != "dpo_vanilla" else reference
+
+
+def paired(frame: pd.DataFrame, reference: str, fn) -> pd.DataFrame:
+    """fn(rows of one arm and its partner, partner) for every arm but the reference, with an `against` column."""
+    out = []
+    for arm in sorted(set(frame["arm"]) - {reference}):
+        ref = reference_of(arm, reference)
+        part = fn(frame[frame["arm"].isin([arm, ref])], ref)
+        if not part.empty:
+            out.append(part.assign(against=ref))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
 def _fmt(mean: float, lo: float, hi: float, scale: float = 100.0) -> str:
     return f"{scale * mean:+.1f} [{scale * lo:+.1f}, {scale * hi:+.1f}]"
 
@@ -73,8 +90,8 @@ def accuracy_table(df: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
 
 
 def diff_table(diffs: pd.DataFrame) -> pd.DataFrame:
-    s = summarize(diffs, ["arm", "iteration"], "diff")
-    return pd.DataFrame({"arm": s["arm"], "iteration": s["iteration"], "seeds": s["seeds"],
+    s = summarize(diffs, ["arm", "against", "iteration"], "diff")
+    return pd.DataFrame({"arm": s["arm"], "against": s["against"], "iteration": s["iteration"], "seeds": s["seeds"],
                          "difference (points) [95% CI]": [_fmt(m, lo, hi) for m, lo, hi in
                                                           zip(s["mean"], s["lo"], s["hi"])],
                          "seeds above": s["positive"], "sign test p": s["sign_p"].round(3)})
@@ -99,7 +116,7 @@ def mde_lines(evals: pd.DataFrame, diffs: pd.DataFrame, reference: str, last: in
     d = []
     final = evals[evals["iteration"] == last]
     for (arm, seed), g in final.groupby(["arm", "seed"]):
-        ref = final[(final["arm"] == reference) & (final["seed"] == seed)]
+        ref = final[(final["arm"] == reference_of(arm, reference)) & (final["seed"] == seed)]
         if arm != reference and not ref.empty:
             d.append(discordance(g, ref))
     n = int(final.groupby(["arm", "seed"]).size().max())
@@ -107,7 +124,7 @@ def mde_lines(evals: pd.DataFrame, diffs: pd.DataFrame, reference: str, last: in
         return ["(no paired evaluations yet)"]
     dbar = float(np.mean(d))
     out = [f"- Test set: {n} questions. Observed discordance at iteration {last} (share of test questions where "
-           f"an arm and {reference} of the same seed disagree, one right and one wrong): mean {dbar:.3f} "
+           f"an arm and its partner ({reference}, or dpo_vanilla for a DPO arm) of the same seed disagree, one right and one wrong): mean {dbar:.3f} "
            f"(range {min(d):.3f}-{max(d):.3f}).",
            f"- Test-set MDE (two-sided 5%, power 80%, McNemar normal approximation, "
            f"`mde_paired`): {100 * mde_paired(dbar, n):.1f} points for one seed, "
@@ -160,11 +177,11 @@ def mechanism_table(mech: pd.DataFrame) -> pd.DataFrame:
     if mech.empty:
         return pd.DataFrame()
     mech = mech.assign(top_minus_bottom=mech["top_quartile"] - mech["bottom_quartile"])
-    s = summarize(mech.dropna(subset=["slope"]), ["arm"], "slope")
-    t = summarize(mech, ["arm"], "top_minus_bottom")
+    s = summarize(mech.dropna(subset=["slope"]), ["arm", "against"], "slope")
+    t = summarize(mech, ["arm", "against"], "top_minus_bottom")
     c = mech.groupby("arm")["corr_own"].mean()
     return pd.DataFrame({
-        "arm": s["arm"], "seeds": s["seeds"],
+        "arm": s["arm"], "against": s["against"], "seeds": s["seeds"],
         "slope: excess change per unit weight (points) [95% CI]": [_fmt(m, lo, hi) for m, lo, hi in
                                                                   zip(s["mean"], s["lo"], s["hi"])],
         "top - bottom weight quartile, excess change (points) [95% CI]": [
@@ -205,22 +222,23 @@ def plot_accuracy(df: pd.DataFrame, out: Path) -> None:
 def plot_diffs(diffs: pd.DataFrame, out: Path, reference: str) -> None:
     plt = _plt()
 
-    s = summarize(diffs, ["arm", "iteration"], "diff")
+    s = summarize(diffs, ["arm", "against", "iteration"], "diff")
     arms = list(dict.fromkeys(s["arm"]))
     fig, ax = plt.subplots(figsize=(6.5, 4))
     width = 0.8 / max(len(arms), 1)
     for i, arm in enumerate(arms):
         g = s[s["arm"] == arm]
         x = g["iteration"] + (i - (len(arms) - 1) / 2) * width
+        against = g["against"].iloc[0]
         ax.errorbar(x, 100 * g["mean"], yerr=[100 * (g["mean"] - g["lo"]), 100 * (g["hi"] - g["mean"])],
-                    fmt="o", capsize=3, label=arm)
+                    fmt="o", capsize=3, label=arm if against == reference else f"{arm} - {against}")
         seeds = diffs[diffs["arm"] == arm]
         ax.scatter(seeds["iteration"] + (i - (len(arms) - 1) / 2) * width, 100 * seeds["diff"], s=8, alpha=0.4,
                    color="grey")
     ax.axhline(0, color="black", lw=0.8)
     _save(plt, fig, ax, out / "paired_diff.png",
           "iteration",
-          f"accuracy minus {reference} (points)",
+          f"accuracy minus {reference} (DPO arms: minus dpo_vanilla), points",
           f"Paired difference against {reference}: mean, 95% CI, seeds (grey)")
 
 
@@ -281,7 +299,7 @@ def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = N
     seeds = complete_seeds(df, arms)
     questions = _load_parquets(results / "questions")
     evals = _load_parquets(results / "eval")
-    diffs = paired_differences(df[df["iteration"] > 0], reference)  # iteration 0 is the same model in every arm
+    diffs = paired(df[df["iteration"] > 0], reference, paired_differences)  # iteration 0: the same model in all
     plot_accuracy(df, results)
     if not diffs.empty:
         plot_diffs(diffs, results, reference)
@@ -296,7 +314,8 @@ def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = N
         "![accuracy](study/accuracy.png)", ""]
     if not diffs.empty:
         parts += [f"### Paired difference against {reference}, per iteration", "",
-                  "Arm minus vanilla on the same seed (same warm start, same test set), in accuracy points; "
+                  f"Arm minus its partner (`against`: {reference}; dpo_vanilla for a DPO arm) on the same seed "
+                  "(same warm start, same test set), in accuracy points; "
                   "interval: exact bootstrap of the mean over seeds; sign test: two-sided exact, over seeds.", "",
                   _md(diff_table(diffs)), "", "![paired differences](study/paired_diff.png)", ""]
     gains = gain_table(df, last)
@@ -311,13 +330,14 @@ def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = N
     if not ent.empty:
         parts += ["### The task's regime: iteration 1 by difficulty tier (the reference arm, all seeds)", "",
                   _md(ent), "", "![entropy at iteration 1](study/entropy_iter1.png)", ""]
-    mech = mechanism(questions, reference, 1) if not questions.empty else pd.DataFrame()
+    mech = paired(questions, reference, lambda q, ref: mechanism(q, ref, 1)) if not questions.empty \
+        else pd.DataFrame()
     mt = mechanism_table(mech)
     if not mt.empty:
         parts += ["### Mechanism: does the weight predict the next iteration's change? (iteration 1 -> 2)", "",
                   f"Per question kept at iteration 1 (shared rollouts, so same start for every arm): excess change "
-                  f"= the arm's change of sampled accuracy from iteration 1 to 2 minus {reference}'s change on the "
-                  f"same question. Slope of excess change on the arm's weight, and the top minus bottom weight "
+                  f"= the arm's change of sampled accuracy from iteration 1 to 2 minus its partner's (`against`) "
+                  f"change on the same question. Slope of excess change on the arm's weight, and the top minus bottom weight "
                   f"quartile, per seed; mean over seeds with bootstrap interval.", "", _md(mt), "",
                   "![mechanism](study/mechanism.png)", ""]
     text = "\n".join(parts)

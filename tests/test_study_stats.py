@@ -69,6 +69,27 @@ def test_paired_differences_and_summary():
     assert (s["mean"], s["lo"], s["hi"]) == pytest.approx((0.005, -0.01, 0.02))
 
 
+
+def test_dpo_arms_pair_with_dpo_vanilla():
+    """A DPO arm's difference is taken against dpo_vanilla (only its weights differ); dpo_vanilla itself, like
+    every SFT arm, against vanilla (the loss)."""
+    from benchmarks.study_report import diff_table, paired, reference_of
+
+    assert [reference_of(a, "vanilla") for a in ("east_a1", "dpo_vanilla", "dpo_east_a1")] == [
+        "vanilla", "vanilla", "dpo_vanilla"]
+    acc = {"vanilla": (0.30, 0.40), "east_a1": (0.31, 0.42), "dpo_vanilla": (0.25, 0.35), "dpo_east_a1": (0.28, 0.34)}
+    df = pd.DataFrame([(arm, seed, 1, a[seed]) for arm, a in acc.items() for seed in (0, 1)],
+                      columns=["arm", "seed", "iteration", "accuracy"])
+    d = paired(df, "vanilla", paired_differences)
+    got = {arm: g.sort_values("seed")["diff"].tolist() for arm, g in d.groupby("arm")}
+    assert got["east_a1"] == pytest.approx([0.01, 0.02])
+    assert got["dpo_vanilla"] == pytest.approx([-0.05, -0.05])
+    assert got["dpo_east_a1"] == pytest.approx([0.03, -0.01])  # not 0.28 - 0.30, 0.34 - 0.40
+    t = diff_table(d).set_index("arm")
+    assert t.loc["dpo_east_a1", "against"] == "dpo_vanilla" and t.loc["east_a1", "against"] == "vanilla"
+    assert t.loc["dpo_east_a1", "difference (points) [95% CI]"] == "+1.0 [-1.0, +3.0]"
+
+
 def test_mechanism_by_hand():
     # One seed. Iteration 1 (shared): q1..q4 kept, sampled accuracy 0.5 each. EAST weights 0.5, 0.5, 1.5, 1.5.
     # Iteration 2: vanilla 0.6 everywhere (change +0.1); EAST 0.5, 0.5, 0.8, 0.8 (change 0, 0, +0.3, +0.3).
