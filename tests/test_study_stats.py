@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.study_stats import (bootstrap_ci, discordance, mde_paired, mechanism, paired_differences, sign_test,
-                                    slope, summarize)
+                                    slope, summarize, t_interval, t_quantile)
 
 
 def test_bootstrap_two_values():
@@ -32,6 +32,20 @@ def test_bootstrap_constant_nan_and_random_path():
     assert all(math.isnan(v) for v in bootstrap_ci([]))
     lo, hi = bootstrap_ci(np.arange(20.0))  # 20 values: random resamples; the mean 9.5 lies inside
     assert lo < 9.5 < hi and hi - lo < 10
+
+
+def test_t_quantiles_and_interval():
+    # df 1 is the Cauchy: quantile tan(pi (p - 1/2)); df 2 has the closed form t = (2p - 1) sqrt(2 / (1 - a^2))
+    # with a = 2p - 1; large df tends to the normal 1.95996; df 4 is the table's 2.7764.
+    assert t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-5)
+    a = 0.95
+    assert t_quantile(0.975, 2) == pytest.approx(a * math.sqrt(2 / (1 - a * a)), rel=1e-6)
+    assert t_quantile(0.975, 4) == pytest.approx(2.7764, abs=1e-4)
+    assert t_quantile(0.975, 10000) == pytest.approx(1.95996, abs=1e-3)
+    # values 1, 2, 3: mean 2, sd 1, half width t_{.975,2} / sqrt(3) = 4.3027 / 1.7321 = 2.4841
+    lo, hi = t_interval([1.0, 2.0, 3.0])
+    assert (lo, hi) == pytest.approx((2 - 2.4841, 2 + 2.4841), abs=1e-4)
+    assert all(math.isnan(v) for v in t_interval([1.0]))
 
 
 def test_sign_test():
