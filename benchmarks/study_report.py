@@ -238,10 +238,11 @@ def plot_diffs(diffs: pd.DataFrame, out: Path, reference: str) -> None:
         ax.scatter(seeds["iteration"] + (i - (len(arms) - 1) / 2) * width, 100 * seeds["diff"], s=8, alpha=0.4,
                    color="grey")
     ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(sorted(s["iteration"].unique()))
     _save(plt, fig, ax, out / "paired_diff.png",
           "iteration",
-          f"accuracy minus {reference} (DPO arms: minus dpo_vanilla), points",
-          f"Paired difference against {reference}: mean, 95% CI, seeds (grey)")
+          "accuracy minus partner (points)",
+          f"Paired difference against {reference} (DPO arms: dpo_vanilla):\nmean, bootstrap 95% CI, seeds (grey)")
 
 
 def plot_entropy(questions: pd.DataFrame, out: Path, reference: str) -> None:
