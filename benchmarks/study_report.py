@@ -126,7 +126,8 @@ def mde_lines(evals: pd.DataFrame, diffs: pd.DataFrame, reference: str, last: in
         return ["(no paired evaluations yet)"]
     dbar = float(np.mean(d))
     out = [f"- Test set: {n} questions. Observed discordance at iteration {last} (share of test questions where "
-           f"an arm and its partner ({reference}, or dpo_vanilla for a DPO arm) of the same seed disagree, one right and one wrong): mean {dbar:.3f} "
+           f"an arm and its partner ({reference}, or dpo_vanilla for a DPO arm) of the same seed disagree, one "
+           f"right and one wrong): mean {dbar:.3f} "
            f"(range {min(d):.3f}-{max(d):.3f}).",
            f"- Test-set MDE (two-sided 5%, power 80%, McNemar normal approximation, "
            f"`mde_paired`): {100 * mde_paired(dbar, n):.1f} points for one seed, "
@@ -176,10 +177,12 @@ def tier_accuracy_table(evals: pd.DataFrame, arms: list[str], last: int) -> pd.D
 
 
 def mechanism_table(mech: pd.DataFrame) -> pd.DataFrame:
+    # an arm whose weights are all equal (dpo_vanilla against vanilla) has no slope: nothing to predict with
+    mech = mech.dropna(subset=["slope"])
     if mech.empty:
         return pd.DataFrame()
     mech = mech.assign(top_minus_bottom=mech["top_quartile"] - mech["bottom_quartile"])
-    s = summarize(mech.dropna(subset=["slope"]), ["arm", "against"], "slope")
+    s = summarize(mech, ["arm", "against"], "slope")
     t = summarize(mech, ["arm", "against"], "top_minus_bottom")
     c = mech.groupby("arm")["corr_own"].mean()
     return pd.DataFrame({
@@ -341,7 +344,8 @@ def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = N
         parts += ["### Mechanism: does the weight predict the next iteration's change? (iteration 1 -> 2)", "",
                   f"Per question kept at iteration 1 (shared rollouts, so same start for every arm): excess change "
                   f"= the arm's change of sampled accuracy from iteration 1 to 2 minus its partner's (`against`) "
-                  f"change on the same question. Slope of excess change on the arm's weight, and the top minus bottom weight "
+                  f"change on the same question. Slope of excess change on the arm's weight, and the top minus "
+                  f"bottom weight "
                   f"quartile, per seed; mean over seeds with bootstrap interval.", "", _md(mt), "",
                   "![mechanism](study/mechanism.png)", ""]
     text = "\n".join(parts)

@@ -104,6 +104,22 @@ def test_dpo_arms_pair_with_dpo_vanilla():
     assert t.loc["dpo_east_a1", "difference (points) [95% CI]"] == "+1.0 [-1.0, +3.0]"
 
 
+def test_mechanism_table_skips_arms_with_equal_weights():
+    """dpo_vanilla (every weight 1) has no slope against vanilla; the table lists only arms whose weights vary."""
+    from benchmarks.study_report import mechanism_table
+
+    mech = pd.DataFrame([("east_a1", "vanilla", 0, 4, 0.3, 0.2, -0.1, 1.0),
+                         ("east_a1", "vanilla", 1, 4, 0.1, 0.1, 0.0, 0.5),
+                         ("dpo_vanilla", "vanilla", 0, 4, math.nan, 0.0, 0.0, math.nan)],
+                        columns=["arm", "against", "seed", "questions", "slope", "top_quartile", "bottom_quartile",
+                                 "corr_own"])
+    t = mechanism_table(mech)
+    assert t["arm"].tolist() == ["east_a1"]
+    assert t.iloc[0]["slope: excess change per unit weight (points) [95% CI]"] == "+20.0 [+10.0, +30.0]"
+    assert t.iloc[0]["top - bottom weight quartile, excess change (points) [95% CI]"] == "+20.0 [+10.0, +30.0]"
+    assert t.iloc[0]["corr(weight, own change)"] == 0.75
+
+
 def test_mechanism_by_hand():
     # One seed. Iteration 1 (shared): q1..q4 kept, sampled accuracy 0.5 each. EAST weights 0.5, 0.5, 1.5, 1.5.
     # Iteration 2: vanilla 0.6 everywhere (change +0.1); EAST 0.5, 0.5, 0.8, 0.8 (change 0, 0, +0.3, +0.3).
