@@ -161,8 +161,9 @@ def run_demo(out: Path, n_train: int = 800, n_test: int = 500, iterations: int =
     print("\nTest accuracy per iteration (iteration 0 = the warm-started model):")
     print(table.to_string(float_format=lambda x: f"{x:.3f}"))
     print(f"\nreport: {report}\ntotal time: {time.perf_counter() - t0:.0f} s")
-    print("One seed cannot tell EAST from vanilla; the seeded, paired study (5 seeds, the paper's baselines, "
-          "confidence intervals) is in benchmarks/STUDY.md")
+    print("One seed cannot tell EAST from vanilla. The seeded, paired study in benchmarks/STUDY.md (5 seeds, the "
+          "paper's baselines, DPO) finds EAST a = 1 at -0.2 points against vanilla after 3 iterations, 95% interval "
+          "[-1.2, +0.7], at this scale, and shows why")
     return 0
 
 
