@@ -218,10 +218,12 @@ def plot_accuracy(df: pd.DataFrame, out: Path) -> None:
     for arm, g in s.groupby("arm", sort=False):
         ax.plot(g["iteration"], 100 * g["mean"], marker="o", label=arm)
         ax.fill_between(g["iteration"], 100 * g["lo"], 100 * g["hi"], alpha=0.15)
+    ax.set_xticks(sorted(s["iteration"].unique()))
     _save(plt, fig, ax, out / "accuracy.png",
           "iteration (0 = warm start)",
           "test accuracy (%)",
-          "Test accuracy: mean over seeds, bootstrap 95% band")
+          "Test accuracy: mean over seeds, bootstrap 95% band\n(bands hold seed-to-seed spread; "
+          "the paired differences remove it)")
 
 
 def plot_diffs(diffs: pd.DataFrame, out: Path, reference: str) -> None:
