@@ -80,7 +80,7 @@ def main() -> None:
     if reason:
         raise SystemExit(f"bench_two_nodes: {reason}")
     out = Path(args.out).resolve()
-    cfg = config(out, args.train_questions, args.model)
+    cfg = config(out, args.train_questions, args.model and str(Path(args.model).resolve()))
     rows = []
     for k in range(args.repeats):
         for mode in ("one_node", "two_nodes") if k % 2 == 0 else ("two_nodes", "one_node"):
