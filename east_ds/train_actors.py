@@ -57,7 +57,8 @@ class TrainRank:
 
     def master(self) -> tuple[str, int]:
         """Address and a free port of this actor's node (called on rank 0), for a group whose rank 0 binds the
-        port later (the weight-broadcast group)."""
+        port later: the weight-broadcast group, whose store vLLM's StatelessProcessGroup opens itself. A process
+        that takes the port in between makes that bind fail; the trainer's own group avoids this (open_store)."""
         addr = ray.util.get_node_ip_address()
         with socket.socket() as s:
             s.bind((addr, 0))
