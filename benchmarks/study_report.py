@@ -324,7 +324,7 @@ def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = N
         parts += [f"### Paired difference against {reference}, per iteration", "",
                   f"Arm minus its partner (`against`: {reference}; dpo_vanilla for a DPO arm) on the same seed "
                   "(same warm start, same test set), in accuracy points; [95% CI]: exact bootstrap of the mean over "
-                  "seeds; t 95% CI: the Student-t interval over seeds (with 5 seeds the bootstrap runs narrow, the "
+                  "seeds; t 95% CI: the Student-t interval over seeds (with few seeds the bootstrap runs narrow, the "
                   "t interval is the conservative one); sign test: two-sided exact, over seeds.", "",
                   _md(diff_table(diffs)), "", "![paired differences](study/paired_diff.png)", ""]
     gains = gain_table(df, last)
