@@ -67,8 +67,12 @@ def paired(frame: pd.DataFrame, reference: str, fn) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
+def _interval(lo: float, hi: float, scale: float = 100.0) -> str:
+    return f"[{scale * lo:+.1f}, {scale * hi:+.1f}]"
+
+
 def _fmt(mean: float, lo: float, hi: float, scale: float = 100.0) -> str:
-    return f"{scale * mean:+.1f} [{scale * lo:+.1f}, {scale * hi:+.1f}]"
+    return f"{scale * mean:+.1f} {_interval(lo, hi, scale)}"
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -94,7 +98,7 @@ def diff_table(diffs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"arm": s["arm"], "against": s["against"], "iteration": s["iteration"], "seeds": s["seeds"],
                          "difference (points) [95% CI]": [_fmt(m, lo, hi) for m, lo, hi in
                                                           zip(s["mean"], s["lo"], s["hi"])],
-                         "t 95% CI": [f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" for lo, hi in zip(s["t_lo"], s["t_hi"])],
+                         "t 95% CI": [_interval(lo, hi) for lo, hi in zip(s["t_lo"], s["t_hi"])],
                          "seeds above": s["positive"], "sign test p": s["sign_p"].round(3)})
 
 
@@ -108,7 +112,7 @@ def gain_table(df: pd.DataFrame, last: int) -> pd.DataFrame:
     return pd.DataFrame({"arm": s["arm"], "seeds": s["seeds"],
                          f"gain 0 -> {last} (points) [95% CI]": [_fmt(m, lo, hi) for m, lo, hi in
                                                                  zip(s["mean"], s["lo"], s["hi"])],
-                         "t 95% CI": [f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" for lo, hi in zip(s["t_lo"], s["t_hi"])]})
+                         "t 95% CI": [_interval(lo, hi) for lo, hi in zip(s["t_lo"], s["t_hi"])]})
 
 
 def mde_lines(evals: pd.DataFrame, diffs: pd.DataFrame, reference: str, last: int, n_seeds: int) -> list[str]:
@@ -347,8 +351,7 @@ def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = N
                   f"Per question kept at iteration 1 (shared rollouts, so same start for every arm): excess change "
                   f"= the arm's change of sampled accuracy from iteration 1 to 2 minus its partner's (`against`) "
                   f"change on the same question. Slope of excess change on the arm's weight, and the top minus "
-                  f"bottom weight "
-                  f"quartile, per seed; mean over seeds with bootstrap interval.", "", _md(mt), "",
+                  f"bottom weight quartile, per seed; mean over seeds with bootstrap interval.", "", _md(mt), "",
                   "![mechanism](study/mechanism.png)", ""]
     text = "\n".join(parts)
     (results / "tables.md").write_text(text + "\n")

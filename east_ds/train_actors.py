@@ -8,8 +8,9 @@
 
 One actor per rank. Rank 0 opens the group's TCP store on a port the OS picks and publishes its address; every
 actor sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT and joins one process group (gloo on CPU, nccl
-on GPU) that lives as long as the actor. Each call builds a fresh DeepSpeed engine from `model_path` (reloaded every call, nothing kept
-in memory between calls), so the driver passes the previous iteration's HF export as the next model_path.
+on GPU) that lives as long as the actor. Each call builds a fresh DeepSpeed engine from `model_path` (reloaded
+every call, nothing kept in memory between calls), so the driver passes the previous iteration's HF export as the
+next model_path.
 Each method returns rank 0's metrics dict.
 """
 

@@ -60,7 +60,8 @@ def init_distributed(store=None) -> tuple[int, int]:
 
     if not dist.is_initialized():
         if "RANK" not in os.environ:  # a lone process: a world of one, its store on a loopback port of its own
-            store = store or dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
+            if store is None:
+                store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(store.port))
         backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -83,7 +83,6 @@ def test_paired_differences_and_summary():
     assert (s["mean"], s["lo"], s["hi"]) == pytest.approx((0.005, -0.01, 0.02))
 
 
-
 def test_dpo_arms_pair_with_dpo_vanilla():
     """A DPO arm's difference is taken against dpo_vanilla (only its weights differ); dpo_vanilla itself, like
     every SFT arm, against vanilla (the loss)."""

@@ -177,7 +177,8 @@ def test_export_reproduces_engine_loss_in_transformers_and_vllm(setup):
 
     code = ("from vllm import LLM, SamplingParams; "
             f"llm = LLM(model={str(out)!r}, dtype='float32', max_model_len=256, seed=0); "
-            "o = llm.generate(['<|bos|><|user|>1+1<|end|><|assistant|>'], SamplingParams(max_tokens=1, temperature=0)); "
+            "o = llm.generate(['<|bos|><|user|>1+1<|end|><|assistant|>'], "
+            "SamplingParams(max_tokens=1, temperature=0)); "
             "print('VLLM_OK', len(o[0].outputs[0].token_ids))")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
