@@ -103,6 +103,23 @@ def test_dpo_arms_pair_with_dpo_vanilla():
     assert t.loc["dpo_east_a1", "difference (points) [95% CI]"] == "+1.0 [-1.0, +3.0]"
 
 
+
+def test_added_arms_share_the_seeds_first_rollouts(tmp_path):
+    """A later command with other --arms (the DPO arms) copies iteration 1's rollouts from an arm an earlier
+    command ran on the same seed, so it starts from the same samples; an arm that has its own keeps them."""
+    from benchmarks.study import StudyConfig, share_first_rollouts
+
+    cfg = StudyConfig(arms=("dpo_vanilla", "dpo_east_a1"), out=tmp_path)
+    theirs = tmp_path / "seed_3" / "vanilla" / "iter_1" / "rollouts.parquet"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"vanilla's samples")
+    assert share_first_rollouts(cfg, 3, "dpo_vanilla")
+    mine = tmp_path / "seed_3" / "dpo_vanilla" / "iter_1" / "rollouts.parquet"
+    assert mine.read_bytes() == b"vanilla's samples"
+    mine.write_bytes(b"its own")
+    assert not share_first_rollouts(cfg, 3, "dpo_vanilla") and mine.read_bytes() == b"its own"
+    assert not share_first_rollouts(cfg, 4, "dpo_east_a1")  # no arm of seed 4 has rollouts yet
+
 def test_mechanism_table_skips_arms_with_equal_weights():
     """dpo_vanilla (every weight 1) has no slope against vanilla; the table lists only arms whose weights vary."""
     from benchmarks.study_report import mechanism_table
