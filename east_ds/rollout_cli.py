@@ -5,7 +5,12 @@
     east-ds rollout --config run.yaml rollout.n=4 data.train_limit=32 --out DIR
 
 Settings come from, in increasing priority: RolloutConfig/ModelConfig/DataConfig defaults, `--config CFG.yaml`
-(sections model, data, rollout, evaluation), `key=value` overrides (`rollout.n=4`), then explicit flags.
+(sections model, data, rollout, evaluation, placement), `key=value` overrides (`rollout.n=4`), then explicit flags.
+
+Placement as in `east-ds run`, for the engines only (their own placement group, as placement.mode=split):
+placement.ray_address (--ray-address wins), schedule_timeout_s, wait_for_resources and engine_resources are
+honoured. Engines the whole cluster can never hold fail at once (exit 2), naming what they need and what the
+cluster has, unless placement.wait_for_resources=true.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. rollout.n=4")
-    p.add_argument("--config", help="run config YAML (sections model, data, rollout, evaluation)")
+    p.add_argument("--config", help="run config YAML (sections model, data, rollout, evaluation, placement)")
     p.add_argument("--model", help="hub name or local HF model directory (model.path)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model.dtype")
     p.add_argument("--data", help="GSM8K/MATH JSONL or Parquet file, or hub dataset name")
@@ -31,7 +37,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-engines", type=int, help="rollout.num_engines")
     p.add_argument("--tensor-parallel-size", type=int, help="rollout.tensor_parallel_size")
     p.add_argument("--max-model-len", type=int, help="rollout.max_model_len")
-    p.add_argument("--ray-address", default="", help="join this Ray cluster ('auto'); default: start a local one")
+    p.add_argument("--ray-address", default="", help="join this Ray cluster ('auto'); default: placement.ray_address, "
+                   "else start a local one")
 
 
 def add_rollout_parser(subparsers) -> argparse.ArgumentParser:
@@ -58,7 +65,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _configs(args, eval_mode: bool):
-    """(ModelConfig, DataConfig, RolloutConfig, eval max_new_tokens) from config file, overrides and flags."""
+    """(ModelConfig, DataConfig, RolloutConfig, source, split, limit, eval max_new_tokens, PlacementConfig) from
+    config file, overrides and flags (--ray-address, when given, wins over placement.ray_address)."""
     from east_ds.config import load_config
 
     run = load_config(args.config, args.overrides)
@@ -83,33 +91,77 @@ def _configs(args, eval_mode: bool):
         raise SystemExit("no model: pass --model or set model.path")
     if not source:
         raise SystemExit("no data: pass --data or set data.train / data.test")
-    return model, data, rollout, source, split, limit, eval_tokens
+    placement = run.placement
+    if args.ray_address:
+        placement = dataclasses.replace(placement, ray_address=args.ray_address)
+    return model, data, rollout, source, split, limit, eval_tokens, placement
 
 
-def _start(model, rollout, ray_address: str):
-    """Check the model path (before Ray), start Ray and the pool; return (pool, tokenizer)."""
+def engine_need(rollout, placement, gpus: float, cores: int | None = None):
+    """What EnginePool asks Ray for: the engines' cluster.Need as `east-ds run` computes it in split mode (their
+    own placement group of num_engines x tensor_parallel_size bundles {GPU: 1, CPU: 1, **engine_resources}, PACK,
+    on a cluster with GPUs; without GPUs one-CPU actors, at most `cores // tensor_parallel_size` of them, as the
+    pool caps them; `cores` defaults to this machine's). Pure: no Ray."""
+    from east_ds.cluster import placement_needs
+    from east_ds.config import TrainConfig
+
+    if not gpus:
+        cores = cores if cores is not None else (os.cpu_count() or 1)
+        rollout = dataclasses.replace(rollout, num_engines=min(
+            rollout.num_engines, max(1, cores // rollout.tensor_parallel_size)))
+    split = dataclasses.replace(placement, mode="split")  # the engines only: no trainer shares their bundles
+    return placement_needs(rollout, TrainConfig(), split, gpus)[0]
+
+
+def check_engines_fit(need, total: dict, free: dict, wait: bool, timeout_s: float) -> str:
+    """Raise cluster.SchedulingTimeout when the whole cluster (`total`) can never hold the engines, unless `wait`
+    (an autoscaling cluster). Return the one-line note to print when what is `free` now is short (the placement
+    group then waits up to `timeout_s`), else ""."""
+    from east_ds.cluster import SchedulingTimeout, shortfall
+
+    if not wait and (problems := shortfall([need], total, have="in all")):
+        raise SchedulingTimeout("the cluster can never hold these engines: " + "; ".join(problems)
+                                + " (placement.wait_for_resources=true waits up to "
+                                "placement.schedule_timeout_s for the cluster to grow)")
+    if problems := shortfall([need], free):
+        return f"[east-ds] waiting up to {timeout_s:g} s for resources: " + "; ".join(problems)
+    return ""
+
+
+def _start(model, rollout, placement):
+    """Check the model path (before Ray), start Ray, check the cluster can hold the engines (before any actor
+    starts), then start the pool; return (pool, tokenizer)."""
     from transformers import AutoTokenizer
 
+    from east_ds.cluster import free_resources, total_resources
     from east_ds.engine_pool import EnginePool, check_model_path
-    from east_ds.ray_utils import init_ray
+    from east_ds.ray_utils import cluster_gpus, init_ray
 
     check_model_path(model.path)
     tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
-    init_ray(ray_address)
-    return EnginePool(model.path, rollout, model), tokenizer
+    init_ray(placement.ray_address)
+    need = engine_need(rollout, placement, cluster_gpus())
+    note = check_engines_fit(need, total_resources(), free_resources(), placement.wait_for_resources,
+                             placement.schedule_timeout_s)
+    if note:
+        print(note, flush=True)
+    pool = EnginePool(model.path, rollout, model, need=need, schedule_timeout_s=placement.schedule_timeout_s,
+                      resources=placement.engine_resources)
+    return pool, tokenizer
 
 
 def _run_stage(args, eval_mode: bool, stage) -> int:
     """Resolve the config, load the questions, start the engines, run `stage`, always shut the engines down.
-    Bad input (missing model or data, bad config) exits with status 2 before any engine starts."""
+    Bad input (missing model or data, bad config) and engines the cluster can never hold exit with status 2
+    before any engine starts; so do engines not scheduled within placement.schedule_timeout_s."""
     from east_ds.cluster import SchedulingTimeout
     from east_ds.data import load_dataset
 
     try:
-        model, data, rollout, source, split, limit, eval_tokens = _configs(args, eval_mode=eval_mode)
+        model, data, rollout, source, split, limit, eval_tokens, placement = _configs(args, eval_mode=eval_mode)
         questions = load_dataset(source, data.format, split, limit)
-        pool, tokenizer = _start(model, rollout, args.ray_address)
-    except (FileNotFoundError, ValueError, SchedulingTimeout) as e:  # engines not placed in 300 s, too
+        pool, tokenizer = _start(model, rollout, placement)
+    except (FileNotFoundError, ValueError, SchedulingTimeout) as e:  # never placeable, or not placed in time
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
