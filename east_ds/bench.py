@@ -159,7 +159,8 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
                 group.fit(str(train_input), str(work / f"ranks_{r}"), resume=False)
             finally:
                 group.shutdown()
-                placement.after_training()
+                if placement.asleep:  # slept engines discarded their weights (sleep level 2): reload them
+                    placement.after_training(lambda: pool.update_weights_from_path(cfg.model.path))
             log = read_jsonl(work / f"ranks_{r}" / "metrics.jsonl")
             tokens, seconds = sum(m["tokens"] for m in log), sum(m["step_time"] for m in log)
             tps = tokens / seconds if seconds else None

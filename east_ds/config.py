@@ -47,9 +47,13 @@ class RolloutConfig:
     seed: int = 0  # engine i uses seed + i, so engines never return identical samples
     num_engines: int = 1  # data-parallel vLLM engines (Ray actors)
     tensor_parallel_size: int = 1  # GPUs per engine
-    gpu_memory_utilization: float = 0.5  # fraction of each GPU vLLM may take (GPU machines only)
+    gpu_memory_utilization: float | None = None  # fraction of each GPU vLLM may take (GPU machines only); null:
+    # 0.92 in split placement (the engine owns its GPU), 0.5 colocated (device_plan.rollout_defaults)
     max_model_len: int = 2048  # prompt + response tokens; longer prompts are recorded as skipped
-    enforce_eager: bool = True  # no CUDA graphs: faster start, needed for sleep/wake on some versions
+    enforce_eager: bool | None = None  # true: no CUDA graphs (faster start); null: CUDA graphs on GPUs, eager on CPU
+    seed_per_request: bool | None = None  # true: each question's samples have their own seed, so they do not depend
+    # on the engine or batch (reproducible); it costs throughput (vLLM samples seeded requests one at a time;
+    # benchmarks/RESULTS.md). null: true on CPU engines, false on GPU engines
     shard_size: int = 64  # prompts per rollout shard written to disk (the unit of resume and retry)
     enable_prefix_caching: bool = True  # vLLM reuses KV of shared prompt prefixes; reset after each weight update
     enable_sleep: bool = False  # GPU only: build engines with sleep mode so sleep()/wake() free GPU memory

@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from east_ds.cluster import (SHARE, Need, SchedulingTimeout, StorageNotShared, check_shared_path, free_resources,
                              placement_needs, shortfall, total_resources)
@@ -70,7 +70,8 @@ class Placement:
 
     colocated: engines and trainer ranks share the same GPUs (half a GPU each in Ray's accounting, rank r on the
       engines' placement-group bundle r); the engines sleep (free their GPU memory) before reference scoring,
-      perplexity scoring and training, and wake before the weight update, once per iteration.
+      perplexity scoring and training; after training they wake in device_plan.sleep_plan's order: the weights'
+      memory, the weight update, then the KV cache (each trainer call has returned its cached memory already).
     split: engines and trainer ranks get whole GPUs of their own (a placement group each); nothing sleeps.
     On a cluster without GPUs both are plain alternation: the phases take turns on the CPU.
     Ray's GPU count decides the placement; whether an engine or rank is on a GPU (vLLM sleep mode, nccl or gloo)
@@ -129,10 +130,16 @@ class Placement:
             self.pool.sleep()
             self.asleep = True
 
-    def after_training(self) -> None:
-        if self.asleep:
-            self.pool.wake()
-            self.asleep = False
+    def after_training(self, update: Callable[[], object]) -> None:
+        """Run `update` (load weights into the engines); engines that slept wake around it: the weights' memory
+        first, the KV cache once the new weights are in (device_plan.sleep_plan)."""
+        if not self.asleep:
+            update()
+            return
+        self.pool.wake(["weights"])
+        update()
+        self.pool.wake(["kv_cache"])
+        self.asleep = False
 
 
 def _tokenizer(path: str, trust_remote_code: bool):
@@ -250,14 +257,12 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
                         m["reference"] = group.reference_logprobs(str(it.examples), str(it.examples))
                 with phases("train"):
                     m["train"] = group.fit(str(it.examples), str(it.train), resume=True)
-                rd.publish_checkpoint(it, it.train / "hf")
-                # The optimizer state is only for resuming this training; at scale it is ~6x the weights.
-                shutil.rmtree(it.train / "ds_checkpoint", ignore_errors=True)
+                rd.publish_checkpoint(it, it.train / "hf")  # fit left no optimizer state behind (train_engine.fit)
 
-            # -- live weight update of the engines (woken first, if they slept) --------------------------------
-            placement.after_training()
+            # -- live weight update of the engines (woken around it, if they slept) ------------------------------
             with phases("update_weights"):
-                update_engines(pool, str(it.checkpoint), cfg.rollout, trainer, policy)
+                placement.after_training(lambda: update_engines(pool, str(it.checkpoint), cfg.rollout, trainer,
+                                                                policy))
 
             # -- evaluate ----------------------------------------------------------------------------------------
             if evaluate:

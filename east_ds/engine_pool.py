@@ -150,41 +150,35 @@ class EnginePool:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from east_ds.device_plan import engine_actor_plan
         from east_ds.vllm_engine import PlacedLLMEngine
 
-        cfg, tp = self.cfg, self.cfg.tensor_parallel_size
-        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
-               # read by vLLM-CPU only: an engine whose own device is a CPU, logical GPUs or not
-               "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-        options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
-        if self._pg is not None:
-            strategy = PlacementGroupSchedulingStrategy(
+        cfg = self.cfg
+        plan = engine_actor_plan(i, cfg.tensor_parallel_size, self._pg is not None, self.gpu_share, os.environ)
+        options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0, "num_cpus": plan.num_cpus,
+                                   "num_gpus": plan.num_gpus}
+        if plan.bundle_index is not None:
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=self._pg,
-                placement_group_bundle_index=i * tp,
+                placement_group_bundle_index=plan.bundle_index,
                 placement_group_capture_child_tasks=True,  # TP > 1: vLLM's Ray workers land in this group
             )
-            if tp == 1:
-                options.update(num_cpus=1, num_gpus=self.gpu_share, scheduling_strategy=strategy)
-            else:  # the TP workers take the GPUs; the engine actor only coordinates them
-                env["VLLM_RAY_BUNDLE_INDICES"] = ",".join(str(i * tp + k) for k in range(tp))
-                options.update(num_cpus=0, num_gpus=0, scheduling_strategy=strategy)
-        else:
-            options.update(num_cpus=1, num_gpus=0)
         if self.resources:
             options["resources"] = self.resources
-        actor_cls = ray.remote(PlacedLLMEngine).options(runtime_env={"env_vars": env}, **options)
+        actor_cls = ray.remote(PlacedLLMEngine).options(runtime_env={"env_vars": plan.env}, **options)
         return actor_cls.remote(
             self.model_path,
             engine_index=i,
             seed=cfg.seed + i,
             dtype=self.model_cfg.dtype,
             max_model_len=self.max_model_len,
-            tensor_parallel_size=tp,
+            tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enforce_eager=cfg.enforce_eager,
             enable_prefix_caching=cfg.enable_prefix_caching,
             enable_sleep=cfg.enable_sleep,
             trust_remote_code=self.model_cfg.trust_remote_code,
+            colocated=self.gpu_share < 1,
         )
 
     def _replace_actor(self, i: int) -> None:
@@ -394,15 +388,28 @@ class EnginePool:
         return self._pg
 
     def sleep(self) -> None:
-        """Free GPU memory for the trainer (vLLM sleep level 1). A no-op on CPU or when enable_sleep is off."""
+        """Free GPU memory for the trainer (device_plan.sleep_plan's level). A no-op on CPU or when enable_sleep
+        is off."""
         import ray
 
         ray.get([e.sleep.remote() for e in self.engines])
 
-    def wake(self) -> None:
+    def wake(self, tags: list[str] | None = None) -> None:
+        """Take GPU memory back: `tags` ["weights"] or ["kv_cache"] for one part, None for all."""
         import ray
 
-        ray.get([e.wake.remote() for e in self.engines])
+        ray.get([e.wake.remote(tags) for e in self.engines])
+
+    def device_memory(self) -> list[list[dict]]:
+        """Per engine, per worker: GPU memory in bytes (vllm_engine.device_memory); empty dicts without CUDA."""
+        import ray
+
+        return ray.get([e.device_memory.remote() for e in self.engines])
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the engines run on CUDA devices (seen from inside them when they were built)."""
+        return any(loc.get("on_gpu") for loc in self.locations)
 
     def shutdown(self) -> None:
         import ray

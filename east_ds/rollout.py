@@ -10,7 +10,9 @@ question ids; a rerun with different ones is an error rather than a silent mix o
 
 Seeds. Question j of shard k is sampled with seed hash(cfg.seed, k, j) (vLLM's per-request seed; sample i of
 the question uses seed + i inside vLLM), so a shard's samples do not depend on which engine ran it and a retried
-or regenerated shard reproduces them. Hashing keeps the seed ranges of different questions apart.
+or regenerated shard reproduces them. Hashing keeps the seed ranges of different questions apart. This is
+`rollout.seed_per_request`, on by default on CPU engines and off on GPU engines, where vLLM samples seeded requests
+one at a time in Python (device_plan.rollout_defaults); unseeded rows record seed -1.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pandas as pd
 
 from east_ds.config import RolloutConfig
 from east_ds.data import SYSTEM_PROMPT, render_prompt
+from east_ds.device_plan import rollout_defaults
 from east_ds.engine_pool import EnginePool, Sampling, skip_record
 from east_ds.schema import ROLLOUT_COLUMNS
 from east_ds.tables import read_table, write_json, write_table
@@ -97,13 +100,17 @@ def run_rollout(
     prompts, ids = _prompts(questions, tokenizer, system_prompt)
     records = questions.to_dict("records")
     missing = [k for k in range(num_shards) if not _shard_path(out_dir, k).is_file()]
+    seeded = rollout_defaults(pool.on_gpu, False, seed_per_request=cfg.seed_per_request).seed_per_request
+
+    def seed_of(k: int, j: int) -> int | None:
+        return request_seed(cfg.seed, k, j - k * size) if seeded else None
 
     # Requests of the missing shards; prompts too long to fit are recorded as skipped without an engine call.
     shards, skipped = [], {}
     for k in missing:
         reqs, slots = [], []
         for j in range(k * size, min((k + 1) * size, len(questions))):
-            seed = request_seed(cfg.seed, k, j - k * size)
+            seed = seed_of(k, j)
             reason = pool.fits(len(ids[j]), sampling.max_new_tokens)
             if reason:
                 skipped[j] = reason
@@ -117,7 +124,7 @@ def run_rollout(
         by_q = dict(zip(slots_of[k], results))
         rows = []
         for j in range(k * size, min((k + 1) * size, len(questions))):
-            seed = request_seed(cfg.seed, k, j - k * size)
+            seed = seed_of(k, j)
             if j in skipped:
                 samples = [skip_record(skipped[j]) for _ in range(cfg.n)]
             else:

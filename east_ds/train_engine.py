@@ -36,6 +36,7 @@ import torch
 from east_ds import train_data as td
 from east_ds.config import ModelConfig, TrainConfig, check_batch_sizes
 from east_ds.data import check_model_path
+from east_ds.device_plan import precision_sections
 from east_ds.losses import (
     dpo_loss, kto_loss, kto_reference_point, sequence_logps, sft_loss, weighted_batch_loss,
 )
@@ -81,6 +82,15 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def release_device_memory() -> None:
+    """Collect garbage and return PyTorch's cached CUDA blocks to the device (a no-op without CUDA)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def resolve_path(p: str) -> Path:
     """A DeepSpeed JSON path as given, else relative to the repository root."""
     q = Path(p)
@@ -106,10 +116,12 @@ def build_ds_config(train_cfg: TrainConfig, model_cfg: ModelConfig, world_size: 
         if key in cfg and bool(cfg[key].get("enabled", False)) != want:
             raise ValueError(f"{path}: {key}.enabled disagrees with model.dtype={model_cfg.dtype!r}; "
                              f"leave precision to model.dtype")
-    cfg["bf16"] = {"enabled": want_bf16}
-    cfg["fp16"] = {"enabled": want_fp16, **({"initial_scale_power": 16} if want_fp16 else {})}
     cfg.update(train_micro_batch_size_per_gpu=m, gradient_accumulation_steps=g, train_batch_size=B)
     zero = cfg.setdefault("zero_optimization", {"stage": 0})
+    if "data_types" in cfg:
+        raise ValueError(f"{path}: sets data_types; the precision policy comes from model.dtype "
+                         f"(device_plan.precision_sections)")
+    cfg.update(precision_sections(model_cfg.dtype, zero.get("stage", 0) if training else 0))
     if training:
         offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
         cfg["optimizer"] = {"type": "AdamW", "params": {
@@ -313,10 +325,13 @@ class TrainingEngine:
         dist.barrier()
 
     def close(self) -> None:
+        """Destroy the DeepSpeed engine and hand its memory back: on a GPU shared with sleeping vLLM engines the
+        cached blocks must be returned before the engines wake (device_plan.sleep_plan)."""
         with contextlib.suppress(Exception):
             self.engine.destroy()
         self.engine = None
         self._hf_ds = None
+        release_device_memory()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -377,9 +392,14 @@ def reference_logprobs(model_path: str, train_cfg: TrainConfig, model_cfg: Model
 
 def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, examples_path: str, out_dir: str,
         resume: bool = True, progress: bool = True) -> dict:
-    """Train on examples_path; DeepSpeed checkpoints in out_dir/ds_checkpoint, HF export in out_dir/hf,
-    per-step metrics in out_dir/metrics.jsonl. With `resume`, continue from the latest DeepSpeed checkpoint
-    (weights, optimizer, schedule and data position). Stops after train_cfg.max_steps total steps if set."""
+    """Train on examples_path; HF export in out_dir/hf, per-step metrics in out_dir/metrics.jsonl, summary in
+    out_dir/train_summary.json. Stops after train_cfg.max_steps total steps if set.
+
+    Checkpoints hold what a resume needs and nothing more: a DeepSpeed checkpoint (weights, optimizer, schedule,
+    data position) in out_dir/ds_checkpoint every `save_every_steps` steps while training, and at the end of a
+    call that stops before the schedule's last step; once the last step is exported the DeepSpeed checkpoint is
+    removed (rank 0). With `resume`, a finished run (summary with the same fingerprint, export present) returns
+    its summary at once, and an unfinished one continues from the latest DeepSpeed checkpoint."""
     t_start = time.perf_counter()
     out = Path(out_dir)
     ckpt_dir = out / "ds_checkpoint"
@@ -397,6 +417,12 @@ def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, example
     stop = min(total, train_cfg.max_steps) if train_cfg.max_steps > 0 else total
     fingerprint = {"examples": len(ex), "global_batch_size": train_cfg.global_batch_size, "seed": train_cfg.seed,
                    "epochs": train_cfg.epochs, "total_steps": total}
+    summary_path = out / "train_summary.json"
+    if resume and (out / "hf").is_dir() and summary_path.is_file():
+        done = json.loads(summary_path.read_text())
+        if done.get("fingerprint") == fingerprint and done.get("steps", 0) >= stop:
+            log.info("%s: trained and exported earlier (%d steps); nothing to do", out, done["steps"])
+            return done
     eng = TrainingEngine(model_path, train_cfg, model_cfg, total_steps=total)
     start = 0
     if resume:
@@ -439,13 +465,15 @@ def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, example
             eng.save_checkpoint(ckpt_dir, s + 1, fingerprint)
     if bar is not None:
         bar.close()
-    if stop > start or not (ckpt_dir / "latest").is_file():
+    if stop < total and stop > start:  # a later call continues this schedule: it needs the optimizer state
         eng.save_checkpoint(ckpt_dir, stop, fingerprint)
     eng.export_hf(out / "hf")
     summary = {"steps": stop, "total_steps": total, "start_step": start, "examples": len(ex), **ex.stats,
                "padding_frac_plan": td.padding_fraction(steps, seq_lens), "seconds": time.perf_counter() - t_start,
-               "world_size": eng.world, **{f"last_{k}": v for k, v in last.items()}}
+               "world_size": eng.world, "fingerprint": fingerprint, **{f"last_{k}": v for k, v in last.items()}}
     if eng.rank == 0:
-        write_json(summary, out / "train_summary.json")
+        write_json(summary, summary_path)
+        if stop == total:  # the export and the summary are all a rerun needs; the optimizer state is ~6x the model
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
     eng.close()
     return summary

@@ -25,19 +25,61 @@ from vllm import LLM, SamplingParams
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Functions run inside vLLM workers through `collective_rpc(callable, args=...)`. `worker` is the vLLM worker; the
-# functions are module-level so they pickle by reference when workers live in other processes (TP > 1).
+# Methods run inside vLLM workers. vLLM mixes `EastWorkerExtension` into its worker class (engine argument
+# `worker_extension_cls`), and `collective_rpc("east_...")` calls them by name: a name crosses the engine core's
+# process boundary and vLLM's message queues without a pickled callable (which vLLM refuses across processes
+# unless VLLM_ALLOW_INSECURE_SERIALIZATION=1).
 
 
-def _reload_from_refs(worker, bucket_refs: list) -> None:
-    """Reload weights from Ray object refs of buckets, pulling one bucket at a time."""
-    import ray
+class EastWorkerExtension:
+    """Weight-update methods of a vLLM worker (`self` is the worker: `self.rank`, `self.device`,
+    `self.reload_weights`)."""
 
-    def weights():
-        for ref in bucket_refs:
-            yield from ray.get(ref)
+    def east_reload_from_refs(self, bucket_refs: list) -> None:
+        """Reload weights from Ray object refs of buckets, pulling one bucket at a time (only where this worker is
+        the Ray actor's own process: device_plan.refs_fetched_in_actor)."""
+        import ray
 
-    worker.reload_weights(weights_iterator=weights())
+        def weights():
+            for ref in bucket_refs:
+                yield from ray.get(ref)
+
+        self.reload_weights(weights_iterator=weights())
+
+    def east_init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
+        """Join the trainer's weight-broadcast group as rank `rank_offset + worker rank` (trainer rank 0 is 0)."""
+        self._east_weight_comm = WeightBroadcast(host, port, rank_offset + self.rank, world_size, self.device)
+
+    def east_reload_from_broadcast(self, buckets_meta: list) -> None:
+        """Receive each bucket from rank 0 as the reload iterates, and load it."""
+        import torch
+
+        comm = self._east_weight_comm
+
+        def weights():
+            for meta in buckets_meta:
+                for name, dtype, shape in meta:
+                    yield name, comm.broadcast(torch.empty(tuple(shape), dtype=getattr(torch, dtype),
+                                                           device=comm.device))
+
+        self.reload_weights(weights_iterator=weights())
+        comm.finish()
+        self._east_weight_comm = None  # one group per update: a replaced engine joins the next one
+
+    def east_device_memory(self) -> dict:
+        """This worker's GPU memory: allocated by torch and free on the device (bytes); {} without CUDA."""
+        return device_memory()
+
+
+def device_memory() -> dict:
+    """{"allocated", "reserved", "free", "total"} bytes on this process's current CUDA device; {} without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    free, total = torch.cuda.mem_get_info()
+    return {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved(), "free": free,
+            "total": total}
 
 
 class WeightBroadcast:
@@ -84,27 +126,6 @@ class WeightBroadcast:
         self.group.barrier(timeout=3600)
 
 
-def _init_weight_group(worker, host: str, port: int, rank_offset: int, world_size: int) -> None:
-    """Join the trainer's weight-broadcast group as rank `rank_offset + worker rank` (trainer rank 0 is 0)."""
-    worker._east_weight_comm = WeightBroadcast(host, port, rank_offset + worker.rank, world_size, worker.device)
-
-
-def _reload_from_broadcast(worker, buckets_meta: list[list[tuple[str, str, tuple]]]) -> None:
-    """Receive each bucket from rank 0 as the reload iterates, and load it."""
-    import torch
-
-    comm = worker._east_weight_comm
-
-    def weights():
-        for meta in buckets_meta:
-            for name, dtype, shape in meta:
-                yield name, comm.broadcast(torch.empty(shape, dtype=getattr(torch, dtype), device=comm.device))
-
-    worker.reload_weights(weights_iterator=weights())
-    comm.finish()
-    worker._east_weight_comm = None  # one group per update: a replaced engine joins the next one
-
-
 class TrainerWeightBroadcaster:
     """Trainer rank 0's end of the weight-broadcast group (see WeightBroadcast).
 
@@ -116,7 +137,11 @@ class TrainerWeightBroadcaster:
     def __init__(self, host: str, port: int, world_size: int, device=None):
         import torch
 
-        device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        from east_ds.device_plan import communicator_device
+
+        if device is None:
+            cuda = torch.cuda.is_available()
+            device = communicator_device(cuda, torch.cuda.current_device() if cuda else 0)
         self.comm = WeightBroadcast(host, port, 0, world_size, device)
 
     def broadcast(self, bucket) -> None:
@@ -165,41 +190,33 @@ class LLMEngine:
         dtype: str = "bfloat16",
         max_model_len: int = 2048,
         tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.5,
-        enforce_eager: bool = True,
+        gpu_memory_utilization: float | None = None,
+        enforce_eager: bool | None = None,
         enable_prefix_caching: bool = True,
         enable_sleep: bool = False,
         trust_remote_code: bool = False,
+        colocated: bool = False,
     ):
+        """None for `gpu_memory_utilization` and `enforce_eager`: chosen by this engine's device and placement
+        (device_plan.rollout_defaults). `colocated`: trainer ranks share this engine's GPUs."""
+        from east_ds import device_plan as plan
+
         self.engine_index = engine_index
         self.on_gpu = _has_cuda()
-        kwargs: dict[str, Any] = dict(
-            model=model_path,
-            seed=seed,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size,
-            enforce_eager=enforce_eager,
-            enable_prefix_caching=enable_prefix_caching,
-            trust_remote_code=trust_remote_code,
-        )
-        if self.on_gpu:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-            kwargs["enable_sleep_mode"] = enable_sleep
-            if tensor_parallel_size > 1:
-                kwargs["distributed_executor_backend"] = "ray"
-        else:
-            if tensor_parallel_size > 1:
-                kwargs["distributed_executor_backend"] = "mp"
-                if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") == "auto":
-                    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(
-                        sorted(os.sched_getaffinity(0)), tensor_parallel_size)
-            # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a request with a per-request seed
-            # has its prefill chunked, so prompts are prefilled whole: the step budget must hold the longest.
-            kwargs["enable_chunked_prefill"] = False
-            kwargs["max_num_batched_tokens"] = max(max_model_len, 4096)
+        os.environ.update(plan.engine_process_env(self.on_gpu, os.environ))  # read by vLLM as it builds
+        self.engine_core_in_process = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+        defaults = plan.rollout_defaults(self.on_gpu, colocated, enforce_eager, gpu_memory_utilization)
+        kwargs = plan.engine_kwargs(model_path, seed, dtype, max_model_len, tensor_parallel_size,
+                                    enable_prefix_caching, trust_remote_code, self.on_gpu, defaults.enforce_eager,
+                                    defaults.gpu_memory_utilization, enable_sleep)
+        if not self.on_gpu and tensor_parallel_size > 1:
+            if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") == "auto":
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(
+                    sorted(os.sched_getaffinity(0)), tensor_parallel_size)
         self.enable_sleep = enable_sleep and self.on_gpu
-        self.workers_in_ray = self.on_gpu or tensor_parallel_size == 1  # see update_weights_from_refs
+        self.sleep_plan = plan.sleep_plan(reload_after_wake=True)
+        self.refs_in_actor = plan.refs_fetched_in_actor(tensor_parallel_size, self.engine_core_in_process)
+        self.engine_kwargs = kwargs
         self.llm = LLM(**kwargs)
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
@@ -258,15 +275,14 @@ class LLMEngine:
     def update_weights_from_refs(self, bucket_refs: list) -> float:
         """`bucket_refs`: a list of Ray object refs, each to a bucket (list of `(name, tensor)`).
 
-        Workers that are Ray processes (TP 1 in this actor; GPU TP workers) pull the buckets themselves, one at a
-        time. vLLM-CPU's TP workers are plain child processes that cannot reach Ray's object store (a `ray.get`
-        there would start a private Ray instance), so this actor fetches the buckets and vLLM's own RPC carries
-        the tensors to them: the whole model passes through this process once."""
+        A worker in this actor's own process (TP 1, engine core in-process) pulls the buckets itself, one at a
+        time. Otherwise (device_plan.refs_fetched_in_actor) this actor fetches them and vLLM's own RPC carries
+        the tensors to the workers: the whole model passes through this process's memory once."""
         import ray
 
         t0 = time.perf_counter()
-        if self.workers_in_ray:
-            self.llm.collective_rpc(_reload_from_refs, args=(bucket_refs,))
+        if not self.refs_in_actor:
+            self.llm.collective_rpc("east_reload_from_refs", args=(bucket_refs,))
         else:
             weights = [item for ref in bucket_refs for item in ray.get(ref)]
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
@@ -274,11 +290,11 @@ class LLMEngine:
         return time.perf_counter() - t0
 
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
-        self.llm.collective_rpc(_init_weight_group, args=(host, port, rank_offset, world_size))
+        self.llm.collective_rpc("east_init_weight_group", args=(host, port, rank_offset, world_size))
 
     def update_weights_broadcast(self, buckets_meta: list) -> float:
         t0 = time.perf_counter()
-        self.llm.collective_rpc(_reload_from_broadcast, args=(buckets_meta,))
+        self.llm.collective_rpc("east_reload_from_broadcast", args=(buckets_meta,))
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t0
 
@@ -291,17 +307,24 @@ class LLMEngine:
     def reset_prefix_cache(self) -> bool:
         return bool(self.llm.reset_prefix_cache())
 
-    # -- sharing GPUs with the trainer ---------------------------------------------------------------------------
+    # -- sharing GPUs with the trainer (device_plan.sleep_plan) ---------------------------------------------------
 
     def sleep(self) -> None:
-        """Level 1: weights offloaded to CPU, KV cache discarded. A no-op on CPU or without sleep mode."""
+        """Free this engine's GPU memory for the trainer: level 2 discards weights and KV cache (every wake is
+        followed by a weight update). A no-op on CPU or without sleep mode."""
         if self.enable_sleep:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=self.sleep_plan.level)
 
-    def wake(self) -> None:
+    def wake(self, tags: list[str] | None = None) -> None:
+        """Take back GPU memory: `tags` ["weights"] before a weight update, ["kv_cache"] after it; None: all."""
         if self.enable_sleep:
-            self.llm.wake_up()
-            self.llm.reset_prefix_cache()
+            self.llm.wake_up(tags=tags)
+            if tags is None or "kv_cache" in tags:
+                self.llm.reset_prefix_cache()
+
+    def device_memory(self) -> list[dict]:
+        """GPU memory of each worker (EastWorkerExtension.east_device_memory); empty dicts without CUDA."""
+        return list(self.llm.collective_rpc("east_device_memory"))
 
 
 def _has_cuda() -> bool:
@@ -333,7 +356,10 @@ class PlacedLLMEngine(LLMEngine):
     def build(self) -> dict:
         args, kwargs = self._build_args
         LLMEngine.__init__(self, *args, **kwargs)
-        return {**self.info(), "on_gpu": self.on_gpu, "sleep_mode": self.enable_sleep}
+        return {**self.info(), "on_gpu": self.on_gpu, "sleep_mode": self.enable_sleep,
+                "engine_core_in_process": self.engine_core_in_process,
+                "enforce_eager": self.engine_kwargs["enforce_eager"],
+                "gpu_memory_utilization": self.engine_kwargs.get("gpu_memory_utilization")}
 
     def _event(self, name: str) -> None:
         self._events.append({"t": time.time(), "actor": f"engine {self.engine_index}", "event": name})
@@ -347,9 +373,9 @@ class PlacedLLMEngine(LLMEngine):
         self._event("sleep")
         super().sleep()
 
-    def wake(self) -> None:
-        super().wake()
-        self._event("wake")
+    def wake(self, tags: list[str] | None = None) -> None:
+        super().wake(tags)
+        self._event("wake" + (" " + ",".join(tags) if tags else ""))
 
     def update_weights_from_path(self, path: str) -> float:
         self._event("update_weights path")

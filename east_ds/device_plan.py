@@ -1,0 +1,176 @@
+"""Every decision that differs on a GPU, each in one small pure function.
+
+No GPU is lent to this project's development machines, so the GPU-only paths are written blind. To keep them
+honest, each choice that depends on the device (the device of a communicator, an engine actor's Ray options and
+environment, vLLM's engine arguments, sleep level and wake order, DeepSpeed's precision policy, where weight
+buckets are fetched) is made here, from plain arguments, and `tests/test_gpu_plan.py` pins what each returns in
+the GPU case, citing the upstream line that makes it right. The callers (vllm_engine, engine_pool, driver,
+train_engine, train_actors) only apply what these return. docs/gpu.md lists each path, its test, and what only a
+real GPU can still show.
+
+This module imports nothing heavy (no torch, Ray, vLLM or DeepSpeed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+WORKER_EXTENSION = "east_ds.vllm_engine.EastWorkerExtension"  # vLLM worker mixin with east_ds's update methods
+SPLIT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM 0.32's own default (CacheConfig.gpu_memory_utilization): the engine
+# owns its GPU in split placement
+COLOCATED_GPU_MEMORY_UTILIZATION = 0.5  # verl's rollout default when the trainer shares the GPU
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rollout engines
+
+
+@dataclass(frozen=True)
+class RolloutDefaults:
+    enforce_eager: bool  # True: no CUDA graphs
+    gpu_memory_utilization: float  # fraction of the GPU vLLM may take
+    seed_per_request: bool  # each question's samples seeded on their own (reproducible, slower on GPUs)
+
+
+def rollout_defaults(on_gpu: bool, colocated: bool, enforce_eager: bool | None = None,
+                     gpu_memory_utilization: float | None = None,
+                     seed_per_request: bool | None = None) -> RolloutDefaults:
+    """Resolve the rollout settings a config leaves unset (None) by device and placement.
+
+    GPU: CUDA graphs on (vLLM 0.32 sleeps and reloads weights with graphs captured); 0.92 of the GPU in split
+    placement, 0.5 when the trainer shares it; no per-request seed (vLLM samples seeded requests one by one in
+    Python at every step). CPU: eager (vLLM-CPU compiles otherwise) and a seed per request (measured 1.02-1.12x
+    the unseeded cost; it makes a shard's samples independent of which engine ran it). A value the config sets
+    is kept."""
+    return RolloutDefaults(
+        enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
+        gpu_memory_utilization=gpu_memory_utilization if gpu_memory_utilization is not None else (
+            COLOCATED_GPU_MEMORY_UTILIZATION if colocated else SPLIT_GPU_MEMORY_UTILIZATION),
+        seed_per_request=(not on_gpu) if seed_per_request is None else seed_per_request,
+    )
+
+
+def engine_kwargs(model_path: str, seed: int, dtype: str, max_model_len: int, tensor_parallel_size: int,
+                  enable_prefix_caching: bool, trust_remote_code: bool, on_gpu: bool, enforce_eager: bool,
+                  gpu_memory_utilization: float, enable_sleep: bool) -> dict[str, Any]:
+    """The keyword arguments of `vllm.LLM` for one engine.
+
+    Both devices: east_ds's weight-update methods are a worker extension called by name, so they cross the
+    engine core's process boundary without pickled callables. GPU: sleep mode when asked, and TP workers as Ray
+    actors in the engine's placement group. CPU: TP workers as processes ("mp"; vLLM-CPU has no Ray executor),
+    and whole-prompt prefill (a seeded request whose prefill is chunked crashes vLLM-CPU 0.32)."""
+    kw: dict[str, Any] = dict(model=model_path, seed=seed, dtype=dtype, max_model_len=max_model_len,
+                              tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
+                              enable_prefix_caching=enable_prefix_caching, trust_remote_code=trust_remote_code,
+                              worker_extension_cls=WORKER_EXTENSION)
+    if on_gpu:
+        kw["gpu_memory_utilization"] = gpu_memory_utilization
+        kw["enable_sleep_mode"] = enable_sleep
+        if tensor_parallel_size > 1:
+            kw["distributed_executor_backend"] = "ray"
+    else:
+        if tensor_parallel_size > 1:
+            kw["distributed_executor_backend"] = "mp"
+        kw["enable_chunked_prefill"] = False
+        kw["max_num_batched_tokens"] = max(max_model_len, 4096)
+    return kw
+
+
+def engine_process_env(on_gpu: bool, env: Mapping[str, str]) -> dict[str, str]:
+    """Environment the engine actor sets for itself before building vLLM, once it knows its own device.
+
+    GPU: the engine core in a process of its own (VLLM_ENABLE_V1_MULTIPROCESSING=1, vLLM's default), so
+    scheduling and output handling overlap the model's forward. CPU: whatever the environment says (east_ds's
+    Makefile and tests use 0: an engine builds in 2 s instead of 13 s)."""
+    if on_gpu:
+        return {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    return {"VLLM_ENABLE_V1_MULTIPROCESSING": env.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0")}
+
+
+@dataclass(frozen=True)
+class EngineActorPlan:
+    num_cpus: float
+    num_gpus: float
+    bundle_index: int | None  # the engine's first bundle in the placement group (None: no placement group)
+    env: dict[str, str]  # the actor's runtime_env env_vars
+
+
+def engine_actor_plan(index: int, tensor_parallel_size: int, gpu_bundles: bool, gpu_share: float,
+                      env: Mapping[str, str]) -> EngineActorPlan:
+    """Ray options and environment of engine actor `index`.
+
+    With GPU bundles, engine e owns bundles [e*tp, (e+1)*tp). TP 1: the actor takes `gpu_share` of its bundle's
+    GPU (0.5 when colocated, so trainer rank e fits beside it). TP > 1: the actor takes no GPU; vLLM's Ray
+    executor starts one worker per bundle (VLLM_RAY_BUNDLE_INDICES), each asking for VLLM_RAY_PER_WORKER_GPUS of
+    a GPU, set to `gpu_share` so that colocated trainer ranks still fit on those bundles. A zero-GPU actor keeps
+    the node's CUDA_VISIBLE_DEVICES (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0), so vLLM in it still sees the GPUs
+    its workers will use. Without GPU bundles: a plain one-CPU actor."""
+    base = {"VLLM_ENABLE_V1_MULTIPROCESSING": env.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
+            # read by vLLM-CPU only: an engine whose own device is a CPU, logical GPUs or not
+            "VLLM_CPU_KVCACHE_SPACE": env.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    if not gpu_bundles:
+        return EngineActorPlan(num_cpus=1, num_gpus=0, bundle_index=None, env=base)
+    first = index * tensor_parallel_size
+    if tensor_parallel_size == 1:
+        return EngineActorPlan(num_cpus=1, num_gpus=gpu_share, bundle_index=first, env=base)
+    workers = {"VLLM_RAY_BUNDLE_INDICES": ",".join(str(first + k) for k in range(tensor_parallel_size)),
+               "VLLM_RAY_PER_WORKER_GPUS": f"{gpu_share:g}", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+    return EngineActorPlan(num_cpus=0, num_gpus=0, bundle_index=first, env={**base, **workers})
+
+
+def refs_fetched_in_actor(tensor_parallel_size: int, engine_core_in_process: bool) -> bool:
+    """Where object-store weight buckets are fetched: in the engine actor (True), or by the vLLM worker itself.
+
+    A worker can `ray.get` only when it is this Ray actor's own process: TP 1 with the engine core in-process.
+    Otherwise the refs would travel through vLLM's own messages (msgpack to the engine core, a pickled message
+    queue to Ray TP workers), which lose their Ray owner, so the actor fetches and vLLM carries the tensors."""
+    return not (tensor_parallel_size == 1 and engine_core_in_process)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sharing GPUs (colocated placement)
+
+
+@dataclass(frozen=True)
+class SleepPlan:
+    level: int  # vLLM sleep level: 1 keeps weights in pinned host memory, 2 discards them
+    wake_order: tuple[str, ...]  # steps after training, in order
+
+
+def sleep_plan(reload_after_wake: bool = True) -> SleepPlan:
+    """How colocated engines give the GPU to the trainer and take it back.
+
+    The driver reloads the weights after every wake, so level 2 (discard the weights) saves copying them to pinned
+    host memory only to overwrite them (8 engines of an 8B model: about 128 GB of host RAM). Waking: the trainer
+    has released its cached memory first; then the weights' memory comes back, the new weights load into it, and
+    only then the KV cache, so the two never sit beside a full trainer allocation."""
+    if not reload_after_wake:
+        return SleepPlan(level=1, wake_order=("release trainer memory", "wake all"))
+    return SleepPlan(level=2, wake_order=("release trainer memory", "wake weights", "update weights",
+                                          "wake kv_cache"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Communicators and precision
+
+
+def communicator_device(has_cuda: bool, current_device: int = 0) -> str:
+    """The device of a NCCL weight-broadcast end: always indexed ("cuda:0"), never bare "cuda".
+
+    vLLM's PyNcclCommunicator stores the device it was given and asserts `tensor.device == self.device` in every
+    collective; a tensor made on "cuda" lives on "cuda:0", and torch.device("cuda:0") != torch.device("cuda")."""
+    return f"cuda:{current_device}" if has_cuda else "cpu"
+
+
+def precision_sections(dtype: str, zero_stage: int) -> dict[str, Any]:
+    """DeepSpeed's precision sections for a model dtype: bf16/fp16 enabled as the model is, and with bf16 under
+    ZeRO 1-3 gradients accumulated in fp32 across micro-batches (DeepSpeed's default accumulates them in the model
+    dtype; bf16 keeps 8 bits of mantissa, so 8 accumulated micro-batches lose precision). ZeRO 0 with bf16 has no
+    fp32 accumulation in DeepSpeed 0.19 (it raises "unsupported mix"), so it keeps the default."""
+    bf16, fp16 = dtype == "bfloat16", dtype == "float16"
+    out: dict[str, Any] = {"bf16": {"enabled": bf16},
+                           "fp16": {"enabled": fp16, **({"initial_scale_power": 16} if fp16 else {})}}
+    if bf16 and zero_stage >= 1:
+        out["data_types"] = {"grad_accum_dtype": "fp32"}
+    return out

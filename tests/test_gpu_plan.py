@@ -1,0 +1,269 @@
+"""What east_ds decides for GPUs, pinned on a CPU machine (marker `gpu_plan`).
+
+Each test checks the GPU-case output of one function of east_ds/device_plan.py (or the code that applies it), and
+its docstring names the upstream line that makes that output right: vLLM 0.32.0, Ray 2.60, DeepSpeed 0.19.8 as
+installed (paths relative to site-packages), or how OpenRLHF and TRL do the same. docs/gpu.md maps each to its
+GPU path and to what only a real GPU can still show.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from east_ds import device_plan as plan
+
+pytestmark = pytest.mark.gpu_plan
+
+
+def test_broadcast_communicator_device_is_indexed():
+    """vllm/distributed/device_communicators/pynccl.py:165-191 stores the device it is given and warms up with
+    `torch.zeros(1, device=device)`; the collectives assert `tensor.device == self.device` (lines 280, 541).
+    A bare "cuda" is not equal to the "cuda:0" every CUDA tensor reports, so rank 0 must pass an indexed device,
+    as OpenRLHF (`torch.cuda.current_device()`) and TRL (`device=torch.cuda.current_device()`) do."""
+    assert torch.device("cuda") != torch.device("cuda:0")  # the trap itself
+    assert plan.communicator_device(True, 0) == "cuda:0"
+    assert torch.device(plan.communicator_device(True, 0)) == torch.device("cuda:0")
+    assert plan.communicator_device(True, 3) == "cuda:3"
+    assert plan.communicator_device(False) == "cpu"
+
+
+def test_trainer_broadcaster_builds_its_end_on_the_indexed_device(monkeypatch):
+    """The trainer's end (vllm_engine.TrainerWeightBroadcaster) asks device_plan for its device on a CUDA
+    machine; here CUDA is pretended and the communicator replaced by a recorder (pynccl line 280 as above)."""
+    from east_ds import vllm_engine
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, host, port, rank, world_size, device):
+            seen.update(rank=rank, device=device)
+
+    monkeypatch.setattr(vllm_engine, "WeightBroadcast", Recorder)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    vllm_engine.TrainerWeightBroadcaster("127.0.0.1", 1, 2)
+    assert seen == {"rank": 0, "device": "cuda:1"}
+
+
+@pytest.mark.parametrize("share, per_worker", [(0.5, "0.5"), (1.0, "1")])
+def test_tp_engine_actor_leaves_gpus_to_its_workers(share, per_worker):
+    """vllm/v1/executor/ray_executor_v2.py:276-283 starts each TP worker with num_gpus=VLLM_RAY_PER_WORKER_GPUS
+    (envs.py:1504, default 1.0) and num_cpus=0 (line 386), on the bundles VLLM_RAY_BUNDLE_INDICES names (lines
+    307-312). Colocated, a worker asking for a whole GPU leaves no room for the trainer rank's half on the same
+    bundle, so the share is passed down, as OpenRLHF's LLMRayActor sets VLLM_RAY_PER_WORKER_GPUS to its
+    fractional num_gpus. ray/_private/utils.py:284-292 leaves CUDA_VISIBLE_DEVICES alone for an actor holding no
+    GPU unless RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO is set, so the zero-GPU engine actor pins it off."""
+    p = plan.engine_actor_plan(1, 2, gpu_bundles=True, gpu_share=share, env={})
+    assert (p.num_cpus, p.num_gpus, p.bundle_index) == (0, 0, 2)
+    assert p.env["VLLM_RAY_BUNDLE_INDICES"] == "2,3"
+    assert p.env["VLLM_RAY_PER_WORKER_GPUS"] == per_worker
+    assert p.env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "0"
+
+
+def test_tp1_engine_actor_takes_its_share_of_one_bundle():
+    """TP 1 runs vLLM's worker in the actor itself (uniproc executor), so the actor holds the GPU share."""
+    p = plan.engine_actor_plan(3, 1, gpu_bundles=True, gpu_share=0.5, env={})
+    assert (p.num_cpus, p.num_gpus, p.bundle_index) == (1, 0.5, 3)
+    assert "VLLM_RAY_PER_WORKER_GPUS" not in p.env
+    cpu = plan.engine_actor_plan(3, 2, gpu_bundles=False, gpu_share=1.0, env={"VLLM_CPU_KVCACHE_SPACE": "2"})
+    assert (cpu.num_cpus, cpu.num_gpus, cpu.bundle_index, cpu.env["VLLM_CPU_KVCACHE_SPACE"]) == (1, 0, None, "2")
+
+
+COLOCATED_TP2 = textwrap.dedent("""
+    import json, sys, ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy as In
+    from east_ds.cluster import SHARE, placement_needs
+    from east_ds.config import PlacementConfig, RolloutConfig, TrainConfig
+    from east_ds.device_plan import engine_actor_plan
+
+    per_worker_override = sys.argv[1]  # "" : what east_ds sets; else what the TP workers ask for instead
+    ray.init(num_cpus=8, num_gpus=4, include_dashboard=False, _node_ip_address="127.0.0.1")
+
+    @ray.remote
+    class Probe:
+        def ok(self):
+            return ray.get_runtime_context().get_assigned_resources()
+
+    engines, tp, ranks = 2, 2, 4
+    [need] = placement_needs(RolloutConfig(num_engines=engines, tensor_parallel_size=tp), TrainConfig(num_ranks=ranks),
+                             PlacementConfig(mode="colocated"), 4)
+    pg = placement_group(need.bundles, strategy=need.strategy)
+    ray.get(pg.ready(), timeout=60)
+    actors = []
+    for e in range(engines):
+        p = engine_actor_plan(e, tp, True, SHARE, {})
+        actors.append(Probe.options(num_cpus=p.num_cpus, num_gpus=p.num_gpus,
+                                    scheduling_strategy=In(pg, p.bundle_index)).remote())
+        per = float(per_worker_override or p.env["VLLM_RAY_PER_WORKER_GPUS"])
+        for b in map(int, p.env["VLLM_RAY_BUNDLE_INDICES"].split(",")):  # vLLM's TP workers, as it asks
+            actors.append(Probe.options(num_cpus=0, num_gpus=per, scheduling_strategy=In(pg, b)).remote())
+    trainer = [Probe.options(num_cpus=1, num_gpus=SHARE, scheduling_strategy=In(pg, r)).remote() for r in range(ranks)]
+    ready, late = ray.wait([a.ok.remote() for a in actors + trainer], num_returns=len(actors + trainer), timeout=20)
+    print(json.dumps({"scheduled": len(ready), "waiting": len(late)}))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_colocated_tp2_trainer_ranks_fit_beside_vllm_workers(tmp_path):
+    """Real Ray, 4 logical GPUs: 2 engines x TP 2 colocated with 4 trainer ranks. Every actor asks for exactly
+    what east_ds and vLLM's Ray executor would (ray_executor_v2.py:276-283, 386; the driver's trainer ranks:
+    num_cpus 1, num_gpus 0.5 on bundle r). With the share every actor is scheduled; with vLLM's default
+    VLLM_RAY_PER_WORKER_GPUS=1.0 the 4 trainer ranks wait (the finding this pins). vLLM-CPU has no Ray executor,
+    so plain actors stand in for its workers."""
+    def run(override: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", COLOCATED_TP2, override], capture_output=True, text=True,
+                             timeout=240, cwd=tmp_path, env={**__import__("os").environ, "RAY_ADDRESS": ""})
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert run("") == {"scheduled": 10, "waiting": 0}
+    assert run("1.0") == {"scheduled": 6, "waiting": 4}
+
+
+def test_rollout_defaults_by_device_and_placement():
+    """vllm/config/cache.py:102: vLLM's own gpu_memory_utilization default is 0.92 (split: the engine owns the
+    GPU); verl's rollout config uses 0.5 when the trainer shares the GPU. CUDA graphs stay on for GPUs (vLLM 0.32
+    sleeps and reloads with graphs captured). A seed per request makes vLLM sample those requests one by one
+    (PLATFORM.md measured 1.02-1.12x on CPU), so GPUs default to unseeded; CPU keeps the reproducible default."""
+    gpu_split = plan.rollout_defaults(on_gpu=True, colocated=False)
+    assert gpu_split == plan.RolloutDefaults(enforce_eager=False, gpu_memory_utilization=0.92,
+                                             seed_per_request=False)
+    assert plan.rollout_defaults(on_gpu=True, colocated=True).gpu_memory_utilization == 0.5
+    assert plan.rollout_defaults(on_gpu=False, colocated=False) == plan.RolloutDefaults(True, 0.92, True)
+    kept = plan.rollout_defaults(True, True, enforce_eager=True, gpu_memory_utilization=0.7, seed_per_request=True)
+    assert kept == plan.RolloutDefaults(True, 0.7, True)
+
+
+def test_engine_arguments_on_gpu_are_valid_vllm_arguments():
+    """GPU: TP workers on Ray (`distributed_executor_backend="ray"`, vllm/v1/executor/abstract.py:77-85 picks
+    RayExecutorV2), sleep mode when asked, and the worker extension that east_ds calls by name
+    (vllm/v1/worker/worker_base.py:296-310 mixes `worker_extension_cls` into the worker). vLLM's own EngineArgs
+    has a field for every key (`vllm.LLM` passes its keyword arguments to it; a misspelt one would fail there)."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    gpu = plan.engine_kwargs("m", 1, "bfloat16", 2048, 2, True, False, on_gpu=True, enforce_eager=False,
+                             gpu_memory_utilization=0.92, enable_sleep=True)
+    assert gpu["distributed_executor_backend"] == "ray" and gpu["enable_sleep_mode"] is True
+    assert gpu["enforce_eager"] is False and gpu["gpu_memory_utilization"] == 0.92
+    assert gpu["worker_extension_cls"] == "east_ds.vllm_engine.EastWorkerExtension"
+    assert "enable_chunked_prefill" not in gpu  # a CPU-only workaround stays off GPUs
+    cpu = plan.engine_kwargs("m", 1, "bfloat16", 2048, 2, True, False, on_gpu=False, enforce_eager=True,
+                             gpu_memory_utilization=0.92, enable_sleep=False)
+    assert cpu["distributed_executor_backend"] == "mp" and cpu["enable_chunked_prefill"] is False
+    assert "enable_sleep_mode" not in cpu and "gpu_memory_utilization" not in cpu
+    fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    assert not (set(gpu) | set(cpu)) - fields
+
+
+def test_worker_extension_resolves_without_clashing_with_vllm_workers():
+    """worker_base.py:296-310 asserts that no extension attribute already exists on the worker class; the GPU
+    worker (vllm/v1/worker/gpu_worker.py) and the CPU worker must both accept east_ds's."""
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+    from vllm.v1.worker.cpu_worker import CPUWorker
+    from vllm.v1.worker.gpu_worker import Worker
+
+    ext = resolve_obj_by_qualname(plan.WORKER_EXTENSION)
+    methods = [a for a in vars(ext) if a.startswith("east_")]
+    assert {"east_reload_from_refs", "east_init_weight_group", "east_reload_from_broadcast"} <= set(methods)
+    for cls in (Worker, CPUWorker):
+        assert not [a for a in methods if hasattr(cls, a)]
+
+
+def test_engine_core_out_of_process_on_gpu_needs_methods_by_name(monkeypatch):
+    """GPU engines run the engine core in its own process (VLLM_ENABLE_V1_MULTIPROCESSING=1, vLLM's default).
+    vllm/v1/serial_utils.py:213-225 then refuses to send a callable (or a Ray ObjectRef) to it unless
+    VLLM_ALLOW_INSECURE_SERIALIZATION=1, so east_ds calls worker methods by name and fetches weight refs in the
+    actor (refs_fetched_in_actor)."""
+    from vllm.v1.serial_utils import MsgpackEncoder
+
+    monkeypatch.delenv("VLLM_ALLOW_INSECURE_SERIALIZATION", raising=False)
+    with pytest.raises(TypeError, match="INSECURE_SERIALIZATION"):
+        MsgpackEncoder().encode(("collective_rpc", test_broadcast_communicator_device_is_indexed))
+    MsgpackEncoder().encode(("collective_rpc", "east_reload_from_broadcast", [[["w", "bfloat16", [2, 2]]]]))
+    assert plan.engine_process_env(True, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}) == {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    assert plan.engine_process_env(False, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}) == {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+def test_object_store_refs_are_fetched_where_ray_can_resolve_them():
+    """With TP > 1 on GPUs the RPC reaches vLLM's Ray workers through its own pickled MessageQueue
+    (ray_executor_v2.py, step 3 "Create broadcast MessageQueue"), not as Ray task arguments, so an ObjectRef
+    inside would arrive without its owner; out of process, msgpack refuses it (serial_utils.py:213-225). Only a
+    TP 1 worker in the actor's own process pulls the refs itself."""
+    assert plan.refs_fetched_in_actor(2, engine_core_in_process=True)
+    assert plan.refs_fetched_in_actor(2, engine_core_in_process=False)
+    assert plan.refs_fetched_in_actor(1, engine_core_in_process=False)
+    assert not plan.refs_fetched_in_actor(1, engine_core_in_process=True)
+
+
+def test_sleep_level_and_wake_order():
+    """vllm/entrypoints/llm.py:836-885: level 2 discards weights and KV cache ("good for ... update the model");
+    level 1 copies the weights to host memory. vllm/v1/engine/core.py:997-1019: a partial wake_up(tags) keeps
+    scheduling paused until every allocation is back; vllm/v1/worker/gpu_worker.py:294-346 restores level 2's
+    saved buffers when the weights wake. TRL's colocate mode and OpenRLHF empty the trainer's cache, wake the
+    weights, load them, then wake the KV cache."""
+    p = plan.sleep_plan(reload_after_wake=True)
+    assert p.level == 2
+    assert p.wake_order == ("release trainer memory", "wake weights", "update weights", "wake kv_cache")
+    assert plan.sleep_plan(reload_after_wake=False).level == 1
+
+
+def test_driver_wakes_colocated_engines_in_the_planned_order():
+    """driver.Placement.after_training applies sleep_plan's order around the weight update."""
+    from east_ds.config import RunConfig
+    from east_ds.driver import Placement
+
+    calls = []
+
+    class Pool:
+        placement_group = None
+
+        def sleep(self):
+            calls.append("sleep")
+
+        def wake(self, tags=None):
+            calls.append(f"wake {tags}")
+
+    p = Placement(RunConfig(), gpus=2)
+    p.pool = Pool()
+    p.before_training()
+    p.after_training(lambda: calls.append("update"))
+    assert calls == ["sleep", "wake ['weights']", "update", "wake ['kv_cache']"]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_bf16_gradients_accumulate_in_fp32_under_zero(stage):
+    """deepspeed/runtime/engine.py:1799-1810 takes the accumulation dtype from data_types.grad_accum_dtype,
+    defaulting to the model dtype; ZeRO 1-2 allocate their accumulation buffers in it
+    (runtime/zero/stage_1_and_2.py:395-404, 1040-1051), ZeRO 3 too (stage3.py:239, 792), and bf16 + fp32 at stage 1
+    selects the BF16 optimizer (engine.py:2305-2310). DeepSpeed's own parser reads the section back as fp32."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from east_ds.config import ModelConfig, TrainConfig
+    from east_ds.train_engine import build_ds_config
+
+    sections = plan.precision_sections("bfloat16", stage)
+    assert sections["data_types"] == {"grad_accum_dtype": "fp32"} and sections["bf16"] == {"enabled": True}
+    ds = build_ds_config(TrainConfig(deepspeed_config=f"ds_configs/zero{stage}.json"), ModelConfig(), 1)
+    assert ds["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert DeepSpeedConfig(ds).grad_accum_dtype == "fp32"
+
+
+def test_precision_without_zero_or_in_16_bit_float():
+    """engine.py:2313-2323: without ZeRO, bf16 with fp32 accumulation is an "unsupported mix", so stage 0 keeps
+    DeepSpeed's default; fp16 gets a loss scale; fp32 needs nothing."""
+    assert "data_types" not in plan.precision_sections("bfloat16", 0)
+    fp16 = plan.precision_sections("float16", 2)
+    assert fp16["fp16"] == {"enabled": True, "initial_scale_power": 16} and "data_types" not in fp16
+    assert plan.precision_sections("float32", 2) == {"bf16": {"enabled": False}, "fp16": {"enabled": False}}
