@@ -23,6 +23,35 @@ COLOCATED_GPU_MEMORY_UTILIZATION = 0.5  # verl's rollout default when the traine
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The environment actors see
+
+ACTOR_ENV_PREFIXES = ("VLLM_", "DS_", "TORCH_", "OMP_", "TOKENIZERS_", "HF_", "PYTHONPATH")
+NODE_SPECIFIC = ("VLLM_HOST_IP", "VLLM_HOST_PORT", "VLLM_CPU_OMP_THREADS_BIND", "DS_ACCELERATOR",
+                 "TORCH_EXTENSIONS_DIR", "OMP_NUM_THREADS")
+NEVER_SHIPPED = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # secrets: a runtime_env is shown on Ray's dashboard
+
+
+def actor_env(driver_env: Mapping[str, str], joining_cluster: bool, job_env: Mapping[str, str] | None = None) -> dict:
+    """The env_vars of the runtime_env the driver gives every actor it starts.
+
+    The driver's settings of east_ds's stack (VLLM_*, DS_*, TORCH_*, OMP_*, TOKENIZERS_*, HF_*) travel with it, but
+    never its secrets. Joining a running cluster, values that describe the driver's own node stay home: its IP as
+    vLLM sees it (vLLM itself refuses to copy VLLM_HOST_IP to its workers), its core binding, a DeepSpeed
+    accelerator forced to the CPU, a build directory inside its venv, and its thread count; each node's own
+    environment (from `ray start`) holds those. Inside a Ray job, keys the job's runtime_env already sets are left
+    to it (Ray refuses to merge two runtime_envs that set the same key)."""
+    job_env = job_env or {}
+    out = {}
+    for k, v in driver_env.items():
+        if not k.startswith(ACTOR_ENV_PREFIXES) or k in NEVER_SHIPPED or k in job_env:
+            continue
+        if joining_cluster and k in NODE_SPECIFIC:
+            continue
+        out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Rollout engines
 
 
@@ -161,6 +190,15 @@ def communicator_device(has_cuda: bool, current_device: int = 0) -> str:
     vLLM's PyNcclCommunicator stores the device it was given and asserts `tensor.device == self.device` in every
     collective; a tensor made on "cuda" lives on "cuda:0", and torch.device("cuda:0") != torch.device("cuda")."""
     return f"cuda:{current_device}" if has_cuda else "cpu"
+
+
+PROCESS_GROUP_TIMEOUT_MIN = 60  # trainer process groups: rank 0 alone exports a large model while the others wait
+
+
+def process_group_backend(accelerator: str) -> str:
+    """The trainer's torch.distributed backend for DeepSpeed's accelerator device name: NCCL on CUDA, gloo on the
+    CPU (also on a CUDA node that trains on the CPU with DS_ACCELERATOR=cpu: NCCL would refuse CPU tensors)."""
+    return "nccl" if accelerator == "cuda" else "gloo"
 
 
 def precision_sections(dtype: str, zero_stage: int) -> dict[str, Any]:

@@ -13,17 +13,80 @@ import torch
 import torch.nn.functional as F
 
 
+# Elements (positions x V) of logits cast to float32 at one time by `token_logps`: 2^24 floats = 64 MiB, about 110
+# positions of a 152k vocabulary. A whole (2, 2048, 152k) float32 copy would be 2.5 GB.
+LOGP_CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunks(b: int, t: int, v: int, chunk_elements: int):
+    """(slice over B, slice over T) blocks of a (b, t, v) tensor with at most max(chunk_elements, v) elements each.
+
+    A block is several whole rows when one row (t * v) fits, else part of one row, at least one position.
+    """
+    per_block = max(1, chunk_elements // max(v, 1))  # positions per block
+    if per_block >= t:
+        rows = max(1, per_block // max(t, 1))
+        for b0 in range(0, b, rows):
+            yield slice(b0, min(b0 + rows, b)), slice(0, t)
+    else:
+        for b0 in range(b):
+            for t0 in range(0, t, per_block):
+                yield slice(b0, b0 + 1), slice(t0, min(t0 + per_block, t))
+
+
+class _TargetLogps(torch.autograd.Function):
+    """log softmax(logits[:, t])[input_ids[:, t+1]] for t < T-1, float32, a chunk of positions at a time.
+
+    picked_t = logits_t[y_t] - logsumexp_v logits_t[v]; d picked_t / d logits_t = onehot(y_t) - softmax(logits_t).
+    Only one chunk is ever in float32; the graph keeps `logits` itself (in its own dtype, already alive) and the
+    (B_m, T-1) float32 logsumexp, never a dense float32 (B_m, T, V). The gradient is written straight into one
+    tensor shaped and typed like `logits` (last position 0: it predicts nothing).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, chunk_elements: int) -> torch.Tensor:
+        b, t1 = targets.shape  # t1 = T - 1
+        v = logits.shape[-1]
+        lse = torch.empty(b, t1, dtype=torch.float32, device=logits.device)  # (B_m, T-1)
+        for bs, ts in _chunks(b, t1, v, chunk_elements):
+            lse[bs, ts] = torch.logsumexp(logits[bs, ts].float(), dim=-1)  # the only float32 (rows, V) copy
+        picked = logits[:, :-1].gather(2, targets.unsqueeze(-1)).squeeze(-1).float()  # (B_m, T-1), exact cast
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.chunk_elements = chunk_elements
+        return picked - lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        b, t1 = targets.shape
+        v = logits.shape[-1]
+        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)  # (B_m, T, V), logits' dtype
+        grad[:, -1].zero_()
+        g = grad_out.float()  # (B_m, T-1)
+        for bs, ts in _chunks(b, t1, v, ctx.chunk_elements):
+            gc = g[bs, ts].unsqueeze(-1)  # (rows, 1)
+            x = logits[bs, ts].to(torch.float32, copy=True)  # (rows, V) float32, a copy even for float32 logits
+            x.sub_(lse[bs, ts].unsqueeze(-1)).exp_().mul_(-gc)  # -g * softmax
+            x.scatter_add_(-1, targets[bs, ts].unsqueeze(-1), gc)  # + g * onehot(y)
+            grad[bs, ts].copy_(x)  # cast back to logits' dtype
+        return grad, None, None
+
+
 def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Log-probability of each target token under `logits`, zero where `loss_mask` is 0.
 
     logits (B_m, T, V) predict the token at t+1 from position t; input_ids (B_m, T); loss_mask (B_m, T) is 1 on
-    the tokens that are targets (response tokens and the EOS), 0 on prompt and padding. Returns (B_m, T-1),
+    the tokens that are targets (response tokens and the EOS), 0 on prompt and padding. Returns (B_m, T-1) float32,
     aligned with input_ids[:, 1:].
+
+    log pi(y_t+1 | y_<=t) = logits_t[y_t+1] - logsumexp_v logits_t[v], in float32 a chunk of at most
+    LOGP_CHUNK_ELEMENTS logits at a time (`_TargetLogps`): the same values as a float32 log_softmax + gather, but
+    bf16/fp16 logits are never copied whole to float32, forward or backward.
     """
-    targets = input_ids[:, 1:]
+    targets = input_ids[:, 1:]  # (B_m, T-1)
     mask = loss_mask[:, 1:].to(logits.dtype)
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B_m, T-1, V), float32 for a stable log-softmax
-    picked = torch.gather(logp, 2, targets.unsqueeze(-1)).squeeze(-1)  # (B_m, T-1)
+    picked = _TargetLogps.apply(logits, targets, LOGP_CHUNK_ELEMENTS)  # (B_m, T-1) float32
     return picked * mask.float()
 
 

@@ -18,17 +18,13 @@ def init_ray(address: str = "", num_cpus: int | None = None) -> None:
     """
     import ray
 
+    from east_ds.device_plan import actor_env
+
     if ray.is_initialized():
         return
-    env = {
-        "env_vars": {
-            k: v
-            for k, v in os.environ.items()
-            if k.startswith(("VLLM_", "DS_", "TORCH_", "OMP_", "TOKENIZERS_", "HF_", "PYTHONPATH"))
-        }
-    }
     # Inside `ray job submit` (or with RAY_ADDRESS exported) the cluster is already there: join it.
     address = address or os.environ.get("RAY_ADDRESS", "")
+    env = {"env_vars": actor_env(os.environ, joining_cluster=bool(address), job_env=_job_env())}
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
         return
@@ -50,3 +46,16 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0))
+
+
+def _job_env() -> dict:
+    """The env_vars of the Ray job's own runtime_env when this driver runs as a Ray job, else {}."""
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return dict((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        return {}

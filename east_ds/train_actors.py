@@ -34,6 +34,7 @@ class TrainRank:
         self.rank, self.world, self.local_rank = rank, world_size, local_rank
         self._events: list[dict] = []
         self._store = None  # rank 0's TCP store of the process group (open_store)
+        self._weight_socket = None  # rank 0's listening socket for the next weight-broadcast group (master)
 
     def where(self) -> dict:
         """Where Ray put this rank, seen from inside it (cluster.actor_location), and its process-group backend."""
@@ -57,13 +58,16 @@ class TrainRank:
             self._events.append({"t": time.time(), "actor": f"rank {self.rank}", "event": f"{name} end"})
 
     def master(self) -> tuple[str, int]:
-        """Address and a free port of this actor's node (called on rank 0), for a group whose rank 0 binds the
-        port later: the weight-broadcast group, whose store vLLM's StatelessProcessGroup opens itself. A process
-        that takes the port in between makes that bind fail; the trainer's own group avoids this (open_store)."""
+        """Rank 0: open a listening socket on a port the OS picks, for the weight-broadcast group's store, and
+        return where it listens. `send_weights` hands the socket to vLLM's StatelessProcessGroup (listen_socket),
+        so the port is held from pick to use and no other process can take it in between."""
         addr = ray.util.get_node_ip_address()
-        with socket.socket() as s:
-            s.bind((addr, 0))
-            return addr, s.getsockname()[1]
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr, 0))
+        s.listen()
+        self._weight_socket = s
+        return addr, s.getsockname()[1]
 
     def open_store(self) -> tuple[str, int]:
         """Rank 0: start the process group's TCP store on a port the OS picks, and return where it listens. The
@@ -99,10 +103,11 @@ class TrainRank:
                            progress=self.rank == 0)
 
     def weight_metas(self, checkpoint: str, bucket_bytes: int) -> list:
-        """The buckets' `(name, dtype, shape)` lists that `send_weights` will broadcast, in order."""
-        from east_ds.weight_sync import bucket_meta, checkpoint_tensors, iter_buckets
+        """The buckets' `(name, dtype, shape)` lists that `send_weights` will broadcast, in order (from the
+        safetensors headers: no tensor is read)."""
+        from east_ds.weight_sync import checkpoint_metas
 
-        return [bucket_meta(b) for b in iter_buckets(checkpoint_tensors(checkpoint), bucket_bytes)]
+        return checkpoint_metas(checkpoint, bucket_bytes)
 
     def send_weights(self, host: str, port: int, world_size: int, checkpoint: str, bucket_bytes: int) -> float:
         """Be rank 0 of the weight-broadcast group at host:port and broadcast the checkpoint bucket by bucket."""
@@ -110,7 +115,8 @@ class TrainRank:
         from east_ds.weight_sync import checkpoint_tensors, iter_buckets
 
         t0 = time.perf_counter()
-        sender = TrainerWeightBroadcaster(host, port, world_size)
+        listen, self._weight_socket = self._weight_socket, None  # the group's store takes the socket over
+        sender = TrainerWeightBroadcaster(host, port, world_size, listen_socket=listen)
         for bucket in iter_buckets(checkpoint_tensors(checkpoint), bucket_bytes):
             sender.broadcast(bucket)
         sender.finish()
@@ -226,10 +232,11 @@ class TrainerGroup:
             self._own_pg = None
 
 
-def broadcast_weights(sender, pool, checkpoint: str, bucket_mb: int) -> dict:
+def broadcast_weights(sender, pool, checkpoint: str, bucket_mb: int, timeout_s: float = 3600.0) -> dict:
     """`sender` (a TrainRank actor: trainer rank 0) reads `checkpoint` (its own export) and broadcasts it to every
     engine of `pool` in buckets of at most `bucket_mb` MiB, through a group formed for this update (NCCL between
-    GPUs, the TCP-store stand-in without CUDA; docs/rollout.md). Returns seconds and bucket count."""
+    GPUs, the TCP-store stand-in without CUDA; docs/rollout.md). Returns seconds and bucket count. Raises
+    TimeoutError when not every participant has finished within `timeout_s` (instead of waiting for ever)."""
     t0 = time.perf_counter()
     nbytes = bucket_mb * 2**20
     host, port = ray.get(sender.master.remote())
@@ -237,5 +244,11 @@ def broadcast_weights(sender, pool, checkpoint: str, bucket_mb: int) -> dict:
     joined, world = pool.init_weight_group(host, port)
     sent = sender.send_weights.remote(host, port, world, str(checkpoint), nbytes)
     received = pool.update_weights_broadcast(metas, str(checkpoint))
-    ray.get(joined + [sent] + received)
+    refs = joined + [sent] + received
+    done, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    if late:  # an engine or rank 0 died or hangs in a collective: NCCL has no timeout of its own here
+        raise TimeoutError(f"weight broadcast of {checkpoint} not finished within {timeout_s:g} s ({len(late)} of "
+                           f"{len(refs)} participants pending); rerun the same command: the engines of a new run "
+                           "load the published checkpoint from its path")
+    ray.get(done)
     return {"seconds": time.perf_counter() - t0, "buckets": len(metas)}

@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ import torch
 from east_ds import train_data as td
 from east_ds.config import ModelConfig, TrainConfig, check_batch_sizes
 from east_ds.data import check_model_path
-from east_ds.device_plan import precision_sections
+from east_ds import device_plan as plan
 from east_ds.losses import (
     dpo_loss, kto_loss, kto_reference_point, sequence_logps, sft_loss, weighted_batch_loss,
 )
@@ -65,11 +66,16 @@ def init_distributed(store=None) -> tuple[int, int]:
                 store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(store.port))
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        from deepspeed.accelerator import get_accelerator
+
+        # One source of truth for the device: DeepSpeed's accelerator (DS_ACCELERATOR=cpu on a CUDA node trains on
+        # the CPU, so it must talk gloo, not nccl). The timeout covers rank 0 writing a large export alone.
+        backend = plan.process_group_backend(get_accelerator().device_name())
+        timeout = timedelta(minutes=plan.PROCESS_GROUP_TIMEOUT_MIN)
         if store is not None:  # DeepSpeed keeps a group it finds initialised
             dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
-                                    world_size=int(os.environ["WORLD_SIZE"]))
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+                                    world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -121,7 +127,7 @@ def build_ds_config(train_cfg: TrainConfig, model_cfg: ModelConfig, world_size: 
     if "data_types" in cfg:
         raise ValueError(f"{path}: sets data_types; the precision policy comes from model.dtype "
                          f"(device_plan.precision_sections)")
-    cfg.update(precision_sections(model_cfg.dtype, zero.get("stage", 0) if training else 0))
+    cfg.update(plan.precision_sections(model_cfg.dtype, zero.get("stage", 0) if training else 0))
     if training:
         offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
         cfg["optimizer"] = {"type": "AdamW", "params": {

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 from vllm import LLM, SamplingParams
 
@@ -92,12 +91,15 @@ class WeightBroadcast:
     its kind, and a receiver of the other kind fails instead of hanging.
     """
 
-    def __init__(self, host: str, port: int, rank: int, world_size: int, device):
+    def __init__(self, host: str, port: int, rank: int, world_size: int, device, listen_socket=None):
+        """`listen_socket` (rank 0): a socket already bound and listening at host:port, so no other process can
+        take the port between its pick and the store's start; the store takes it over."""
         import torch
         from vllm.distributed.utils import StatelessProcessGroup
 
         self.device = torch.device(device)
-        self.group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size)
+        self.group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size,
+                                                  listen_socket=listen_socket)
         kind = "nccl" if self.device.type == "cuda" else "tcp-store"
         sender = self.group.broadcast_obj(kind if rank == 0 else None, src=0)
         if sender != kind:
@@ -122,8 +124,13 @@ class WeightBroadcast:
         return t
 
     def finish(self) -> None:
-        """Every rank, after the last bucket: rank 0 keeps the group's store up until all have read it."""
+        """Every rank, after the last bucket: rank 0 keeps the group's store up until all have read it. Then the
+        NCCL communicator is destroyed: a group is formed per update, and PyNcclCommunicator frees its buffers,
+        proxy thread and sockets only in destroy() (it has no __del__)."""
         self.group.barrier(timeout=3600)
+        if self.comm is not None:
+            self.comm.destroy()
+            self.comm = None
 
 
 class TrainerWeightBroadcaster:
@@ -134,7 +141,7 @@ class TrainerWeightBroadcaster:
     `pool.update_weights_broadcast(metas)` on the engines (async) and `broadcast(bucket)` here for each bucket in order.
     """
 
-    def __init__(self, host: str, port: int, world_size: int, device=None):
+    def __init__(self, host: str, port: int, world_size: int, device=None, listen_socket=None):
         import torch
 
         from east_ds.device_plan import communicator_device
@@ -142,7 +149,7 @@ class TrainerWeightBroadcaster:
         if device is None:
             cuda = torch.cuda.is_available()
             device = communicator_device(cuda, torch.cuda.current_device() if cuda else 0)
-        self.comm = WeightBroadcast(host, port, 0, world_size, device)
+        self.comm = WeightBroadcast(host, port, 0, world_size, device, listen_socket)
 
     def broadcast(self, bucket) -> None:
         for _, t in bucket:

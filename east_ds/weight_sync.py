@@ -10,6 +10,7 @@ This module imports torch (and safetensors) only: no Ray, vLLM or DeepSpeed.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -49,12 +50,50 @@ def bucket_meta(bucket: Bucket) -> list[tuple[str, str, tuple[int, ...]]]:
 
 
 def checkpoint_tensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """`(name, tensor)` of every weight in a Hugging Face checkpoint directory's safetensors files, one file
-    at a time (what the object-store update sends when the engines should not read the checkpoint themselves)."""
-    from safetensors.torch import load_file
+    """`(name, tensor)` of every weight in a Hugging Face checkpoint directory's safetensors files, one tensor at
+    a time, files in name order and tensors in each file's key order (`checkpoint_metas` follows the same order):
+    what the object-store and broadcast updates send."""
+    from safetensors import safe_open
 
+    for f in _weight_files(path):
+        with safe_open(str(f), framework="pt") as sf:
+            for name in sf.keys():
+                yield name, sf.get_tensor(name)
+
+
+def _weight_files(path: str | Path) -> list[Path]:
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors weights to send")
+    return files
+
+
+def checkpoint_metas(path: str | Path, bucket_bytes: int) -> list[list[tuple[str, str, tuple[int, ...]]]]:
+    """`bucket_meta` of each bucket that `iter_buckets(checkpoint_tensors(path), bucket_bytes)` yields, read from the
+    safetensors headers alone (no tensor is loaded): what broadcast receivers allocate, bucket by bucket."""
+    from safetensors import safe_open
+
+    files = _weight_files(path)
+    metas: list[list[tuple[str, str, tuple[int, ...]]]] = []
+    bucket: list[tuple[str, str, tuple[int, ...]]] = []
+    size = 0
     for f in files:
-        yield from load_file(str(f)).items()
+        with safe_open(str(f), framework="pt") as sf:
+            for name in sf.keys():  # the order checkpoint_tensors yields
+                sl = sf.get_slice(name)
+                dtype = _SAFETENSORS_DTYPES[sl.get_dtype()]
+                shape = tuple(sl.get_shape())
+                nbytes = math.prod(shape) * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+                if bucket and size + nbytes > bucket_bytes:
+                    metas.append(bucket)
+                    bucket, size = [], 0
+                bucket.append((name, dtype, shape))
+                size += nbytes
+    if bucket:
+        metas.append(bucket)
+    return metas
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}

@@ -41,7 +41,7 @@ def test_trainer_broadcaster_builds_its_end_on_the_indexed_device(monkeypatch):
     seen = {}
 
     class Recorder:
-        def __init__(self, host, port, rank, world_size, device):
+        def __init__(self, host, port, rank, world_size, device, listen_socket=None):
             seen.update(rank=rank, device=device)
 
     monkeypatch.setattr(vllm_engine, "WeightBroadcast", Recorder)
@@ -267,3 +267,28 @@ def test_precision_without_zero_or_in_16_bit_float():
     fp16 = plan.precision_sections("float16", 2)
     assert fp16["fp16"] == {"enabled": True, "initial_scale_power": 16} and "data_types" not in fp16
     assert plan.precision_sections("float32", 2) == {"bf16": {"enabled": False}, "fp16": {"enabled": False}}
+
+
+def test_actor_environment_keeps_node_values_and_secrets_home():
+    """vllm/v1/executor/ray_utils.py:31-41 refuses to copy VLLM_HOST_IP to other nodes' workers (a wrong host IP
+    fails a multi-node engine); deepspeed/accelerator/real_accelerator.py:59-60 obeys DS_ACCELERATOR, so a driver's
+    `cpu` would put GPU ranks on the CPU; ray/_private/worker.py:1789-1813 refuses a driver runtime_env that sets
+    a key the job's runtime_env sets. Local runs ship the driver's settings (the raylet is the driver's child)."""
+    driver = {"VLLM_HOST_IP": "10.0.0.1", "VLLM_USE_V1": "1", "DS_ACCELERATOR": "cpu", "HF_HOME": "/shared/hf",
+              "HF_TOKEN": "secret", "TORCH_EXTENSIONS_DIR": "/home/me/.venv/x", "OMP_NUM_THREADS": "2",
+              "PATH": "/usr/bin", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    joined = plan.actor_env(driver, joining_cluster=True)
+    assert joined == {"VLLM_USE_V1": "1", "HF_HOME": "/shared/hf", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    local = plan.actor_env(driver, joining_cluster=False)
+    assert local["DS_ACCELERATOR"] == "cpu" and local["OMP_NUM_THREADS"] == "2" and "HF_TOKEN" not in local
+    assert "HF_HOME" not in plan.actor_env(driver, True, job_env={"HF_HOME": "/other"})
+
+
+def test_trainer_backend_follows_deepspeeds_accelerator():
+    """deepspeed/accelerator/cuda_accelerator.py:34 talks nccl, cpu_accelerator.py:31-34 ccl or gloo; east_ds asks
+    DeepSpeed's accelerator for the device, so a CUDA node told DS_ACCELERATOR=cpu uses gloo (NCCL refuses CPU
+    tensors), and the group's timeout covers rank 0 exporting alone (torch's NCCL default is 10 minutes,
+    ProcessGroupNCCL.hpp)."""
+    assert plan.process_group_backend("cuda") == "nccl"
+    assert plan.process_group_backend("cpu") == "gloo"
+    assert plan.PROCESS_GROUP_TIMEOUT_MIN >= 30

@@ -4,13 +4,17 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from east_ds import losses
 from east_ds.losses import (
     dpo_loss,
     kto_loss,
     kto_reference_point,
     sequence_logps,
     sft_loss,
+    token_logps,
     weighted_batch_loss,
 )
 
@@ -116,3 +120,158 @@ def test_weighted_batch_loss_gradient_scales_each_example_by_its_weight():
 def test_weighted_batch_loss_shape_mismatch():
     with pytest.raises(ValueError, match="shape"):
         weighted_batch_loss(torch.ones(3), torch.ones(2), 3)
+
+
+# --- token_logps: chunked logsumexp against a float64 log_softmax + gather -------------------------------------
+
+# Values are computed in float32 from the logits as given, whatever their dtype, so one tolerance fits all. The
+# gradient comes back in the logits' dtype: it can be no closer to the float64 one than one rounding to that dtype.
+_VALUE_TOL = dict(rtol=1e-5, atol=2e-5)
+_GRAD_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+
+
+def _reference_token_logps(logits64, input_ids, loss_mask):
+    """The old formula, in float64: full log_softmax, gather the targets, mask. (B, T-1)."""
+    logp = torch.log_softmax(logits64[:, :-1], dim=-1)
+    picked = torch.gather(logp, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return picked * loss_mask[:, 1:].to(logits64.dtype)
+
+
+def _random_case(b, t, v, dtype, seed, scale=4.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(b, t, v, generator=g, dtype=torch.float64) * scale).to(dtype)
+    ids = torch.randint(0, v, (b, t), generator=g)
+    mask = (torch.rand(b, t, generator=g) > 0.3).long()
+    return logits, ids, mask
+
+
+def _check_against_float64(logits, ids, mask, seed=0):
+    """token_logps values and d/dlogits (for a random upstream gradient) against the float64 reference."""
+    dtype = logits.dtype
+    x = logits.detach().clone().requires_grad_()
+    x64 = logits.detach().to(torch.float64).requires_grad_()  # the same values, not rounded again
+    out = token_logps(x, ids, mask)
+    ref = _reference_token_logps(x64, ids, mask)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    torch.testing.assert_close(out.double(), ref.detach(), **_VALUE_TOL)
+    up = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    (grad,) = torch.autograd.grad(out, x, up.float())
+    (grad64,) = torch.autograd.grad(ref, x64, up)
+    assert grad.dtype == dtype and grad.shape == logits.shape
+    torch.testing.assert_close(grad.double(), grad64, rtol=_GRAD_RTOL[dtype], atol=1e-6)
+    assert torch.equal(x.detach(), logits)  # the backward works on a copy of each chunk, never on the logits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_token_logps_matches_float64_log_softmax_gather(dtype):
+    logits, ids, mask = _random_case(3, 17, 50, dtype, seed=0)
+    _check_against_float64(logits, ids, mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_sequence_logps_and_sft_loss_match_float64_reference(dtype):
+    logits, ids, mask = _random_case(3, 17, 50, dtype, seed=1)
+    x = logits.detach().clone().requires_grad_()
+    x64 = logits.detach().to(torch.float64).requires_grad_()
+    ref_tok = _reference_token_logps(x64, ids, mask)
+    n = mask[:, 1:].sum(-1).clamp(min=1).double()
+    for ours, ref in ((sequence_logps(x, ids, mask), ref_tok.sum(-1)), (sft_loss(x, ids, mask), -ref_tok.sum(-1) / n)):
+        torch.testing.assert_close(ours.double(), ref.detach(), **_VALUE_TOL)
+        (grad,) = torch.autograd.grad(ours.sum(), x)
+        (grad64,) = torch.autograd.grad(ref.sum(), x64, retain_graph=True)
+        torch.testing.assert_close(grad.double(), grad64, rtol=_GRAD_RTOL[dtype], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logps_chunk_budget_does_not_change_the_result(monkeypatch, dtype):
+    # B = 3, T - 1 = 16 positions, V = 50. Budgets: below one position (1 position per chunk), 7 positions (a
+    # ragged last chunk in each row), exactly one row, two rows (a ragged last chunk over the batch), more than
+    # the whole tensor (one chunk). All must give bit-identical values and gradients.
+    logits, ids, mask = _random_case(3, 17, 50, dtype, seed=2)
+    up = torch.randn(3, 16, generator=torch.Generator().manual_seed(3))
+    results = []
+    for budget in (1, 49, 7 * 50, 16 * 50, 32 * 50, 10**9):
+        monkeypatch.setattr(losses, "LOGP_CHUNK_ELEMENTS", budget)
+        x = logits.detach().clone().requires_grad_()
+        out = token_logps(x, ids, mask)
+        (grad,) = torch.autograd.grad(out, x, up)
+        results.append((budget, out, grad))
+    _, out0, grad0 = results[0]
+    for budget, out, grad in results[1:]:
+        assert torch.equal(out, out0), budget
+        assert torch.equal(grad, grad0), budget
+    _check_against_float64(logits, ids, mask)  # and the smallest budget is still right (budget 10**9 set last)
+
+
+def test_chunks_cover_every_position_once():
+    for b, t, v, budget in [(3, 16, 50, 1), (3, 16, 50, 7 * 50), (3, 16, 50, 32 * 50), (2, 5, 4, 10**6), (1, 0, 4, 8)]:
+        seen = torch.zeros(b, t, dtype=torch.long)
+        for bs, ts in losses._chunks(b, t, v, budget):
+            seen[bs, ts] += 1
+            assert seen[bs, ts].numel() * v <= max(budget, v)
+        assert bool((seen == 1).all())
+
+
+def test_token_logps_masks_and_last_position_get_zero_gradient():
+    logits, ids, mask = _random_case(2, 9, 11, torch.bfloat16, seed=4)
+    x = logits.detach().clone().requires_grad_()
+    out = token_logps(x, ids, mask)
+    assert bool((out[mask[:, 1:] == 0] == 0).all())
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert bool((grad[:, -1] == 0).all())  # the last position predicts nothing
+    assert bool((grad[:, :-1][mask[:, 1:] == 0] == 0).all())  # masked targets contribute nothing
+    # Each unmasked position's gradient onehot - softmax sums to 0 over the vocabulary (up to bf16 rounding).
+    assert grad.float().sum(-1).abs().max().item() < 1e-2
+
+
+def test_token_logps_without_grad_for_the_reference_model():
+    logits, ids, mask = _random_case(2, 9, 11, torch.bfloat16, seed=5)
+    with torch.no_grad():
+        out = sequence_logps(logits, ids, mask)
+    assert not out.requires_grad
+    ref = _reference_token_logps(logits.double(), ids, mask).sum(-1)
+    torch.testing.assert_close(out.double(), ref, **_VALUE_TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logps_saves_no_dense_float32_logits_for_backward(monkeypatch, dtype):
+    # Whatever autograd keeps for the backward: the logits themselves (alive anyway, in their own dtype) and
+    # (B, T-1)-sized tensors. The old code kept a float32 (B, T-1, V) log_softmax; nothing float32 of more than
+    # B * (T-1) elements may be saved now, nor anything else with V in it but the logits.
+    b, t, v = 2, 33, 64
+    monkeypatch.setattr(losses, "LOGP_CHUNK_ELEMENTS", 5 * v)
+    logits, ids, mask = _random_case(b, t, v, dtype, seed=6)
+    x = logits.detach().clone().requires_grad_()
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = sft_loss(x, ids, mask)
+    assert saved
+    for tensor in saved:
+        big = tensor.numel() > b * (t - 1)
+        assert not (big and tensor.dtype == torch.float32 and tensor.data_ptr() != x.data_ptr()), tensor.shape
+        assert not big or tensor.data_ptr() == x.data_ptr(), (tensor.shape, tensor.dtype)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.dtype == dtype
+
+
+_dtypes = st.sampled_from([torch.float32, torch.bfloat16, torch.float16])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 3), st.integers(1, 9), st.integers(1, 40), _dtypes,
+    st.integers(1, 500), st.integers(0, 2**16), st.floats(0.1, 20.0),
+)
+def test_token_logps_property_matches_float64_reference(b, t, v, dtype, budget, seed, scale):
+    logits, ids, mask = _random_case(b, t, v, dtype, seed=seed, scale=scale)
+    old = losses.LOGP_CHUNK_ELEMENTS
+    losses.LOGP_CHUNK_ELEMENTS = budget  # hypothesis and function-scoped monkeypatch do not mix
+    try:
+        _check_against_float64(logits, ids, mask, seed=seed)
+    finally:
+        losses.LOGP_CHUNK_ELEMENTS = old
