@@ -20,7 +20,14 @@
 #
 #   node 0:  HOSTFILE=hf NO_SSH=1 NODE_RANK=0 MASTER_ADDR=10.0.0.1 launch/iteration_deepspeed.sh M /shared/iter_1
 #   node 1:  HOSTFILE=hf NO_SSH=1 NODE_RANK=1 MASTER_ADDR=10.0.0.1 launch/iteration_deepspeed.sh M /shared/iter_1
+#
+# GPUs on one node: with CUDA_VISIBLE_DEVICES set (e.g. 4,5) training runs on the first NUM_GPUS of those GPUs
+# (`deepspeed --include localhost:4,5`; `--num_gpus N` would make the launcher drop CUDA_VISIBLE_DEVICES and take
+# GPUs 0..N-1). With HOSTFILE and ssh (no NO_SSH=1), the remote ranks get this environment's HF_*, TOKENIZERS_*,
+# TORCH_*, DS_*, CUDA_HOME, LD_LIBRARY_PATH and OMP_NUM_THREADS through ITER_DIR/.deepspeed_env (DS_ENV_FILE points
+# the launcher at it; your ~/.deepspeed_env and ./.deepspeed_env are copied into it and still apply).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # write_deepspeed_env
 
 # ---- settings (environment overrides) --------------------------------------------------------------------
 EAST_DS=${EAST_DS:-east-ds}                 # the CLI
@@ -94,9 +101,28 @@ limit=()
 # (--model) scores chosen/rejected into ITER_DIR/checkpoint/examples_ref.parquet, then training reads that.
 
 # ---- 4. train with the weighted loss (deepspeed launcher: one process per GPU / CPU rank) ------------------
-launcher=("$DEEPSPEED" --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT")
-[[ -n "$HOSTFILE" ]] && launcher=("$DEEPSPEED" --hostfile "$HOSTFILE" --master_port "$MASTER_PORT")
-[[ "$NO_SSH" == 1 ]] && launcher+=(--no_ssh --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR")
+if [[ -n "$HOSTFILE" ]]; then
+  launcher=("$DEEPSPEED" --hostfile "$HOSTFILE" --master_port "$MASTER_PORT")
+  if [[ "$NO_SSH" == 1 ]]; then
+    launcher+=(--no_ssh --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR")
+  else  # the launcher starts the other nodes' ranks over ssh and forwards them only some variables
+    write_deepspeed_env "$iter_dir/.deepspeed_env"
+    DS_ENV_FILE="$(cd "$iter_dir" && pwd)/.deepspeed_env"
+    export DS_ENV_FILE
+  fi
+elif [[ -n "${CUDA_VISIBLE_DEVICES:-}" && "${DS_ACCELERATOR:-}" != cpu ]]; then
+  # --num_gpus would drop CUDA_VISIBLE_DEVICES and use GPUs 0..NUM_GPUS-1: name this job's GPUs instead
+  IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
+  if [[ ! "$CUDA_VISIBLE_DEVICES" =~ ^[0-9]+(,[0-9]+)*$ ]] || (( ${#visible[@]} < NUM_GPUS )); then
+    echo "iteration_deepspeed.sh: NUM_GPUS=$NUM_GPUS needs as many GPU indices in" \
+         "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES (deepspeed --include takes indices, not UUIDs)" >&2
+    exit 2
+  fi
+  gpus=$(IFS=,; echo "${visible[*]:0:NUM_GPUS}")
+  launcher=("$DEEPSPEED" --include "localhost:$gpus" --master_port "$MASTER_PORT")
+else
+  launcher=("$DEEPSPEED" --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT")
+fi
 config=()
 [[ -n "$TRAIN_CONFIG" ]] && config=(--config "$TRAIN_CONFIG")
 stage train "$iter_dir/checkpoint/hf" \

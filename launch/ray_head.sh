@@ -17,8 +17,10 @@
 # The dashboard (job submission API) listens on DASHBOARD_HOST, 127.0.0.1 by default: submit jobs on the head
 # node itself, or through `ssh -L 8265:127.0.0.1:8265 head`. Exposing it is safe only with token auth on.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-NODE_IP=${NODE_IP:-127.0.0.1}             # this node's address as the others reach it (127.0.0.1: one machine)
+NODE_IP=${NODE_IP:-127.0.0.1}             # this node's address as the others reach it (127.0.0.1: one machine;
+                                          # auto: node_ipv4 of launch/lib.sh, the IPv4 of $NODE_IFACE if set)
 RAY_PORT=${RAY_PORT:-6379}                # GCS port of the head
 DASHBOARD_HOST=${DASHBOARD_HOST:-127.0.0.1}
 DASHBOARD_PORT=${DASHBOARD_PORT:-8265}    # job submission API: http://DASHBOARD_HOST:DASHBOARD_PORT
@@ -27,6 +29,10 @@ NUM_GPUS=${NUM_GPUS:-}                    # empty: Ray detects
 RAY_BIN=${RAY_BIN:-ray}                   # the `ray` of the environment east_ds is installed in
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 export RAY_USAGE_STATS_ENABLED=${RAY_USAGE_STATS_ENABLED:-0}
+
+if [[ "$NODE_IP" == auto ]]; then
+  NODE_IP=$(node_ipv4)
+fi
 
 role=${1:-}
 shift || true
