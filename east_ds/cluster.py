@@ -164,6 +164,17 @@ def actor_location() -> dict:
             os.environ.get("CUDA_VISIBLE_DEVICES"), "cuda": torch.cuda.is_available(), "pid": os.getpid()}
 
 
+def device_memory() -> dict:
+    """{"allocated", "reserved", "free", "total"} bytes on this process's current CUDA device; {} without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    free, total = torch.cuda.mem_get_info()
+    return {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved(), "free": free,
+            "total": total}
+
+
 def timeout_message(need: Need, timeout_s: float) -> str:
     """What a SchedulingTimeout says: what was asked (bundles, GPUs and CPUs each, strategy) and what is free."""
     total = need.total()

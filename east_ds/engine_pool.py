@@ -401,7 +401,7 @@ class EnginePool:
         ray.get([e.wake.remote(tags) for e in self.engines])
 
     def device_memory(self) -> list[list[dict]]:
-        """Per engine, per worker: GPU memory in bytes (vllm_engine.device_memory); empty dicts without CUDA."""
+        """Per engine, per worker: GPU memory in bytes (cluster.device_memory); empty dicts without CUDA."""
         import ray
 
         return ray.get([e.device_memory.remote() for e in self.engines])

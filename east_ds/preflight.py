@@ -305,10 +305,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML run config (see configs/)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, as for `east-ds run`")
     p.add_argument("--no-cluster", action="store_true", help="skip the cluster checks (no Ray)")
+    p.add_argument("--smoke", action="store_true", help="instead of the checks, run each GPU path once on tiny "
+                   "models (east_ds/smoke.py): one row per path, passed / FAILED / skipped")
+    p.add_argument("--logical-gpus", type=int, default=None, help="with --smoke on a machine without GPUs: start a "
+                   "local Ray advertising this many logical GPUs (the paths then run on the CPU)")
     p.set_defaults(func=main)
 
 
+def smoke_main(args: argparse.Namespace) -> int:
+    """`east-ds check CONFIG --smoke`: the GPU paths, one row each; exit 1 when one fails."""
+    import tempfile
+
+    from east_ds.smoke import format_row, run_smoke
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"east-ds check --smoke: error: {e}", file=sys.stderr)
+        return 2
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"east-ds check {args.config} --smoke: GPU paths on tiny models")
+    with tempfile.TemporaryDirectory(prefix="smoke_", dir=cfg.output_dir) as work:  # shared storage: all nodes
+        rows = run_smoke(cfg, Path(work), args.logical_gpus, report=lambda r: print(format_row(r), flush=True))
+    failed = [r.path for r in rows if r.status == "FAILED"]
+    print(f"{len(rows) - len(failed)} of {len(rows)} paths passed or skipped, {len(failed)} failed, "
+          f"in {time.perf_counter() - t0:.0f} s" + (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.smoke:
+        return smoke_main(args)
     t0 = time.perf_counter()
     report = Report()
     try:

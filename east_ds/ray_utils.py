@@ -9,9 +9,9 @@ class NodeLostError(RuntimeError):
     """An actor died because its Ray node died; the message names the node (id and address)."""
 
 
-def init_ray(address: str = "", num_cpus: int | None = None) -> None:
+def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Join the cluster at `address` ("auto" for a running one, default $RAY_ADDRESS), or start a local Ray
-    bound to 127.0.0.1.
+    bound to 127.0.0.1. `num_gpus` (a local Ray only): GPUs to advertise, e.g. logical GPUs on a CPU machine.
 
     A local Ray advertises more logical CPUs than the machine has (at least 8): on a 2-core machine the vLLM
     engines and the training ranks take turns rather than run at once, and each actor reserves one logical CPU.
@@ -34,6 +34,7 @@ def init_ray(address: str = "", num_cpus: int | None = None) -> None:
     env["env_vars"].setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     ray.init(
         num_cpus=num_cpus or max(8, os.cpu_count() or 1),
+        num_gpus=num_gpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         runtime_env=env,

@@ -45,6 +45,12 @@ class TrainRank:
         backend = dist.get_backend() if dist.is_initialized() else None
         return {"rank": self.rank, "backend": backend, **actor_location()}
 
+    def device_memory(self) -> dict:
+        """This rank's GPU memory in bytes (cluster.device_memory); {} without CUDA."""
+        from east_ds.cluster import device_memory
+
+        return device_memory()
+
     def drain_events(self) -> list[dict]:
         """Start and end times of the calls since the last drain, oldest first."""
         out, self._events = self._events, []
@@ -208,6 +214,10 @@ class TrainerGroup:
     def broadcast_weights(self, pool, checkpoint: str, bucket_mb: int) -> dict:
         """Rank 0 broadcasts `checkpoint` to every engine of `pool` (see `broadcast_weights`)."""
         return broadcast_weights(self.actors[0], pool, checkpoint, bucket_mb)
+
+    def device_memory(self) -> list[dict]:
+        """Each rank's GPU memory in bytes (cluster.device_memory); empty dicts without CUDA."""
+        return ray.get([a.device_memory.remote() for a in self.actors])
 
     def drain_events(self) -> list[dict]:
         """Every rank's recorded call start/end events since the last call, ordered by time."""

@@ -67,18 +67,9 @@ class EastWorkerExtension:
 
     def east_device_memory(self) -> dict:
         """This worker's GPU memory: allocated by torch and free on the device (bytes); {} without CUDA."""
+        from east_ds.cluster import device_memory
+
         return device_memory()
-
-
-def device_memory() -> dict:
-    """{"allocated", "reserved", "free", "total"} bytes on this process's current CUDA device; {} without one."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return {}
-    free, total = torch.cuda.mem_get_info()
-    return {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved(), "free": free,
-            "total": total}
 
 
 class WeightBroadcast:
@@ -330,7 +321,7 @@ class LLMEngine:
                 self.llm.reset_prefix_cache()
 
     def device_memory(self) -> list[dict]:
-        """GPU memory of each worker (EastWorkerExtension.east_device_memory); empty dicts without CUDA."""
+        """GPU memory of each worker (cluster.device_memory, through the worker extension); {} without CUDA."""
         return list(self.llm.collective_rpc("east_device_memory"))
 
 
