@@ -70,6 +70,7 @@ class _TargetLogps(torch.autograd.Function):
             x.sub_(lse[bs, ts].unsqueeze(-1)).exp_().mul_(-gc)  # -g * softmax
             x.scatter_add_(-1, targets[bs, ts].unsqueeze(-1), gc)  # + g * onehot(y)
             grad[bs, ts].copy_(x)  # cast back to logits' dtype
+            del x  # free this chunk before the next one is made
         return grad, None, None
 
 

@@ -125,9 +125,11 @@ def test_weighted_batch_loss_shape_mismatch():
 # --- token_logps: chunked logsumexp against a float64 log_softmax + gather -------------------------------------
 
 # Values are computed in float32 from the logits as given, whatever their dtype, so one tolerance fits all. The
-# gradient comes back in the logits' dtype: it can be no closer to the float64 one than one rounding to that dtype.
+# gradient comes back in the logits' dtype: it can be no closer to the float64 one than one rounding to that dtype
+# (rtol), plus the float32 cancellation in g * (1 - p_target) when p_target ~ 1: a few ulp of |g| <= ~4 (atol).
 _VALUE_TOL = dict(rtol=1e-5, atol=2e-5)
 _GRAD_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+_GRAD_ATOL = 1e-5
 
 
 def _reference_token_logps(logits64, input_ids, loss_mask):
@@ -158,7 +160,7 @@ def _check_against_float64(logits, ids, mask, seed=0):
     (grad,) = torch.autograd.grad(out, x, up.float())
     (grad64,) = torch.autograd.grad(ref, x64, up)
     assert grad.dtype == dtype and grad.shape == logits.shape
-    torch.testing.assert_close(grad.double(), grad64, rtol=_GRAD_RTOL[dtype], atol=1e-6)
+    torch.testing.assert_close(grad.double(), grad64, rtol=_GRAD_RTOL[dtype], atol=_GRAD_ATOL)
     assert torch.equal(x.detach(), logits)  # the backward works on a copy of each chunk, never on the logits
 
 
@@ -179,7 +181,7 @@ def test_sequence_logps_and_sft_loss_match_float64_reference(dtype):
         torch.testing.assert_close(ours.double(), ref.detach(), **_VALUE_TOL)
         (grad,) = torch.autograd.grad(ours.sum(), x)
         (grad64,) = torch.autograd.grad(ref.sum(), x64, retain_graph=True)
-        torch.testing.assert_close(grad.double(), grad64, rtol=_GRAD_RTOL[dtype], atol=1e-6)
+        torch.testing.assert_close(grad.double(), grad64, rtol=_GRAD_RTOL[dtype], atol=_GRAD_ATOL)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -200,7 +202,7 @@ def test_token_logps_chunk_budget_does_not_change_the_result(monkeypatch, dtype)
     for budget, out, grad in results[1:]:
         assert torch.equal(out, out0), budget
         assert torch.equal(grad, grad0), budget
-    _check_against_float64(logits, ids, mask)  # and the smallest budget is still right (budget 10**9 set last)
+    _check_against_float64(logits, ids, mask)  # and the budget set last (one chunk) is right against float64
 
 
 def test_chunks_cover_every_position_once():
@@ -252,9 +254,8 @@ def test_token_logps_saves_no_dense_float32_logits_for_backward(monkeypatch, dty
         out = sft_loss(x, ids, mask)
     assert saved
     for tensor in saved:
-        big = tensor.numel() > b * (t - 1)
-        assert not (big and tensor.dtype == torch.float32 and tensor.data_ptr() != x.data_ptr()), tensor.shape
-        assert not big or tensor.data_ptr() == x.data_ptr(), (tensor.shape, tensor.dtype)
+        if tensor.numel() > b * (t - 1):  # only the logits themselves may be this big
+            assert tensor.data_ptr() == x.data_ptr() and tensor.dtype == dtype, (tensor.shape, tensor.dtype)
     out.sum().backward()
     assert x.grad is not None and x.grad.dtype == dtype
 
@@ -262,7 +263,7 @@ def test_token_logps_saves_no_dense_float32_logits_for_backward(monkeypatch, dty
 _dtypes = st.sampled_from([torch.float32, torch.bfloat16, torch.float16])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.integers(1, 3), st.integers(1, 9), st.integers(1, 40), _dtypes,
     st.integers(1, 500), st.integers(0, 2**16), st.floats(0.1, 20.0),
