@@ -202,6 +202,25 @@ class Smoke:
                 f"({rates[False] / rates[True]:.2f}x)")
 
 
+PATHS = {  # path -> (GPUs it needs, whether it needs real CUDA)
+    "split + broadcast": (2, False),
+    "colocated sleep/wake": (1, False),
+    "tensor parallel 2": (2, False),
+    "object_store + TP 2": (2, False),
+    "eager vs CUDA graphs": (1, True),
+}
+
+
+def skip_reason(path: str, gpus: float, on_gpu: bool) -> str:
+    """Why `path` cannot run on a cluster of `gpus` GPUs (real CUDA or not); '' when it can."""
+    need, cuda = PATHS[path]
+    if gpus < need:
+        return f"needs {need} GPU(s); the cluster has {gpus:g}"
+    if cuda and not on_gpu:
+        return "needs CUDA (this node's GPUs are logical)"
+    return ""
+
+
 def run_smoke(cfg: RunConfig, work: Path, logical_gpus: int | None = None,
               report: Callable[[Row], None] = lambda r: None) -> list[Row]:
     """Run every path this node can take; `report` is called with each row as it finishes."""
@@ -212,20 +231,14 @@ def run_smoke(cfg: RunConfig, work: Path, logical_gpus: int | None = None,
     init_ray(cfg.placement.ray_address, num_gpus=logical_gpus)
     gpus, on_gpu = cluster_gpus(), torch.cuda.is_available()
     smoke = Smoke(cfg, work, gpus, on_gpu)
-    paths: list[tuple[str, int, bool, Callable[[], str]]] = [  # name, GPUs needed, needs CUDA, method
-        ("split + broadcast", 2, False, smoke.split_broadcast),
-        ("colocated sleep/wake", 1, False, smoke.colocated_sleep_wake),
-        ("tensor parallel 2", 2, False, smoke.tensor_parallel),
-        ("object_store + TP 2", 2, False, smoke.object_store_tp),
-        ("eager vs CUDA graphs", 1, True, smoke.eager_vs_graphs),
-    ]
+    methods = {"split + broadcast": smoke.split_broadcast, "colocated sleep/wake": smoke.colocated_sleep_wake,
+               "tensor parallel 2": smoke.tensor_parallel, "object_store + TP 2": smoke.object_store_tp,
+               "eager vs CUDA graphs": smoke.eager_vs_graphs}
     rows = []
-    for name, need, cuda, method in paths:
+    for name, method in methods.items():
         t0 = time.perf_counter()
-        if gpus < need:
-            row = Row(name, "skipped", 0.0, f"needs {need} GPU(s); the cluster has {gpus:g}")
-        elif cuda and not on_gpu:
-            row = Row(name, "skipped", 0.0, "needs CUDA (this node's GPUs are logical)")
+        if reason := skip_reason(name, gpus, on_gpu):
+            row = Row(name, "skipped", 0.0, reason)
         else:
             try:
                 row = Row(name, "passed", 0.0, method())
