@@ -97,7 +97,8 @@ class TrainConfig:
     # precision from ModelConfig.dtype; a relative path is looked up from the cwd, then the east_ds repo root
     gradient_checkpointing: bool = True
     group_by_length: bool = True  # length-grouped batches waste less on padding
-    save_every_steps: int = 0  # DeepSpeed checkpoint every k optimizer steps (0: only at the end)
+    save_every_steps: int = 0  # DeepSpeed checkpoint every k optimizer steps, removed once training finishes
+    # (0: none, unless max_steps stops a call early)
     seed: int = 0
     max_steps: int = 0  # stop this call after k optimizer steps in total (0: all epochs); the schedule spans all epochs
     length_group_size: int = 16  # length grouping sorts within windows of this many global batches

@@ -200,13 +200,15 @@ def check_training(cfg: RunConfig, report: Report) -> None:
                                 f"x {t.num_ranks} ranks = global batch {t.global_batch_size}")
 
 
-def iteration_bytes(params: int, dtype: str) -> dict[str, int]:
-    """Disk one iteration writes at its peak: the policy checkpoint (Hugging Face export, model dtype) and the
-    DeepSpeed checkpoint (weights in the model dtype + AdamW state: two fp32 moments, plus fp32 master weights
-    when the model dtype is 16-bit), which the driver deletes once the iteration's checkpoint is published."""
+def iteration_bytes(params: int, dtype: str, deepspeed_checkpoints: bool = True) -> dict[str, int]:
+    """Disk one iteration writes at its peak: the policy checkpoint (Hugging Face export, model dtype) and, when
+    training writes them (`training.save_every_steps` or `max_steps`), the DeepSpeed checkpoint (weights in the
+    model dtype + AdamW state: two fp32 moments, plus fp32 master weights when the model dtype is 16-bit), which
+    train_engine.fit removes once training has finished and exported."""
     weights = params * DTYPE_BYTES[dtype]
     optimizer = params * (8 + (4 if DTYPE_BYTES[dtype] == 2 else 0))
-    return {"checkpoint": weights, "deepspeed": weights + optimizer, "total": 2 * weights + optimizer}
+    deepspeed = weights + optimizer if deepspeed_checkpoints else 0
+    return {"checkpoint": weights, "deepspeed": deepspeed, "total": weights + deepspeed}
 
 
 def _size(n: float) -> str:
@@ -221,13 +223,15 @@ def check_disk(cfg: RunConfig, facts: ModelFacts, report: Report) -> None:
     if facts.params is None:
         report.note("disk", "not checked: the parameter count is unknown until the model loads")
         return
-    need = iteration_bytes(facts.params, cfg.model.dtype)
+    t = cfg.training
+    need = iteration_bytes(facts.params, cfg.model.dtype, bool(t.save_every_steps or t.max_steps))
     where = Path(cfg.output_dir).resolve()
     while not where.exists():
         where = where.parent
     free = shutil.disk_usage(where).free
-    msg = (f"one iteration needs about {_size(need['total'])} (checkpoint {_size(need['checkpoint'])} + DeepSpeed "
-           f"checkpoint with optimizer state {_size(need['deepspeed'])}), and each finished iteration keeps its "
+    parts = f"checkpoint {_size(need['checkpoint'])}" + (
+        f" + DeepSpeed checkpoint with optimizer state {_size(need['deepspeed'])}" if need["deepspeed"] else "")
+    msg = (f"one iteration needs about {_size(need['total'])} ({parts}), and each finished iteration keeps its "
            f"{_size(need['checkpoint'])} checkpoint; {_size(free)} free at {where}")
     if free < need["total"]:
         report.problem("disk", msg)

@@ -5,8 +5,9 @@
 
 Reads the `training` and `model` sections of the run YAML (east_ds.config.load_config; overrides are dotted
 `key=value`). For DPO/KTO, if the examples table lacks the reference columns, the frozen starting model scores
-them first into DIR/examples_ref.parquet. Outputs: DIR/hf (save_pretrained), DIR/ds_checkpoint (resume),
-DIR/metrics.jsonl, DIR/train_summary.json. Re-running the same command resumes from the last checkpoint.
+them first into DIR/examples_ref.parquet. Outputs: DIR/hf (save_pretrained), DIR/metrics.jsonl,
+DIR/train_summary.json, and DIR/ds_checkpoint while training is unfinished (train_engine.fit). Re-running the same
+command resumes from the last checkpoint, or returns at once when training finished.
 """
 
 from __future__ import annotations

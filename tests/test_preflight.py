@@ -97,6 +97,9 @@ def test_disk_estimate():
     assert iteration_bytes(10**9, "bfloat16") == {"checkpoint": 2 * 10**9, "deepspeed": 14 * 10**9,
                                                   "total": 16 * 10**9}
     assert iteration_bytes(10**9, "float32")["deepspeed"] == 12 * 10**9  # fp32: the weights are the master copy
+    # without save_every_steps / max_steps training writes no DeepSpeed checkpoint (train_engine.fit)
+    assert iteration_bytes(10**9, "bfloat16", deepspeed_checkpoints=False) == {
+        "checkpoint": 2 * 10**9, "deepspeed": 0, "total": 2 * 10**9}
 
 
 def test_run_with_a_mistyped_path_claims_nothing(tmp_path, tiny_model):
