@@ -76,7 +76,8 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
     """Measure the pipeline of `cfg` (see the module docstring); write out/bench.json and out/bench.md."""
     from east_ds.cluster import free_resources, total_resources
     from east_ds.data import load_dataset
-    from east_ds.driver import Phases, Placement, _tokenizer
+    from east_ds.cluster import Placement
+    from east_ds.driver import Phases, _tokenizer
     from east_ds.engine_pool import EnginePool
     from east_ds.preflight import check_before_run
     from east_ds.ray_utils import cluster_gpus, init_ray

@@ -25,16 +25,13 @@ Departures from the reference code, numbered:
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
-from east_ds.cluster import (SHARE, Need, SchedulingTimeout, StorageNotShared, check_shared_path, free_resources,
-                             placement_needs, shortfall, total_resources)
+from east_ds.cluster import (Placement, SchedulingTimeout, StorageNotShared, check_shared_path, free_resources,
+                             total_resources)
 from east_ds.config import ConfigError, RunConfig, load_config, to_dict
 from east_ds.data import load_dataset
 from east_ds.ray_utils import NodeLostError
@@ -63,83 +60,6 @@ class Phases:
     def skip(self, name: str) -> None:
         print(f"[east-ds] phase {name}: output present, skipped", flush=True)
         self.skipped.append(name)
-
-
-class Placement:
-    """Who holds the accelerators, and when (what each asks Ray for: cluster.placement_needs).
-
-    colocated: engines and trainer ranks share the same GPUs (half a GPU each in Ray's accounting, rank r on the
-      engines' placement-group bundle r); the engines sleep (free their GPU memory) before reference scoring,
-      perplexity scoring and training; after training they wake in device_plan.sleep_plan's order: the weights'
-      memory, the weight update, then the KV cache (each trainer call has returned its cached memory already).
-    split: engines and trainer ranks get whole GPUs of their own (a placement group each); nothing sleeps.
-    On a cluster without GPUs both are plain alternation: the phases take turns on the CPU.
-    Ray's GPU count decides the placement; whether an engine or rank is on a GPU (vLLM sleep mode, nccl or gloo)
-    is decided inside it by its own device, so logical GPUs on a CPU machine run the same placement code.
-    """
-
-    SHARE = SHARE  # GPU fraction of an engine actor and of a trainer rank when colocated
-
-    def __init__(self, cfg: RunConfig, gpus: float) -> None:
-        self.colocated = cfg.placement.mode == "colocated" and gpus > 0
-        self.gpus = gpus
-        self.timeout = cfg.placement.schedule_timeout_s
-        self.ranks = cfg.training.num_ranks
-        rollout = cfg.rollout
-        if not gpus:  # the pool runs at most cores // tensor_parallel_size vLLM-CPU engines
-            rollout = dataclasses.replace(rollout, num_engines=min(
-                rollout.num_engines, max(1, (os.cpu_count() or 1) // rollout.tensor_parallel_size)))
-        self.needs = placement_needs(rollout, cfg.training, cfg.placement, gpus)
-        if cfg.rollout.weight_sync == "broadcast" and self.colocated:
-            raise ConfigError("rollout.weight_sync=broadcast needs placement.mode=split on a cluster with GPUs: "
-                              "NCCL cannot put two ranks (trainer rank 0 and an engine) on one shared GPU")
-        self.pool = None
-        self.asleep = False
-
-    def check_resources(self, total: dict, free: dict, wait: bool) -> None:
-        """Fail at once when the whole cluster (`total`) can never hold the run, unless `wait` (an autoscaling
-        cluster); say so when what is `free` now is short (the placement groups then wait up to the timeout)."""
-        if not wait and (problems := shortfall(self.needs, total, have="in all")):
-            raise SchedulingTimeout("the cluster can never hold this run: " + "; ".join(problems)
-                                    + " (placement.wait_for_resources=true waits up to "
-                                    "placement.schedule_timeout_s for the cluster to grow)")
-        if problems := shortfall(self.needs, free):
-            print(f"[east-ds] waiting up to {self.timeout:g} s for resources: " + "; ".join(problems), flush=True)
-
-    def rollout_config(self, cfg):
-        """Colocated engines must be able to sleep (vLLM's enable_sleep_mode)."""
-        return dataclasses.replace(cfg, enable_sleep=True) if self.colocated else cfg
-
-    def engine_options(self) -> dict:
-        """EnginePool keyword arguments."""
-        return {"gpu_share": self.SHARE if self.colocated else 1.0, "need": self.needs[0] if self.gpus else None,
-                "schedule_timeout_s": self.timeout}
-
-    def trainer_options(self) -> dict:
-        """TrainerGroup keyword arguments."""
-        if self.colocated:
-            shared = Need("trainer ranks (on the engines' bundles)", [{"GPU": self.SHARE, "CPU": 1.0}] * self.ranks,
-                          "")
-            return {"num_gpus_per_rank": self.SHARE, "placement_group": self.pool.placement_group, "need": shared,
-                    "schedule_timeout_s": self.timeout}
-        return {"num_gpus_per_rank": 1 if self.gpus else 0, "need": self.needs[-1],
-                "schedule_timeout_s": self.timeout}
-
-    def before_training(self) -> None:
-        if self.colocated and not self.asleep:
-            self.pool.sleep()
-            self.asleep = True
-
-    def after_training(self, update: Callable[[], object]) -> None:
-        """Run `update` (load weights into the engines); engines that slept wake around it: the weights' memory
-        first, the KV cache once the new weights are in (device_plan.sleep_plan)."""
-        if not self.asleep:
-            update()
-            return
-        self.pool.wake(["weights"])
-        update()
-        self.pool.wake(["kv_cache"])
-        self.asleep = False
 
 
 def _tokenizer(path: str, trust_remote_code: bool):

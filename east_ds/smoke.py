@@ -84,7 +84,7 @@ class Smoke:
         return [s["response"] for samples in out for s in samples]
 
     def _placement(self, run: RunConfig):
-        from east_ds.driver import Placement
+        from east_ds.cluster import Placement
 
         return Placement(run, self.gpus)
 

@@ -220,9 +220,9 @@ def test_sleep_level_and_wake_order():
 
 
 def test_driver_wakes_colocated_engines_in_the_planned_order():
-    """driver.Placement.after_training applies sleep_plan's order around the weight update."""
+    """cluster.Placement.after_training applies sleep_plan's order around the weight update."""
     from east_ds.config import RunConfig
-    from east_ds.driver import Placement
+    from east_ds.cluster import Placement
 
     calls = []
 
