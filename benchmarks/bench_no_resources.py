@@ -55,9 +55,9 @@ def main() -> None:
 
     import pandas as pd
 
-    from east_ds.synthetic import make_problems, to_gsm8k_rows
+    from east_ds.data.synthetic import make_problems, to_gsm8k_rows
     from east_ds.tables import write_table
-    from east_ds.tiny import build_tiny_model
+    from east_ds.data.tiny import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="enores", dir="/tmp"))
     model = build_tiny_model(work / "model")

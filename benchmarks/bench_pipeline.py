@@ -5,7 +5,7 @@ real pipeline, with 1 and 2 engines and 1 and 2 trainer ranks.
         [--engines 1,2] [--ranks 1,2] [--repeats 1]
 
 It warm-starts the demo's tiny model (once; reused under --out), fills configs/demo_cpu.yaml with its paths
-and calls east_ds.bench.bench, which writes bench.json and bench.md under --out/run_<i>. With --repeats > 1 it
+and calls east_ds.checks.bench.bench, which writes bench.json and bench.md under --out/run_<i>. With --repeats > 1 it
 prints each figure's median and spread (max - min) over the repeats.
 """
 
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
 
-    from east_ds.bench import bench
+    from east_ds.checks.bench import bench
     from east_ds.demo import demo_config, prepare
 
     out = Path(args.out)

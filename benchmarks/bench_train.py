@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_train.py --sizes tiny small --steps 6
 
-For each model size (east_ds.tiny): the same engine (DeepSpeed ZeRO-0, fp32, world 1) runs steps with the
+For each model size (east_ds.data.tiny): the same engine (DeepSpeed ZeRO-0, fp32, world 1) runs steps with the
 weighted reduction and with a plain mean (interleaved, first step of each dropped as warm-up); TRL's SFTTrainer
 runs the same model, data, micro-batch, accumulation and precision. Then the padding fraction of the batch plan
 with and without length grouping. Prints a JSON line per figure and a Markdown table.
@@ -26,8 +26,8 @@ import pandas as pd  # noqa: E402
 
 
 def make_examples(tok, n: int, seed: int = 0) -> pd.DataFrame:
-    from east_ds.data import render_prompt
-    from east_ds.synthetic import make_problems
+    from east_ds.data.load import render_prompt
+    from east_ds.data.synthetic import make_problems
 
     rng = np.random.default_rng(seed)
     probs = make_problems(n, seed=seed, prefix="bench")
@@ -40,7 +40,7 @@ def make_examples(tok, n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def bench_east(model: str, df_path: str, steps: int, micro: int, gas: int, max_len: int) -> dict:
-    from east_ds import losses, train_data as td, train_engine as te
+    from east_ds.training import batches as td, engine as te, losses
     from east_ds.config import ModelConfig, TrainConfig
 
     cfg = TrainConfig(loss="sft", lr=1e-5, epochs=50, global_batch_size=micro * gas, micro_batch_size=micro,
@@ -118,8 +118,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from east_ds import train_data as td
-    from east_ds.tiny import build_tiny_model
+    from east_ds.training import batches as td
+    from east_ds.data.tiny import build_tiny_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,7 +149,7 @@ def main() -> None:
         print(f"| {r['size']} | {r['weighted']['step_s']:.3f} | {r['unweighted']['step_s']:.3f} | "
               f"{r['overhead_pct']:+.1f}% | {r['weighted']['tokens_per_s']:.0f} | {trl} | {sp} | "
               f"{r['padding_grouped']:.3f} / {r['padding_ungrouped']:.3f} |")
-    from east_ds.train_engine import shutdown_distributed
+    from east_ds.training.engine import shutdown_distributed
 
     shutdown_distributed()
 

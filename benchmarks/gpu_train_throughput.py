@@ -4,7 +4,7 @@
     python benchmarks/gpu_train_throughput.py            # also works: a lone process is a world of one
 
 Builds the model from a config (no download), writes it with a byte-level tokenizer, fits synthetic SFT examples
-of `--seq` tokens through east_ds.train_engine.TrainingEngine and reports median step time, tokens/s per GPU and
+of `--seq` tokens through east_ds.training.engine.TrainingEngine and reports median step time, tokens/s per GPU and
 MFU = 6 * N_params * tokens/s / peak bf16 FLOP/s (--peak-tflops, 989 for an H100 SXM dense bf16; attention FLOPs
 are not counted, so MFU is slightly understated). Not run in this session: no GPU was available.
 """
@@ -24,7 +24,7 @@ def build_model(out: Path, hidden: int, layers: int, heads: int, inter: int) -> 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from east_ds.tiny import build_tokenizer
+    from east_ds.data.tiny import build_tokenizer
 
     tok = build_tokenizer(out, vocab_size=512)
     cfg = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
@@ -50,8 +50,8 @@ def main() -> None:
 
     import torch
 
-    from east_ds import train_data as td
-    from east_ds import train_engine as te
+    from east_ds.training import batches as td
+    from east_ds.training import engine as te
     from east_ds.config import ModelConfig, TrainConfig
 
     rank, world = te.init_distributed()

@@ -18,20 +18,20 @@ import sys
 # subcommand -> (module, function that adds its parser). The module is imported only for that subcommand.
 COMMANDS = {
     "run": ("east_ds.driver", "add_parser"),
-    "rollout": ("east_ds.rollout_cli", "add_rollout_parser"),
-    "eval": ("east_ds.rollout_cli", "add_eval_parser"),
-    "grade": ("east_ds.grading_cli", "add_parser"),
-    "weight": ("east_ds.weight_stage", "add_parser"),
+    "rollout": ("east_ds.rollout.cli", "add_rollout_parser"),
+    "eval": ("east_ds.rollout.cli", "add_eval_parser"),
+    "grade": ("east_ds.grading.cli", "add_parser"),
+    "weight": ("east_ds.weighting.stage", "add_parser"),
     "report": ("east_ds.report", "add_parser"),
     "demo": ("east_ds.demo", "add_parser"),
-    "data": ("east_ds.data_prep", "add_parser"),
-    "check": ("east_ds.preflight", "add_parser"),
-    "bench": ("east_ds.bench", "add_parser"),
+    "data": ("east_ds.data.prep", "add_parser"),
+    "check": ("east_ds.checks.preflight", "add_parser"),
+    "bench": ("east_ds.checks.bench", "add_parser"),
 }
 
 
 # Subcommands whose module parses its own arguments (also run by the deepspeed launcher as `--module`).
-PASSTHROUGH = {"train": "east_ds.train"}
+PASSTHROUGH = {"train": "east_ds.training.cli"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from east_ds.config import load_config
-from east_ds.synthetic import Problem, make_problems, to_gsm8k_rows
+from east_ds.data.synthetic import Problem, make_problems, to_gsm8k_rows
 from east_ds.tables import write_table
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_cpu.yaml"
@@ -49,7 +49,7 @@ def _sampled_disagreement(model, tok, probe: list[Problem], n: int, max_new_toke
     """(sampled accuracy, fraction of probe questions whose n samples are neither all right nor all wrong)."""
     import torch
 
-    from east_ds.data import render_prompt
+    from east_ds.data.load import render_prompt
     from east_ds.grading import grade
 
     model.eval()
@@ -73,7 +73,7 @@ def warm_start(model_dir: Path, out_dir: Path, problems: list[Problem], probe: l
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from east_ds.data import render_prompt
+    from east_ds.data.load import render_prompt
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -123,7 +123,7 @@ def warm_start(model_dir: Path, out_dir: Path, problems: list[Problem], probe: l
 
 def prepare(out: Path, n_train: int, n_test: int, seed: int = 0) -> tuple[Path, Path, Path]:
     """The demo's data and warm-started model under `out`, built once and reused: (train, test, start model)."""
-    from east_ds.tiny import build_tiny_model
+    from east_ds.data.tiny import build_tiny_model
 
     out.mkdir(parents=True, exist_ok=True)
     train_path, test_path, warm = write_demo_data(out / "data", n_train, n_test, seed)

@@ -27,55 +27,29 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from east_ds.cluster import (Placement, SchedulingTimeout, StorageNotShared, check_shared_path, free_resources,
-                             total_resources)
+from east_ds.cluster.placement import Placement, SchedulingTimeout, free_resources, total_resources
+from east_ds.cluster.ray_utils import NodeLostError
+from east_ds.cluster.storage import StorageNotShared, check_shared_path
 from east_ds.config import ConfigError, RunConfig, load_config, to_dict
-from east_ds.data import load_dataset
-from east_ds.ray_utils import NodeLostError
+from east_ds.data.load import load_dataset, load_tokenizer
+from east_ds.metrics import Phases
 from east_ds.rundir import IterDir, RunDir, RunDirError
 from east_ds.schema import REFERENCE_COLUMNS
 from east_ds.tables import TableError, read_table, write_json, write_table
-from east_ds.weight_stage import weigh
-from east_ds.weighting import WeightingError
-
-
-class Phases:
-    """Times named phases; a skipped phase (output already there) is recorded as skipped, not as 0 s."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.skipped: list[str] = []
-
-    @contextmanager
-    def __call__(self, name: str):
-        t0 = time.perf_counter()
-        if name not in self.seconds:  # a phase timed in several parts is announced once
-            print(f"[east-ds] phase {name} ...", flush=True)
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-    def skip(self, name: str) -> None:
-        print(f"[east-ds] phase {name}: output present, skipped", flush=True)
-        self.skipped.append(name)
-
-
-def _tokenizer(path: str, trust_remote_code: bool):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+from east_ds.weighting.mapping import WeightingError
+from east_ds.weighting.stage import weigh
 
 
 def run(cfg: RunConfig, sink=None) -> list[dict]:
     """Run (or resume) `cfg.iterations` EAST iterations. Returns the run's metrics log."""
-    from east_ds.engine_pool import EnginePool
+    from east_ds.rollout.engine_pool import EnginePool
     from east_ds.metrics import make_sink
-    from east_ds.preflight import check_before_run
-    from east_ds.ray_utils import cluster_gpus, init_ray
-    from east_ds.rollout import run_eval, run_rollout
-    from east_ds.train_actors import TrainerGroup
+    from east_ds.checks.preflight import check_before_run
+    from east_ds.cluster.ray_utils import cluster_gpus, init_ray
+    from east_ds.rollout.stage import run_eval, run_rollout
+    from east_ds.training.actors import TrainerGroup
 
     for key, value in (("model.path", cfg.model.path), ("data.train", cfg.data.train)):
         if not value:
@@ -99,7 +73,7 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     check_storage(rd.path, cfg.model.path)
     sink = sink or make_sink(rd.path, rank=0, jsonl=False,  # metrics.jsonl is rebuilt by RunDir
                              logging=cfg.logging, name=cfg.name, run_config=to_dict(cfg))
-    tokenizer = _tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     pool = group = None  # one trainer process group for the whole run, started on first use; the model loads per call
     located: dict = {"mode": cfg.placement.mode, "cluster_gpus": placement.gpus}  # where engines and ranks landed
 
@@ -177,7 +151,7 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
                         m["reference"] = group.reference_logprobs(str(it.examples), str(it.examples))
                 with phases("train"):
                     m["train"] = group.fit(str(it.examples), str(it.train), resume=True)
-                rd.publish_checkpoint(it, it.train / "hf")  # fit left no optimizer state behind (train_engine.fit)
+                rd.publish_checkpoint(it, it.train / "hf")  # fit left no optimizer state behind (training.engine.fit)
 
             # -- live weight update of the engines (woken around it, if they slept) ------------------------------
             with phases("update_weights"):
@@ -220,7 +194,7 @@ def check_storage(run_dir: Path, model_path: str) -> None:
 def update_engines(pool, checkpoint: str, cfg, trainer, policy: str) -> None:
     """Load the new checkpoint into the running engines the way `rollout.weight_sync` says (docs/rollout.md)."""
     if cfg.weight_sync == "object_store":  # the driver reads the checkpoint; engines need no shared storage
-        from east_ds.weight_sync import checkpoint_tensors
+        from east_ds.rollout.weight_sync import checkpoint_tensors
 
         pool.update_weights_from_state_dict(checkpoint_tensors(checkpoint))
     elif cfg.weight_sync == "broadcast":  # trainer rank 0 reads its export and broadcasts it

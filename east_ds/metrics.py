@@ -19,6 +19,8 @@ import json
 import math
 import os
 import secrets
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -199,3 +201,23 @@ def make_sink(run_dir: str | Path, rank: int = 0, tensorboard: bool | None = Non
         sinks.append(WandbSink(run_dir, name or run_dir.name, run_config, logging.wandb_project,
                                logging.wandb_entity, logging.wandb_mode))
     return MultiSink(sinks)
+
+
+class Phases:
+    """Times named phases; a skipped phase (output already there) is recorded as skipped, not as 0 s."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.skipped: list[str] = []
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        if name not in self.seconds:  # a phase timed in several parts is announced once
+            print(f"[east-ds] phase {name} ...", flush=True)
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def skip(self, name: str) -> None:
+        print(f"[east-ds] phase {name}: output present, skipped", flush=True)
+        self.skipped.append(name)

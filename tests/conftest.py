@@ -23,7 +23,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
-    from east_ds.tiny import build_tokenizer
+    from east_ds.data.tiny import build_tokenizer
 
     return build_tokenizer(tmp_path_factory.mktemp("tok"))
 
@@ -33,8 +33,8 @@ def warm_model(tmp_path_factory):
     """A tiny model warm-started on the synthetic problems until it is right about a third of the time:
     its samples disagree, so entropy is informative and the filters keep questions."""
     from east_ds.demo import warm_start
-    from east_ds.synthetic import make_problems
-    from east_ds.tiny import build_tiny_model
+    from east_ds.data.synthetic import make_problems
+    from east_ds.data.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("warm")
     base = build_tiny_model(root / "base", size="tiny", seed=0)
@@ -48,7 +48,7 @@ def ray_session():
     """One local Ray for the whole test session, bound to 127.0.0.1."""
     import ray
 
-    from east_ds.ray_utils import init_ray
+    from east_ds.cluster.ray_utils import init_ray
 
     init_ray()
     yield ray

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from east_ds.bench import scaling
+from east_ds.checks.bench import scaling
 from east_ds.cli import main
-from east_ds.synthetic import make_problems, to_gsm8k_rows
+from east_ds.data.synthetic import make_problems, to_gsm8k_rows
 from east_ds.tables import read_jsonl, write_table
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ HEAVY = ("vllm", "ray", "deepspeed")
 
 
 def test_light_imports():
-    code = ("import sys, east_ds, east_ds.cli, east_ds.grading, east_ds.weighting, east_ds.selection, "
-            "east_ds.weight_stage, east_ds.config, east_ds.data, east_ds.losses\n"
+    code = ("import sys, east_ds, east_ds.cli, east_ds.grading, east_ds.weighting.mapping, east_ds.weighting.selection, "
+            "east_ds.weighting.stage, east_ds.config, east_ds.data.load, east_ds.training.losses\n"
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from east_ds.cluster import Need, check_shared_path, free_resources, placement_needs, shortfall
+from east_ds.cluster.placement import Need, free_resources, placement_needs, shortfall
+from east_ds.cluster.storage import check_shared_path
 from east_ds.config import ConfigError, PlacementConfig, RolloutConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +83,7 @@ def test_free_resources_and_shared_path_on_real_ray(ray_session, tmp_path):
 
 CHECK = """
 import json, sys, ray
-from east_ds.cluster import check_shared_path
+from east_ds.cluster.storage import check_shared_path
 ray.init(address=sys.argv[1])
 print("PROBLEMS", json.dumps(check_shared_path(sys.argv[2], timeout_s=60)), flush=True)
 """
@@ -122,7 +123,7 @@ def test_trainer_store_port_is_taken_before_it_is_published(ray_session):
 
     import ray
 
-    from east_ds.train_actors import TrainRank
+    from east_ds.training.actors import TrainRank
 
     rank0 = TrainRank.options(num_cpus=0).remote(0, 2, 0)
     try:
@@ -141,11 +142,11 @@ def test_what_cannot_be_scheduled_times_out_and_is_given_back(ray_session, tmp_p
     whatever was started is given back."""
     import time
 
-    from east_ds.cluster import SchedulingTimeout
+    from east_ds.cluster.placement import SchedulingTimeout
     from east_ds.config import ModelConfig
-    from east_ds.engine_pool import EnginePool
-    from east_ds.tiny import build_tiny_model
-    from east_ds.train_actors import TrainerGroup
+    from east_ds.rollout.engine_pool import EnginePool
+    from east_ds.data.tiny import build_tiny_model
+    from east_ds.training.actors import TrainerGroup
 
     model = build_tiny_model(tmp_path / "tiny")
     before = free_resources()

@@ -74,7 +74,7 @@ def test_run_requires_model_and_data(tmp_path):
 
 def test_placement_on_cpu_and_gpu():
     from east_ds.config import RolloutConfig
-    from east_ds.cluster import Placement
+    from east_ds.cluster.placement import Placement
 
     def placement(mode, gpus, *overrides):
         return Placement(load_config(None, [f"placement.mode={mode}", "rollout.num_engines=2",
@@ -96,8 +96,8 @@ def test_placement_on_cpu_and_gpu():
 
 
 def test_placement_fails_at_once_when_the_cluster_is_too_small(capsys):
-    from east_ds.cluster import SchedulingTimeout
-    from east_ds.cluster import Placement
+    from east_ds.cluster.placement import SchedulingTimeout
+    from east_ds.cluster.placement import Placement
 
     p = Placement(load_config(None, ["placement.mode=split", "rollout.num_engines=4"]), gpus=1)
     with pytest.raises(SchedulingTimeout, match=r"can never hold this run: rollout engines \+ trainer ranks need "

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from east_ds.data import FALLBACK_TEMPLATE, SYSTEM_PROMPT, gsm8k_gold, load_dataset, render_prompt
+from east_ds.data.load import FALLBACK_TEMPLATE, SYSTEM_PROMPT, gsm8k_gold, load_dataset, render_prompt
 from east_ds.tables import TableError, write_table
 
 FIX = Path(__file__).parent / "fixtures"

@@ -10,8 +10,8 @@ import pytest
 
 from east_ds.cli import main
 from east_ds.config import load_config
-from east_ds.data import load_dataset
-from east_ds.data_prep import MATH_SUBJECTS, DataPrepError, prepare
+from east_ds.data.load import load_dataset
+from east_ds.data.prep import MATH_SUBJECTS, DataPrepError, prepare
 from east_ds.tables import write_table
 
 FIX = Path(__file__).parent / "fixtures"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from east_ds.config import load_config
-from east_ds.synthetic import make_problems, to_gsm8k_rows
+from east_ds.data.synthetic import make_problems, to_gsm8k_rows
 from east_ds.tables import write_table
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """What east_ds decides for GPUs, pinned on a CPU machine (marker `gpu_plan`).
 
-Each test checks the GPU-case output of one function of east_ds/device_plan.py (or the code that applies it), and
+Each test checks the GPU-case output of one function of east_ds/cluster/device_plan.py (or the code that applies it), and
 its docstring names the upstream line that makes that output right: vLLM 0.32.0, Ray 2.60, DeepSpeed 0.19.8 as
 installed (paths relative to site-packages), or how OpenRLHF and TRL do the same. docs/gpu.md maps each to its
 GPU path and to what only a real GPU can still show.
@@ -16,8 +16,7 @@ import textwrap
 import pytest
 import torch
 
-from east_ds import device_plan as plan
-
+from east_ds.cluster import device_plan as plan
 pytestmark = pytest.mark.gpu_plan
 
 
@@ -36,8 +35,7 @@ def test_broadcast_communicator_device_is_indexed():
 def test_trainer_broadcaster_builds_its_end_on_the_indexed_device(monkeypatch):
     """The trainer's end (vllm_engine.TrainerWeightBroadcaster) asks device_plan for its device on a CUDA
     machine; here CUDA is pretended and the communicator replaced by a recorder (pynccl line 280 as above)."""
-    from east_ds import vllm_engine
-
+    from east_ds.rollout import vllm_engine
     seen = {}
 
     class Recorder:
@@ -79,9 +77,9 @@ COLOCATED_TP2 = textwrap.dedent("""
     import json, ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy as In
-    from east_ds.cluster import SHARE, placement_needs
+    from east_ds.cluster.placement import SHARE, placement_needs
     from east_ds.config import PlacementConfig, RolloutConfig, TrainConfig
-    from east_ds.device_plan import engine_actor_plan
+    from east_ds.cluster.device_plan import engine_actor_plan
 
     ray.init(num_cpus=8, num_gpus=4, include_dashboard=False, _node_ip_address="127.0.0.1")
 
@@ -162,7 +160,7 @@ def test_engine_arguments_on_gpu_are_valid_vllm_arguments():
                              gpu_memory_utilization=0.92, enable_sleep=True)
     assert gpu["distributed_executor_backend"] == "ray" and gpu["enable_sleep_mode"] is True
     assert gpu["enforce_eager"] is False and gpu["gpu_memory_utilization"] == 0.92
-    assert gpu["worker_extension_cls"] == "east_ds.vllm_engine.EastWorkerExtension"
+    assert gpu["worker_extension_cls"] == "east_ds.rollout.vllm_engine.EastWorkerExtension"
     assert "enable_chunked_prefill" not in gpu  # a CPU-only workaround stays off GPUs
     cpu = plan.engine_kwargs("m", 1, "bfloat16", 2048, 2, True, False, on_gpu=False, enforce_eager=True,
                              gpu_memory_utilization=0.92, enable_sleep=False)
@@ -229,7 +227,7 @@ def test_sleep_level_and_wake_order():
 def test_driver_wakes_colocated_engines_in_the_planned_order():
     """cluster.Placement.after_training applies sleep_plan's order around the weight update."""
     from east_ds.config import RunConfig
-    from east_ds.cluster import Placement
+    from east_ds.cluster.placement import Placement
 
     calls = []
 
@@ -258,7 +256,7 @@ def test_bf16_gradients_accumulate_in_fp32_under_zero(stage):
     from deepspeed.runtime.config import DeepSpeedConfig
 
     from east_ds.config import ModelConfig, TrainConfig
-    from east_ds.train_engine import build_ds_config
+    from east_ds.training.engine import build_ds_config
 
     sections = plan.precision_sections("bfloat16", stage)
     assert sections["data_types"] == {"grad_accum_dtype": "fp32"} and sections["bf16"] == {"enabled": True}

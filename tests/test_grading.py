@@ -313,7 +313,7 @@ def test_threads_agree():
 # ---- CLI -------------------------------------------------------------------------------------------------------
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "east_ds.grading_cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "east_ds.grading.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=120, cwd=cwd)
 
 
@@ -333,7 +333,7 @@ def test_cli_parquet_roundtrip(tmp_path):
 
     f = tmp_path / "roll.parquet"
     pd.DataFrame({"response": [r"\boxed{3}", "no idea"], "gold": ["3", "4"]}).to_parquet(f)
-    from east_ds.grading_cli import main
+    from east_ds.grading.cli import main
 
     assert main([str(f)]) == 0
     df = pd.read_parquet(tmp_path / "roll.graded.parquet")
@@ -359,7 +359,7 @@ def test_cli_bad_input_exit_2(tmp_path, content, needle):
 def test_cli_missing_parquet_column_and_file(tmp_path, capsys):
     import pandas as pd
 
-    from east_ds.grading_cli import main
+    from east_ds.grading.cli import main
 
     f = tmp_path / "x.parquet"
     pd.DataFrame({"response": ["1"]}).to_parquet(f)
@@ -371,7 +371,7 @@ def test_cli_missing_parquet_column_and_file(tmp_path, capsys):
 def test_add_parser_registers_grade():
     import argparse
 
-    from east_ds.grading_cli import add_parser, run
+    from east_ds.grading.cli import add_parser, run
 
     top = argparse.ArgumentParser()
     add_parser(top.add_subparsers(dest="cmd"))

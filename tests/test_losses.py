@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from east_ds import losses
-from east_ds.losses import (
+from east_ds.training import losses
+from east_ds.training.losses import (
     dpo_loss,
     kto_loss,
     kto_reference_point,

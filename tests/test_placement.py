@@ -24,7 +24,7 @@ TWO_RANKS = {"global_batch_size": 4, "micro_batch_size": 1, "gradient_accumulati
 @pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory):
     """For runs that must stop before any engine starts: any model directory will do."""
-    from east_ds.tiny import build_tiny_model
+    from east_ds.data.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("untrained") / "tiny")
 

@@ -11,7 +11,7 @@ import yaml
 
 from east_ds.cli import main
 from east_ds.config import load_config
-from east_ds.preflight import PreflightError, iteration_bytes
+from east_ds.checks.preflight import PreflightError, iteration_bytes
 from east_ds.rundir import RunDir, RunDirError
 from east_ds.tables import write_table
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from east_ds.tiny import build_tiny_model
+    from east_ds.data.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny")  # context 1024 (max_position_embeddings)
 
@@ -97,7 +97,7 @@ def test_disk_estimate():
     assert iteration_bytes(10**9, "bfloat16") == {"checkpoint": 2 * 10**9, "deepspeed": 14 * 10**9,
                                                   "total": 16 * 10**9}
     assert iteration_bytes(10**9, "float32")["deepspeed"] == 12 * 10**9  # fp32: the weights are the master copy
-    # without save_every_steps / max_steps training writes no DeepSpeed checkpoint (train_engine.fit)
+    # without save_every_steps / max_steps training writes no DeepSpeed checkpoint (training.engine.fit)
     assert iteration_bytes(10**9, "bfloat16", deepspeed_checkpoints=False) == {
         "checkpoint": 2 * 10**9, "deepspeed": 0, "total": 2 * 10**9}
 

@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 
 from conftest import free_ports
-from east_ds.synthetic import make_problems
+from east_ds.data.synthetic import make_problems
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from east_ds.cluster import Need, SchedulingTimeout
+from east_ds.cluster.placement import Need, SchedulingTimeout
 from east_ds.config import PlacementConfig, RolloutConfig
-from east_ds.rollout_cli import check_engines_fit, engine_need
+from east_ds.rollout.cli import check_engines_fit, engine_need
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "fixtures" / "gsm8k_sample.jsonl"
@@ -59,7 +59,7 @@ def test_check_engines_fit():
 @pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory):
     """For commands that must stop before any engine starts: any model directory will do."""
-    from east_ds.tiny import build_tiny_model
+    from east_ds.data.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("untrained") / "tiny")
 

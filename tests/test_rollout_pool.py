@@ -12,11 +12,11 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("vllm")
 
 from east_ds.config import ModelConfig, RolloutConfig  # noqa: E402
-from east_ds.engine_pool import EnginePool, Sampling  # noqa: E402
-from east_ds.ray_utils import init_ray  # noqa: E402
-from east_ds.rollout import run_rollout  # noqa: E402
-from east_ds.synthetic import make_problems  # noqa: E402
-from east_ds.tiny import build_tiny_model  # noqa: E402
+from east_ds.rollout.engine_pool import EnginePool, Sampling  # noqa: E402
+from east_ds.cluster.ray_utils import init_ray  # noqa: E402
+from east_ds.rollout.stage import run_rollout  # noqa: E402
+from east_ds.data.synthetic import make_problems  # noqa: E402
+from east_ds.data.tiny import build_tiny_model  # noqa: E402
 
 CFG = RolloutConfig(n=2, temperature=1.0, max_new_tokens=12, seed=7, num_engines=2, shard_size=2,
                     max_model_len=256)
@@ -56,7 +56,7 @@ def test_missing_model_path_fails_fast(tmp_path):
     # building an engine.
     with pytest.raises(FileNotFoundError, match="/no/such/model"):
         EnginePool("/no/such/model", CFG, MODEL)
-    from east_ds.rollout_cli import main
+    from east_ds.rollout.cli import main
 
     data = tmp_path / "q.jsonl"
     questions(2).assign(answer=lambda d: "#### " + d["gold"]).to_json(data, orient="records", lines=True)

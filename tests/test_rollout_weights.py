@@ -17,9 +17,9 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("vllm")
 
 from east_ds.config import ModelConfig, RolloutConfig  # noqa: E402
-from east_ds.engine_pool import EnginePool, Sampling  # noqa: E402
-from east_ds.ray_utils import init_ray  # noqa: E402
-from east_ds.tiny import build_tiny_model  # noqa: E402
+from east_ds.rollout.engine_pool import EnginePool, Sampling  # noqa: E402
+from east_ds.cluster.ray_utils import init_ray  # noqa: E402
+from east_ds.data.tiny import build_tiny_model  # noqa: E402
 
 CFG = RolloutConfig(num_engines=1, max_model_len=512, enable_prefix_caching=True, shard_size=4)
 MODEL = ModelConfig(dtype="float32")
@@ -107,7 +107,7 @@ def test_update_from_state_dict_buckets_matches_fresh_engine(dirs, pools, prompt
 def test_update_by_broadcast_matches_fresh_engine(dirs, pools, prompts):
     """Trainer rank 0's broadcast (the TCP-store stand-in for NCCL on CPU): bucket metadata, group ranks, order
     and the lazy reload run for real, and the engine ends up with exactly the checkpoint's weights."""
-    from east_ds.train_actors import TrainRank, broadcast_weights
+    from east_ds.training.actors import TrainRank, broadcast_weights
 
     live, fresh = pools
     live.update_weights_from_path(dirs[0])
@@ -126,7 +126,7 @@ def test_update_by_broadcast_matches_fresh_engine(dirs, pools, prompts):
 
 def test_update_from_checkpoint_tensors_matches_fresh_engine(dirs, pools, prompts):
     """The object_store weight sync: the driver reads the checkpoint's safetensors and sends them in buckets."""
-    from east_ds.weight_sync import checkpoint_tensors
+    from east_ds.rollout.weight_sync import checkpoint_tensors
 
     live, fresh = pools
     live.update_weights_from_path(dirs[0])
@@ -149,9 +149,9 @@ def test_tensor_parallel_2_equals_tp1_and_takes_live_updates(dirs, pools, prompt
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from east_ds.rollout import run_eval, run_rollout
-    from east_ds.synthetic import make_problems
-    from east_ds.vllm_engine import cpu_thread_binding
+    from east_ds.rollout.stage import run_eval, run_rollout
+    from east_ds.data.synthetic import make_problems
+    from east_ds.rollout.vllm_engine import cpu_thread_binding
 
     live, fresh = pools
     live.update_weights_from_path(dirs[0])

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from east_ds.selection import select_examples
+from east_ds.weighting.selection import select_examples
 
 
 def _graded():

@@ -30,7 +30,7 @@ def test_smoke_check_runs_every_gpu_path_on_logical_gpus(tmp_path):
 
 
 def test_paths_the_cluster_cannot_take_are_skipped_with_the_reason():
-    from east_ds.smoke import PATHS, skip_reason
+    from east_ds.checks.smoke import PATHS, skip_reason
 
     assert {p: skip_reason(p, 1, on_gpu=True) for p in PATHS} == {
         "split + broadcast": "needs 2 GPU(s); the cluster has 1", "colocated sleep/wake": "",

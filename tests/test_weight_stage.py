@@ -8,8 +8,8 @@ import pytest
 
 from east_ds.cli import main
 from east_ds.config import WeightingConfig
-from east_ds.weight_stage import weigh
-from east_ds.weighting import grade_rollouts
+from east_ds.weighting.stage import weigh
+from east_ds.weighting.mapping import grade_rollouts
 
 
 def _rollouts():

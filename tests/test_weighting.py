@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from east_ds.weighting import (
+from east_ds.weighting.mapping import (
     WeightingError,
     attach_weights,
     drop_reason,

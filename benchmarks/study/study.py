@@ -1,12 +1,12 @@
 """A seeded, paired study of EAST against vanilla self-training and the paper's baseline weightings, on the CPU.
 
-    python benchmarks/study.py                 # the full study (benchmarks/STUDY.md): 5 seeds x 6 arms x 3 iterations
-    python benchmarks/study.py --quick         # 2 seeds x 2 arms (vanilla, east_a1) x 2 iterations, smaller sets
-    python benchmarks/study.py --analyze-only  # tables, plots and STUDY.md's results from what is recorded
-    python benchmarks/study.py --arms dpo_vanilla dpo_east_a1   # add the DPO arms to a study (paired as well)
+    python benchmarks/study/study.py                 # the full study (benchmarks/STUDY.md): 5 seeds x 6 arms x 3 iterations
+    python benchmarks/study/study.py --quick         # 2 seeds x 2 arms (vanilla, east_a1) x 2 iterations, smaller sets
+    python benchmarks/study/study.py --analyze-only  # tables, plots and STUDY.md's results from what is recorded
+    python benchmarks/study/study.py --arms dpo_vanilla dpo_east_a1   # add the DPO arms to a study (paired as well)
 
-Each seed builds its own tiny model (east_ds.tiny) and warm-starts it (east_ds.demo.warm_start) on a task of
-mixed difficulty (east_ds.synthetic.make_mixed_problems); every arm of that seed starts from that same model and
+Each seed builds its own tiny model (east_ds.data.tiny) and warm-starts it (east_ds.demo.warm_start) on a task of
+mixed difficulty (east_ds.data.synthetic.make_mixed_problems); every arm of that seed starts from that same model and
 runs `east_ds.driver.run` with the demo's config, differing only in the weighting (or the loss). Arms of a seed
 also share iteration 1's rollouts (copied into each run directory, where the driver skips the phase), so at
 iteration 1 the only difference between arms is the weight. Seeds run one after another, all arms of a seed
@@ -28,8 +28,8 @@ import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `python benchmarks/study.py` from anywhere
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `python benchmarks/study/study.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 # arm -> (weighting.value, weighting.a, training.loss, extra overrides)
@@ -76,9 +76,9 @@ def prepare_seed(cfg: StudyConfig, seed: int) -> tuple[Path, Path, Path]:
     import pandas as pd
 
     from east_ds.demo import warm_start
-    from east_ds.synthetic import make_mixed_problems, to_gsm8k_rows
+    from east_ds.data.synthetic import make_mixed_problems, to_gsm8k_rows
     from east_ds.tables import write_table
-    from east_ds.tiny import build_tiny_model
+    from east_ds.data.tiny import build_tiny_model
 
     root = cfg.out / f"seed_{seed}"
     data = root / "data"
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()}, indent=2))
         failed = run_study(cfg)
     if not args.no_analysis:
-        from benchmarks.study_report import analyze
+        from benchmarks.study.study_report import analyze
 
         # vanilla stays the reference when a later command adds arms (e.g. --arms dpo_vanilla dpo_east_a1)
         arms_recorded = {arm for arm, _, _ in recorded(cfg.results)}

@@ -1,6 +1,6 @@
-"""Tables and plots of the study (benchmarks/study.py) from what it recorded, and STUDY.md's results block.
+"""Tables and plots of the study (benchmarks/study/study.py) from what it recorded, and STUDY.md's results block.
 
-    python benchmarks/study.py --analyze-only [--results benchmarks/study]
+    python benchmarks/study/study.py --analyze-only [--results benchmarks/study]
 
 Reads <results>/results.jsonl, <results>/questions/*.parquet and <results>/eval/*.parquet; writes into <results>:
 accuracy.png, paired_diff.png, entropy_iter1.png, mechanism.png and tables.md, and replaces the text between
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.study_stats import (discordance, mde_paired, mechanism, paired_differences, summarize)
+from benchmarks.study.study_stats import (discordance, mde_paired, mechanism, paired_differences, summarize)
 from east_ds.report import _plt
 
 BEGIN, END = "<!-- study-results:begin -->", "<!-- study-results:end -->"
@@ -147,7 +147,7 @@ def mde_lines(evals: pd.DataFrame, diffs: pd.DataFrame, reference: str, last: in
 
 
 def entropy_table(questions: pd.DataFrame, reference: str) -> pd.DataFrame:
-    from east_ds.synthetic import tier_of
+    from east_ds.data.synthetic import tier_of
 
     q = questions[(questions["arm"] == reference) & (questions["iteration"] == 1)].copy()
     if q.empty:
@@ -165,7 +165,7 @@ def entropy_table(questions: pd.DataFrame, reference: str) -> pd.DataFrame:
 
 def tier_accuracy_table(evals: pd.DataFrame, arms: list[str], last: int) -> pd.DataFrame:
     """Test accuracy at the last iteration by difficulty tier (%, mean over seeds), and the warm start's."""
-    from east_ds.synthetic import tier_of
+    from east_ds.data.synthetic import tier_of
 
     e = evals[evals["iteration"].isin([0, last])].copy()
     if e.empty:
@@ -257,7 +257,7 @@ def plot_diffs(diffs: pd.DataFrame, out: Path, reference: str) -> None:
 def plot_entropy(questions: pd.DataFrame, out: Path, reference: str) -> None:
     plt = _plt()
 
-    from east_ds.synthetic import TIERS, tier_of
+    from east_ds.data.synthetic import TIERS, tier_of
 
     q = questions[(questions["arm"] == reference) & (questions["iteration"] == 1)]
     if q.empty:

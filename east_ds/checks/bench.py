@@ -74,17 +74,18 @@ def _fill(examples: Path, rows: int, out: Path) -> tuple[Path, int]:
 def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, engines: list[int] | None = None,
           ranks: list[int] | None = None, peak_tflops: float | None = None) -> dict:
     """Measure the pipeline of `cfg` (see the module docstring); write out/bench.json and out/bench.md."""
-    from east_ds.cluster import free_resources, total_resources
-    from east_ds.data import load_dataset
-    from east_ds.cluster import Placement
-    from east_ds.driver import Phases, _tokenizer
-    from east_ds.engine_pool import EnginePool
-    from east_ds.preflight import check_before_run
-    from east_ds.ray_utils import cluster_gpus, init_ray
-    from east_ds.rollout import run_rollout
+    from east_ds.cluster.placement import free_resources, total_resources
+    from east_ds.data.load import load_dataset
+    from east_ds.cluster.placement import Placement
+    from east_ds.data.load import load_tokenizer
+    from east_ds.metrics import Phases
+    from east_ds.rollout.engine_pool import EnginePool
+    from east_ds.checks.preflight import check_before_run
+    from east_ds.cluster.ray_utils import cluster_gpus, init_ray
+    from east_ds.rollout.stage import run_rollout
     from east_ds.schema import REFERENCE_COLUMNS
-    from east_ds.train_actors import TrainerGroup
-    from east_ds.weight_stage import weigh
+    from east_ds.training.actors import TrainerGroup
+    from east_ds.weighting.stage import weigh
 
     out = Path(out)
     engines, ranks = engines or [cfg.rollout.num_engines], ranks or [cfg.training.num_ranks]
@@ -97,7 +98,7 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
     questions = load_dataset(cfg.data.train, cfg.data.format, cfg.data.train_split, prompts)
-    tokenizer = _tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     init_ray(cfg.placement.ray_address)
     device, peak = device_peak(peak_tflops)
     gpus = cluster_gpus()

@@ -11,7 +11,7 @@ problem listed at once (exit status 1 when there is any). No engine or trainer i
               the DeepSpeed checkpoint with its optimizer state while training
     cluster   (`check` only) Ray reachable, or a local one; the GPUs and CPUs the placement needs against what is
               free (tensor parallelism included); every node sees output_dir and a local model directory
-              (east_ds.cluster)
+              (east_ds.cluster.placement)
 
 `east-ds run` runs the same checks except the cluster ones before it claims the run name (`check_before_run`),
 so a mistyped path fails at once and the corrected command is not refused as "a different config".
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from east_ds.config import ConfigError, RunConfig, check_batch_sizes, load_config
-from east_ds.data_prep import SPECS, parsable_rows
+from east_ds.data.prep import SPECS, parsable_rows
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 AREAS = ("config", "model", "data", "training", "disk", "cluster")
@@ -75,7 +75,7 @@ class ModelFacts:
 
 def check_model(cfg: RunConfig, report: Report) -> ModelFacts:
     facts = ModelFacts()
-    from east_ds.data import check_model_path
+    from east_ds.data.load import check_model_path
 
     try:
         check_model_path(cfg.model.path)
@@ -89,7 +89,7 @@ def check_model(cfg: RunConfig, report: Report) -> ModelFacts:
     except Exception as e:  # transformers raises OSError, ValueError, KeyError for unreadable configs
         report.problem("model", f"{cfg.model.path}: its config does not load ({type(e).__name__}: {e})")
         return facts
-    from east_ds.engine_pool import model_max_len
+    from east_ds.rollout.engine_pool import model_max_len
 
     facts.context = model_max_len(cfg.model.path, cfg.model.trust_remote_code)
     if facts.context is None:
@@ -135,7 +135,7 @@ def _make_hint(source: str) -> str:
 
 
 def check_data(cfg: RunConfig, facts: ModelFacts, report: Report) -> None:
-    from east_ds.data import load_dataset, load_raw, render_prompt
+    from east_ds.data.load import load_dataset, load_raw, render_prompt
     from east_ds.tables import TableError
 
     d = cfg.data
@@ -183,7 +183,7 @@ def check_data(cfg: RunConfig, facts: ModelFacts, report: Report) -> None:
 
 
 def check_training(cfg: RunConfig, report: Report) -> None:
-    from east_ds.train_engine import build_ds_config
+    from east_ds.training.engine import build_ds_config
 
     t = cfg.training
     problems = []
@@ -204,7 +204,7 @@ def iteration_bytes(params: int, dtype: str, deepspeed_checkpoints: bool = True)
     """Disk one iteration writes at its peak: the policy checkpoint (Hugging Face export, model dtype) and, when
     training writes them (`training.save_every_steps` or `max_steps`), the DeepSpeed checkpoint (weights in the
     model dtype + AdamW state: two fp32 moments, plus fp32 master weights when the model dtype is 16-bit), which
-    train_engine.fit removes once training has finished and exported."""
+    training.engine.fit removes once training has finished and exported."""
     weights = params * DTYPE_BYTES[dtype]
     optimizer = params * (8 + (4 if DTYPE_BYTES[dtype] == 2 else 0))
     deepspeed = weights + optimizer if deepspeed_checkpoints else 0
@@ -256,9 +256,10 @@ def _resources(res) -> str:
 
 def check_cluster(cfg: RunConfig, report: Report) -> None:
     """Ray reachable (or a local one started), the placement's needs against the free resources, and every node
-    seeing output_dir and the model directory (east_ds.cluster)."""
-    from east_ds import cluster
-    from east_ds.ray_utils import cluster_gpus, init_ray
+    seeing output_dir and the model directory (east_ds.cluster.placement)."""
+    from east_ds.cluster import placement as cluster
+    from east_ds.cluster.storage import check_shared_path
+    from east_ds.cluster.ray_utils import cluster_gpus, init_ray
 
     try:
         init_ray(cfg.placement.ray_address)
@@ -282,7 +283,7 @@ def check_cluster(cfg: RunConfig, report: Report) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shared = [out] + ([Path(cfg.model.path)] if Path(cfg.model.path).exists() else [])  # engines and ranks read it
     for path in shared:
-        unseen = cluster.check_shared_path(path)
+        unseen = check_shared_path(path)
         for p in unseen:
             report.problem("cluster", p)
         if not unseen:
@@ -310,7 +311,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, as for `east-ds run`")
     p.add_argument("--no-cluster", action="store_true", help="skip the cluster checks (no Ray)")
     p.add_argument("--smoke", action="store_true", help="instead of the checks, run each GPU path once on tiny "
-                   "models (east_ds/smoke.py): one row per path, passed / FAILED / skipped")
+                   "models (east_ds/checks/smoke.py): one row per path, passed / FAILED / skipped")
     p.add_argument("--logical-gpus", type=int, default=None, help="with --smoke on a machine without GPUs: start a "
                    "local Ray advertising this many logical GPUs (the paths then run on the CPU)")
     p.set_defaults(func=main)
@@ -320,7 +321,7 @@ def smoke_main(args: argparse.Namespace) -> int:
     """`east-ds check CONFIG --smoke`: the GPU paths, one row each; exit 1 when one fails."""
     import tempfile
 
-    from east_ds.smoke import format_row, run_smoke
+    from east_ds.checks.smoke import format_row, run_smoke
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -51,7 +51,7 @@ class Smoke:
     """The five paths, each a method returning the row's detail (or raising)."""
 
     def __init__(self, cfg: RunConfig, work: Path, gpus: float, on_gpu: bool):
-        from east_ds.tiny import build_tiny_model
+        from east_ds.data.tiny import build_tiny_model
 
         self.cfg, self.work, self.gpus, self.on_gpu = cfg, work, gpus, on_gpu
         self.model_a = build_tiny_model(work / "model_a", seed=0)
@@ -73,24 +73,24 @@ class Smoke:
                                          gradient_checkpointing=False, max_len=64, max_prompt_len=32, loss="sft"))
 
     def _pool(self, run: RunConfig, placement, model: Path):
-        from east_ds.engine_pool import EnginePool
+        from east_ds.rollout.engine_pool import EnginePool
 
         return EnginePool(str(model), placement.rollout_config(run.rollout), run.model, **placement.engine_options())
 
     def _greedy(self, pool, n: int = 1, tokens: int = 16) -> list[str]:
-        from east_ds.engine_pool import Sampling
+        from east_ds.rollout.engine_pool import Sampling
 
         out = pool.generate(self.prompts, Sampling(n=n, temperature=0.0, max_new_tokens=tokens))
         return [s["response"] for samples in out for s in samples]
 
     def _placement(self, run: RunConfig):
-        from east_ds.cluster import Placement
+        from east_ds.cluster.placement import Placement
 
         return Placement(run, self.gpus)
 
     # -- the paths -----------------------------------------------------------------------------------------------
     def split_broadcast(self) -> str:
-        from east_ds.train_actors import TrainerGroup, broadcast_weights
+        from east_ds.training.actors import TrainerGroup, broadcast_weights
 
         run = self._run_cfg("split", weight_sync="broadcast")
         placement = self._placement(run)
@@ -116,7 +116,7 @@ class Smoke:
 
     def colocated_sleep_wake(self) -> str:
         from east_ds.tables import write_table
-        from east_ds.train_actors import TrainerGroup
+        from east_ds.training.actors import TrainerGroup
 
         run = self._run_cfg("colocated")
         placement = self._placement(run)
@@ -158,7 +158,7 @@ class Smoke:
         return f"{sleep}; " + "; ".join(memory)
 
     def tensor_parallel(self) -> str:
-        from east_ds.weight_sync import checkpoint_tensors
+        from east_ds.rollout.weight_sync import checkpoint_tensors
 
         run = self._run_cfg("split", tp=2)
         placement = self._placement(run)
@@ -185,7 +185,7 @@ class Smoke:
         return f"update in {self.tp_update_s:.2f} s; output equals a reload"
 
     def eager_vs_graphs(self) -> str:
-        from east_ds.engine_pool import Sampling
+        from east_ds.rollout.engine_pool import Sampling
 
         rates = {}
         for eager in (True, False):
@@ -226,7 +226,7 @@ def run_smoke(cfg: RunConfig, work: Path, logical_gpus: int | None = None,
     """Run every path this node can take; `report` is called with each row as it finishes."""
     import torch
 
-    from east_ds.ray_utils import cluster_gpus, init_ray
+    from east_ds.cluster.ray_utils import cluster_gpus, init_ray
 
     init_ray(cfg.placement.ray_address, num_gpus=logical_gpus)
     gpus, on_gpu = cluster_gpus(), torch.cuda.is_available()

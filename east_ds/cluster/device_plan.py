@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-WORKER_EXTENSION = "east_ds.vllm_engine.EastWorkerExtension"  # vLLM worker mixin with east_ds's update methods
+WORKER_EXTENSION = "east_ds.rollout.vllm_engine.EastWorkerExtension"  # vLLM worker mixin with east_ds's update methods
 SPLIT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM 0.32's own default (CacheConfig.gpu_memory_utilization): the engine
 # owns its GPU in split placement
 COLOCATED_GPU_MEMORY_UTILIZATION = 0.5  # verl's rollout default when the trainer shares the GPU

@@ -18,7 +18,7 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
     """
     import ray
 
-    from east_ds.device_plan import actor_env
+    from east_ds.cluster.device_plan import actor_env
 
     if ray.is_initialized():
         return

@@ -124,3 +124,10 @@ def render_prompt(tokenizer, question: str, system_prompt: str = SYSTEM_PROMPT) 
         messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return FALLBACK_TEMPLATE.format(system=system_prompt, question=question)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The model's tokenizer (hub name or local directory)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from east_ds.data import gold_of
+from east_ds.data.load import gold_of
 from east_ds.tables import TableError, read_table, write_table
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from east_ds.synthetic import make_problems
+from east_ds.data.synthetic import make_problems
 
 # name -> (hidden, layers, heads, intermediate). head_dim = hidden / heads = 64 in both.
 SIZES = {

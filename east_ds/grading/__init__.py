@@ -3,6 +3,11 @@
 Step 2-3 of the EAST iteration (docs/EAST.md): every response's final answer is compared with the gold by
 mathematical equivalence, and the n answers of a question are clustered into equivalence classes.
 
+Reads response and gold strings; writes nothing itself (`east-ds grade`, in `cli`, writes a graded table). Pure
+Python and sympy, so it sits below every stage that reads an answer: data (gold answers parse when questions
+load), rollout (greedy evaluation) and weighting. Public names: extract_answer, grade, grade_answer, is_equivalent,
+answer_key, cluster_answers (this module), and the modules extract, structure, compare, latex_math, matrix_expr, cli.
+
 Safety: model output is hostile text. Nothing here evaluates it: `latex_math` is a bounded hand-written parser
 that builds sympy objects directly (no eval / sympify / parse_expr / parse_latex), and every step has a size cap,
 so each call returns quickly for any input (no signal.alarm: safe in threads and worker processes).

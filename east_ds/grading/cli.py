@@ -5,7 +5,7 @@ extracted final answer, null when none) and `correct` (bool) to `<stem>.graded.j
 beside the input (same format), and prints the accuracy. Bad input (unreadable file or JSON line, missing
 column, no rows) is reported with the file, row and key, and exits with status 2.
 
-    python -m east_ds.grading_cli FILE [--out PATH]
+    python -m east_ds.grading.cli FILE [--out PATH]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m east_ds.grading_cli", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m east_ds.grading.cli", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     return run(p.parse_args(argv))

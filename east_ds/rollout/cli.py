@@ -1,4 +1,4 @@
-"""`east-ds rollout` and `east-ds eval` (also `python -m east_ds.rollout_cli rollout|eval ...`).
+"""`east-ds rollout` and `east-ds eval` (also `python -m east_ds.rollout.cli rollout|eval ...`).
 
     east-ds rollout --model PATH --data train.jsonl --format gsm8k --limit 100 --n 8 --num-engines 2 --out DIR
     east-ds eval    --model PATH --data test.jsonl --format gsm8k --max-new-tokens 512 --out DIR/eval.parquet
@@ -102,7 +102,7 @@ def engine_need(rollout, placement, gpus: float, cores: int | None = None):
     own placement group of num_engines x tensor_parallel_size bundles {GPU: 1, CPU: 1, **engine_resources}, PACK,
     on a cluster with GPUs; without GPUs one-CPU actors, at most `cores // tensor_parallel_size` of them, as the
     pool caps them; `cores` defaults to this machine's). Pure: no Ray."""
-    from east_ds.cluster import placement_needs
+    from east_ds.cluster.placement import placement_needs
     from east_ds.config import TrainConfig
 
     if not gpus:
@@ -117,7 +117,7 @@ def check_engines_fit(need, total: dict, free: dict, wait: bool, timeout_s: floa
     """Raise cluster.SchedulingTimeout when the whole cluster (`total`) can never hold the engines, unless `wait`
     (an autoscaling cluster). Return the one-line note to print when what is `free` now is short (the placement
     group then waits up to `timeout_s`), else ""."""
-    from east_ds.cluster import SchedulingTimeout, shortfall
+    from east_ds.cluster.placement import SchedulingTimeout, shortfall
 
     if not wait and (problems := shortfall([need], total, have="in all")):
         raise SchedulingTimeout("the cluster can never hold these engines: " + "; ".join(problems)
@@ -133,9 +133,9 @@ def _start(model, rollout, placement):
     starts), then start the pool; return (pool, tokenizer)."""
     from transformers import AutoTokenizer
 
-    from east_ds.cluster import free_resources, total_resources
-    from east_ds.engine_pool import EnginePool, check_model_path
-    from east_ds.ray_utils import cluster_gpus, init_ray
+    from east_ds.cluster.placement import free_resources, total_resources
+    from east_ds.rollout.engine_pool import EnginePool, check_model_path
+    from east_ds.cluster.ray_utils import cluster_gpus, init_ray
 
     check_model_path(model.path)
     tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
@@ -154,8 +154,8 @@ def _run_stage(args, eval_mode: bool, stage) -> int:
     """Resolve the config, load the questions, start the engines, run `stage`, always shut the engines down.
     Bad input (missing model or data, bad config) and engines the cluster can never hold exit with status 2
     before any engine starts; so do engines not scheduled within placement.schedule_timeout_s."""
-    from east_ds.cluster import SchedulingTimeout
-    from east_ds.data import load_dataset
+    from east_ds.cluster.placement import SchedulingTimeout
+    from east_ds.data.load import load_dataset
 
     try:
         model, data, rollout, source, split, limit, eval_tokens, placement = _configs(args, eval_mode=eval_mode)
@@ -172,7 +172,7 @@ def _run_stage(args, eval_mode: bool, stage) -> int:
 
 
 def run_rollout_cli(args) -> int:
-    from east_ds.rollout import run_rollout
+    from east_ds.rollout.stage import run_rollout
 
     def stage(pool, questions, tokenizer, data, rollout, _):
         df = run_rollout(pool, questions, tokenizer, rollout, args.out, data.system_prompt)
@@ -184,7 +184,7 @@ def run_rollout_cli(args) -> int:
 
 
 def run_eval_cli(args) -> int:
-    from east_ds.rollout import run_eval
+    from east_ds.rollout.stage import run_eval
 
     def stage(pool, questions, tokenizer, data, _, eval_tokens):
         metrics = run_eval(pool, questions, tokenizer, eval_tokens, args.out, data.system_prompt)
@@ -195,7 +195,7 @@ def run_eval_cli(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m east_ds.rollout_cli")
+    parser = argparse.ArgumentParser(prog="python -m east_ds.rollout.cli")
     sub = parser.add_subparsers(dest="command", required=True)
     add_rollout_parser(sub)
     add_eval_parser(sub)

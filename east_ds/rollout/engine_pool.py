@@ -29,11 +29,11 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from east_ds.cluster import Need, SchedulingTimeout, wait_placement_group, wait_scheduled
+from east_ds.cluster.placement import Need, SchedulingTimeout, wait_placement_group, wait_scheduled
 from east_ds.config import ModelConfig, RolloutConfig
-from east_ds.data import check_model_path  # noqa: F401  (re-exported: the rollout CLI checks first)
-from east_ds.ray_utils import NodeLostError
-from east_ds.weight_sync import iter_buckets
+from east_ds.data.load import check_model_path  # noqa: F401  (re-exported: the rollout CLI checks first)
+from east_ds.cluster.ray_utils import NodeLostError
+from east_ds.rollout.weight_sync import iter_buckets
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class EnginePool:
 
         check_model_path(model_path)  # before any actor starts
         if not ray.is_initialized():
-            raise RuntimeError("Ray is not initialised: call east_ds.ray_utils.init_ray() first")
+            raise RuntimeError("Ray is not initialised: call east_ds.cluster.ray_utils.init_ray() first")
         self.model_path = str(model_path)
         self.cfg = cfg
         self.model_cfg = model_cfg
@@ -150,8 +150,8 @@ class EnginePool:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from east_ds.device_plan import engine_actor_plan
-        from east_ds.vllm_engine import PlacedLLMEngine
+        from east_ds.cluster.device_plan import engine_actor_plan
+        from east_ds.rollout.vllm_engine import PlacedLLMEngine
 
         cfg = self.cfg
         plan = engine_actor_plan(i, cfg.tensor_parallel_size, self._pg is not None, self.gpu_share, os.environ)

@@ -25,9 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 from east_ds.config import RolloutConfig
-from east_ds.data import SYSTEM_PROMPT, render_prompt
-from east_ds.device_plan import rollout_defaults
-from east_ds.engine_pool import EnginePool, Sampling, skip_record
+from east_ds.data.load import SYSTEM_PROMPT, render_prompt
+from east_ds.cluster.device_plan import rollout_defaults
+from east_ds.rollout.engine_pool import EnginePool, Sampling, skip_record
 from east_ds.schema import ROLLOUT_COLUMNS
 from east_ds.tables import read_table, write_json, write_table
 

@@ -67,7 +67,7 @@ class EastWorkerExtension:
 
     def east_device_memory(self) -> dict:
         """This worker's GPU memory: allocated by torch and free on the device (bytes); {} without CUDA."""
-        from east_ds.cluster import device_memory
+        from east_ds.cluster.placement import device_memory
 
         return device_memory()
 
@@ -135,7 +135,7 @@ class TrainerWeightBroadcaster:
     def __init__(self, host: str, port: int, world_size: int, device=None, listen_socket=None):
         import torch
 
-        from east_ds.device_plan import communicator_device
+        from east_ds.cluster.device_plan import communicator_device
 
         if device is None:
             cuda = torch.cuda.is_available()
@@ -197,8 +197,7 @@ class LLMEngine:
     ):
         """None for `gpu_memory_utilization` and `enforce_eager`: chosen by this engine's device and placement
         (device_plan.rollout_defaults). `colocated`: trainer ranks share this engine's GPUs."""
-        from east_ds import device_plan as plan
-
+        from east_ds.cluster import device_plan as plan
         self.engine_index = engine_index
         self.on_gpu = _has_cuda()
         os.environ.update(plan.engine_process_env(self.on_gpu, os.environ))  # read by vLLM as it builds
@@ -347,7 +346,7 @@ class PlacedLLMEngine(LLMEngine):
 
     def where(self) -> dict:
         """Where Ray put this actor, seen from inside it (cluster.actor_location) plus the engine index."""
-        from east_ds.cluster import actor_location
+        from east_ds.cluster.placement import actor_location
 
         return {"engine": self.engine_index, **actor_location()}
 

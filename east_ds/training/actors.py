@@ -22,7 +22,7 @@ import time
 
 import ray
 
-from east_ds.cluster import Need, wait_placement_group, wait_scheduled
+from east_ds.cluster.placement import Need, wait_placement_group, wait_scheduled
 from east_ds.config import ModelConfig, TrainConfig, check_batch_sizes
 
 
@@ -40,14 +40,14 @@ class TrainRank:
         """Where Ray put this rank, seen from inside it (cluster.actor_location), and its process-group backend."""
         import torch.distributed as dist
 
-        from east_ds.cluster import actor_location
+        from east_ds.cluster.placement import actor_location
 
         backend = dist.get_backend() if dist.is_initialized() else None
         return {"rank": self.rank, "backend": backend, **actor_location()}
 
     def device_memory(self) -> dict:
         """This rank's GPU memory in bytes (cluster.device_memory); {} without CUDA."""
-        from east_ds.cluster import device_memory
+        from east_ds.cluster.placement import device_memory
 
         return device_memory()
 
@@ -90,35 +90,32 @@ class TrainRank:
 
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK=str(self.local_rank),
                           MASTER_ADDR=addr, MASTER_PORT=str(port))
-        from east_ds import train_engine as te
-
+        from east_ds.training import engine as te
         store = self._store if self.rank == 0 else dist.TCPStore(addr, port, self.world, is_master=False)
         rank, _ = te.init_distributed(store)
         return rank
 
     def reference_logprobs(self, model_path, train_cfg, model_cfg, examples_path, out_path, nll=False) -> dict:
-        from east_ds import train_engine as te
-
+        from east_ds.training import engine as te
         return self._timed("nll" if nll else "reference", te.reference_logprobs, model_path, train_cfg, model_cfg,
                            examples_path, out_path, nll=nll)
 
     def fit(self, model_path, train_cfg, model_cfg, examples_path, out_dir, resume) -> dict:
-        from east_ds import train_engine as te
-
+        from east_ds.training import engine as te
         return self._timed("fit", te.fit, model_path, train_cfg, model_cfg, examples_path, out_dir, resume=resume,
                            progress=self.rank == 0)
 
     def weight_metas(self, checkpoint: str, bucket_bytes: int) -> list:
         """The buckets' `(name, dtype, shape)` lists that `send_weights` will broadcast, in order (from the
         safetensors headers: no tensor is read)."""
-        from east_ds.weight_sync import checkpoint_metas
+        from east_ds.rollout.weight_sync import checkpoint_metas
 
         return checkpoint_metas(checkpoint, bucket_bytes)
 
     def send_weights(self, host: str, port: int, world_size: int, checkpoint: str, bucket_bytes: int) -> float:
         """Be rank 0 of the weight-broadcast group at host:port and broadcast the checkpoint bucket by bucket."""
-        from east_ds.vllm_engine import TrainerWeightBroadcaster
-        from east_ds.weight_sync import checkpoint_tensors, iter_buckets
+        from east_ds.rollout.vllm_engine import TrainerWeightBroadcaster
+        from east_ds.rollout.weight_sync import checkpoint_tensors, iter_buckets
 
         t0 = time.perf_counter()
         listen, self._weight_socket = self._weight_socket, None  # the group's store takes the socket over
@@ -129,8 +126,7 @@ class TrainRank:
         return time.perf_counter() - t0
 
     def close(self) -> None:
-        from east_ds import train_engine as te
-
+        from east_ds.training import engine as te
         te.shutdown_distributed()
 
 
@@ -207,7 +203,7 @@ class TrainerGroup:
                          str(out_path), True)
 
     def fit(self, examples_path: str, out_dir: str, resume: bool = True) -> dict:
-        """Train on examples_path from model_path; see train_engine.fit for the outputs. Returns a summary."""
+        """Train on examples_path from model_path; see training.engine.fit for the outputs. Returns a summary."""
         return self._all("fit", self.model_path, self.train_cfg, self.model_cfg, str(examples_path), str(out_dir),
                          resume)
 

@@ -6,7 +6,7 @@
 Reads the `training` and `model` sections of the run YAML (east_ds.config.load_config; overrides are dotted
 `key=value`). For DPO/KTO, if the examples table lacks the reference columns, the frozen starting model scores
 them first into DIR/examples_ref.parquet. Outputs: DIR/hf (save_pretrained), DIR/metrics.jsonl,
-DIR/train_summary.json, and DIR/ds_checkpoint while training is unfinished (train_engine.fit). Re-running the same
+DIR/train_summary.json, and DIR/ds_checkpoint while training is unfinished (training.engine.fit). Re-running the same
 command resumes from the last checkpoint, or returns at once when training finished.
 """
 
@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from east_ds.config import load_config
     from east_ds.schema import REFERENCE_COLUMNS
     from east_ds.tables import read_table
-    from east_ds import train_engine as te
-
+    from east_ds.training import engine as te
     cfg = load_config(args.config, args.overrides)
     tcfg, mcfg = cfg.training, cfg.model
     model = args.model or mcfg.path

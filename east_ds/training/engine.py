@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO training engine for entropy-weighted SFT, DPO and KTO. The only module that imports deepspeed.
 
 Works in any process that is one rank of a job: a `deepspeed` launcher process (east_ds.train), a Ray actor
-(east_ds.train_actors), or a plain single process (world of 1, used by tests and benchmarks).
+(east_ds.training.actors), or a plain single process (world of 1, used by tests and benchmarks).
 
     reference_logprobs(model_path, train_cfg, model_cfg, examples_path, out_path) -> metrics
     fit(model_path, train_cfg, model_cfg, examples_path, out_dir, resume=True) -> metrics
@@ -34,18 +34,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from east_ds import train_data as td
+from east_ds.training import batches as td
 from east_ds.config import ModelConfig, TrainConfig, check_batch_sizes
-from east_ds.data import check_model_path
-from east_ds import device_plan as plan
-from east_ds.losses import (
+from east_ds.data.load import check_model_path
+from east_ds.cluster import device_plan as plan
+from east_ds.training.losses import (
     dpo_loss, kto_loss, kto_reference_point, sequence_logps, sft_loss, weighted_batch_loss,
 )
 from east_ds.schema import REFERENCE_COLUMNS
 from east_ds.tables import append_jsonl, read_jsonl, read_table, write_json, write_table
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                      "optimizer", "scheduler", "gradient_clipping")
 
@@ -212,7 +212,7 @@ class TrainingEngine:
         return sequence_logps(logits, ids.to(dev), lmask.to(dev))
 
     def example_losses(self, mb: dict, z0: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-example losses (m,) of one micro-batch from train_data.micro_batch_tensors."""
+        """Per-example losses (m,) of one micro-batch from batches.micro_batch_tensors."""
         loss = self.cfg.loss
         dev = self.engine.device
         if loss == "sft":

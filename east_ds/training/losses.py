@@ -100,7 +100,7 @@ def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Ten
     """Per-example SFT loss: mean token NLL over the response tokens of each example. Shape (B_m,).
 
     loss_i = -(1/|y_i|) sum_t log pi(y_i,t | x_i, y_i,<t). An example with no target token (cannot happen after
-    train_data's checks) would give 0, not NaN.
+    the batches module's checks) would give 0, not NaN.
     """
     lp = token_logps(logits, input_ids, loss_mask)
     n = loss_mask[:, 1:].sum(-1).clamp(min=1).to(lp.dtype)

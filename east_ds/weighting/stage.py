@@ -14,9 +14,9 @@ from typing import Callable
 import pandas as pd
 
 from east_ds.config import WeightingConfig
-from east_ds.selection import select_examples
+from east_ds.weighting.selection import select_examples
 from east_ds.tables import TableError, read_table, write_table
-from east_ds.weighting import VALUES, WeightingError, attach_weights, grade_rollouts
+from east_ds.weighting.mapping import VALUES, WeightingError, attach_weights, grade_rollouts
 
 ROLLOUT_REQUIRED = ("question_id", "question", "gold", "response")
 
