@@ -72,6 +72,10 @@ class WeightingConfig:
     cluster_by: Literal["equivalent", "exact"] = "equivalent"  # how answers are grouped into clusters
     sft_examples: Literal["one", "all"] = "one"  # one random correct response, or all distinct correct ones
     seed: int = 0  # example selection is deterministic under this seed
+    cap_at_most_correct: int | None = None  # DEPARTURE from the paper, off by default (null). k: a question with at
+    # most k correct samples of n keeps its weight at or below 1 (min(f, 1)); the others keep EAST's weights, so
+    # the mean weight falls below 1. Tests the diagnosis that entropy sends weight to questions the model only
+    # guesses at (benchmarks/STUDY.md, arm east_a1_cap2)
 
 
 @dataclass(frozen=True)

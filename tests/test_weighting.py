@@ -142,6 +142,21 @@ def test_attach_weights_baselines():
         attach_weights(q, 1.0, "perplexity")
 
 
+def test_cap_keeps_near_hopeless_questions_at_or_below_one():
+    """cap_at_most_correct=2: h = 1, 3, 2, 2 -> f = 0.5, 1.5, 1, 1 (mean 1); the question with 1 correct sample
+    and f = 1.5 is capped to 1, the one with 5 correct keeps 1.5 wherever its entropy puts it; dropped stay NaN."""
+    q = _questions([1.0, 3.0, 2.0, 2.0, 0.0], [True, True, True, True, False])
+    q["n_correct"] = [0, 1, 5, 2, 16]
+    q.loc[1, "entropy"], q.loc[2, "entropy"] = 3.0, 3.0  # two questions at f = 1.5: one near-hopeless, one not
+    plain = attach_weights(q, 1.0)
+    capped = attach_weights(q, 1.0, cap_at_most_correct=2)
+    np.testing.assert_allclose(plain["weight"][:4], [4 * 1 / 9, 4 * 3 / 9, 4 * 3 / 9, 4 * 2 / 9])
+    np.testing.assert_allclose(capped["weight"][:4], [4 / 9, 1.0, 4 / 3, 8 / 9])
+    assert math.isnan(capped["weight"].iloc[4])
+    assert capped["weight"][:4].mean() < 1  # the others keep EAST's weights: nothing is renormalised
+    np.testing.assert_array_equal(attach_weights(q, 1.0, cap_at_most_correct=None)["weight"], plain["weight"])
+
+
 def test_everything_dropped_is_an_error():
     with pytest.raises(WeightingError, match="every question was dropped"):
         attach_weights(_questions([0.0, 0.0], [False, False]), a=1.0)

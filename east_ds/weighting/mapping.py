@@ -175,8 +175,12 @@ def grade_rollouts(
     return df, questions
 
 
-def attach_weights(questions: pd.DataFrame, a: float, value: str = "entropy") -> pd.DataFrame:
-    """Add `weight` = f(value; a) over the kept questions (global normalisation); NaN for dropped ones."""
+def attach_weights(questions: pd.DataFrame, a: float, value: str = "entropy",
+                   cap_at_most_correct: int | None = None) -> pd.DataFrame:
+    """Add `weight` = f(value; a) over the kept questions (global normalisation); NaN for dropped ones.
+
+    `cap_at_most_correct` = k (a departure from the paper; None: off): a kept question with at most k correct
+    samples gets min(f, 1), after the normalisation, so no other question's weight changes."""
     kept = questions["kept"].to_numpy(dtype=bool)
     if not kept.any():
         reasons = questions["drop_reason"].value_counts().to_dict()
@@ -185,4 +189,7 @@ def attach_weights(questions: pd.DataFrame, a: float, value: str = "entropy") ->
     out["weight"] = np.nan
     values = uncertainty(out.loc[kept], value)
     out.loc[kept, "weight"] = mapping_weights(values, a)
+    if cap_at_most_correct is not None:
+        low = kept & (out["n_correct"].to_numpy() <= cap_at_most_correct)
+        out.loc[low, "weight"] = np.minimum(out.loc[low, "weight"], 1.0)
     return out

@@ -54,7 +54,7 @@ def weigh(rollouts: pd.DataFrame, cfg: WeightingConfig, loss: str, out_dir: str 
         questions["perplexity"] = questions["question_id"].map(nll)
         unscored = questions["kept"] & ~(questions["perplexity"] > 0)
         questions.loc[unscored, ["kept", "drop_reason"]] = [False, "unscored"]
-    questions = attach_weights(questions, cfg.a, cfg.value)
+    questions = attach_weights(questions, cfg.a, cfg.value, cfg.cap_at_most_correct)
     examples = examples[examples["question_id"].isin(questions.loc[questions["kept"], "question_id"])]
     examples = examples.assign(weight=examples["question_id"].map(questions.set_index("question_id")["weight"]))
     examples = examples.reset_index(drop=True)
