@@ -25,6 +25,7 @@ Departures from the reference code, numbered:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,7 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
             rd.write_iteration_metrics(it0, m)
             sink.log(m, step=0)
 
+        warned = False  # the near-hopeless warning, once per run
         for k in range(1, cfg.iterations + 1):
             it = rd.iteration(k)
             if it.metrics.is_file():
@@ -138,6 +140,8 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
                 with phases("weigh"):
                     m["weigh"] = weigh(read_table(it.rollouts), cfg.weighting, cfg.training.loss, it.path,
                                        perplexity=perplexity)
+            m["diagnosis"] = diagnose_iteration(rd, k, cfg, warned)
+            warned = warned or bool(m["diagnosis"].get("warning"))
 
             # -- reference log-probs, then training, on the same trainer group ----------------------------------
             if it.checkpoint.is_dir():
@@ -179,6 +183,24 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
             pool.shutdown()
         sink.close()
     return rd.metrics_log()
+
+
+def diagnose_iteration(rd: RunDir, k: int, cfg: RunConfig, warned: bool) -> dict:
+    """Where iteration k's weight goes (weighting.diagnosis): writes iter_<k>/diagnosis.parquet, prints one line
+    and, unless `warned`, the warning when most of the weight is on near-hopeless questions; returns the figures
+    (the iteration's `diagnosis` metrics)."""
+    from east_ds.weighting import diagnosis
+
+    previous = rd.iteration(k - 1).questions
+    table, figures = diagnosis.diagnose(read_table(rd.iteration(k).questions),
+                                        read_table(previous) if k > 1 and previous.is_file() else None)
+    write_table(table, rd.iteration(k).path / "diagnosis.parquet")
+    print(diagnosis.summary_line(k, figures), flush=True)
+    message = diagnosis.warning(figures, cfg.weighting.a, cfg.weighting.value)
+    if message and not warned:
+        print(message, flush=True)
+    clean = {key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in figures.items()}
+    return {**clean, "warning": bool(message)}
 
 
 def check_storage(run_dir: Path, model_path: str) -> None:

@@ -7,9 +7,13 @@ writes into the output directory:
     entropy_<run>.png         entropy histogram per iteration, kept against dropped questions
     weights_<run>.png         weight against entropy per iteration (kept questions)
     phases_<run>.png          seconds per phase, a stacked bar per iteration
-    report.md                 accuracy table (iterations x runs), phase time shares, notes on missing pieces
+    weight_bands_<run>.png    where the weight goes: share of the weight per band of sampled accuracy, against
+                              vanilla's (the share of the questions), per iteration (weighting.diagnosis)
+    report.md                 accuracy table (iterations x runs), where the weight goes (a paragraph per run and
+                              a comparison table), phase time shares, notes on missing pieces
 
 A partial run (crashed, still running) is reported as far as it got; what is missing is listed under "Notes".
+A directory that holds no run at all (no config.yaml, metrics.jsonl or iter_<k>/) is an error (exit status 2).
 Default output: RUN_DIR/report for one run, ./report for several.
 """
 
@@ -123,9 +127,41 @@ def load_run(path: str | Path) -> Run:
         run.loss = run.loss or rec.get("loss")
         if not cfg.get("name") and rec.get("name"):
             run.name = str(rec["name"])
+    if not (cfg or records or iter_dirs):
+        raise ReportError(f"{p}: holds no east_ds run (no config.yaml, metrics.jsonl or iter_<k>/ directory)")
     if not run.metrics:
         run.notes.append("no finished iteration")
     return run
+
+
+def diagnosis(run: Run) -> dict[int, tuple[pd.DataFrame, dict]]:
+    """iteration -> (band table, figures) recomputed from the run's questions tables (weighting.diagnosis)."""
+    from east_ds.weighting.diagnosis import diagnose
+
+    out = {}
+    for k, q in sorted(run.questions.items()):
+        if {"n", "n_correct", "accuracy"} <= set(q.columns) and q["kept"].astype(bool).any():
+            out[k] = diagnose(q, run.questions.get(k - 1))
+    return out
+
+
+def diagnosis_paragraph(run: Run, diag: dict[int, tuple[pd.DataFrame, dict]]) -> str:
+    """A few sentences on where the weight went, iteration by iteration."""
+    parts = []
+    for k, (_, f) in diag.items():
+        s = (f"Iteration {k}: {f['low_weight_share']:.0%} of the weight on questions with {f['low_band']} correct "
+             f"(vanilla: {f['low_question_share']:.0%}); entropy against correct samples rho = "
+             f"{f['rho_entropy_correct']:+.2f}")
+        if not math.isnan(f["rho_weight_gain"]):
+            s += (f"; the previous weights against this iteration's gain in sampled accuracy rho = "
+                  f"{f['rho_weight_gain']:+.2f} over {f['questions_paired']} questions")
+        parts.append(s + ".")
+    if not parts:
+        return "No weighting tables yet."
+    worst = max(f["low_weight_share"] - f["low_question_share"] for _, f in diag.values())
+    verdict = ("Weight moved towards questions the model rarely solves." if worst > 0.05 else
+               "Weight did not move towards questions the model rarely solves.")
+    return " ".join(parts) + " " + verdict
 
 
 def _as_float(v) -> float | None:
@@ -302,6 +338,29 @@ def plot_phases(run: Run, out: Path) -> Path | None:
     return out
 
 
+def plot_weight_bands(run: Run, diag: dict[int, tuple[pd.DataFrame, dict]], out: Path) -> Path | None:
+    """Per iteration, the share of the weight in each accuracy band (bars) against the share of the questions
+    (vanilla's weight share, markers)."""
+    if not diag:
+        return None
+    plt, fig, axes = _grid(len(diag))
+    for ax, (k, (table, _)) in zip(axes, diag.items()):
+        x = range(len(table))
+        ax.bar(x, table["weight_share"], color="tab:orange", label="weight share")
+        ax.plot(x, table["question_share"], "k_", markersize=18, mew=2, label="vanilla (question share)")
+        ax.set_xticks(list(x), table["band"])
+        ax.set_title(f"iteration {k}")
+        ax.set_xlabel("correct samples")
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("share")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"where the weight goes: {run.label}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The report
 
@@ -329,8 +388,23 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
         if plot_accuracy(runs, out / "accuracy.png"):
             md += ["", "![accuracy](accuracy.png)"]
 
-    for r, slug in zip(runs, slugs):
-        md += ["", f"## {r.label}", ""]
+    diags = [diagnosis(r) for r in runs]
+    md += ["", "## Where the weight goes", "",
+           "Share of the weight on the lowest band of sampled accuracy (vanilla's share in brackets), and the rank "
+           "correlations of entropy with correct samples and of the previous weights with the gain "
+           "(weighting.diagnosis).", "", "| run | iteration | low band | weight share | rho entropy-correct | "
+           "rho weight-gain |", "|---|---|---|---|---|---|"]
+    for r, diag in zip(runs, diags):
+        for k, (_, f) in diag.items():
+            gain = "-" if math.isnan(f["rho_weight_gain"]) else f"{f['rho_weight_gain']:+.2f}"
+            md.append(f"| {r.label} | {k} | {f['low_band']} | {f['low_weight_share']:.0%} "
+                      f"({f['low_question_share']:.0%}) | {f['rho_entropy_correct']:+.2f} | {gain} |")
+
+    for r, slug, diag in zip(runs, slugs, diags):
+        md += ["", f"## {r.label}", "", diagnosis_paragraph(r, diag)]
+        png = plot_weight_bands(r, diag, out / f"weight_bands_{slug}.png")
+        if png:
+            md += ["", f"![weight bands]({png.name})", ""]
         phases = phase_table(r)
         if not phases.empty:
             total = float(phases.to_numpy().sum())

@@ -112,3 +112,40 @@ def test_partial_run_without_metrics(tmp_path):
 def test_missing_run_dir_exits_2(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_directory_without_a_run_is_an_error_not_an_empty_report(tmp_path, capsys):
+    """As a new user would try it: an empty directory, and one holding only unrelated files."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("hi")
+    for d in (empty, other):
+        assert cli.main(["report", str(d)]) == 2
+        err = capsys.readouterr().err
+        assert str(d) in err and "holds no east_ds run" in err
+        assert not (d / "report" / "report.md").exists()
+
+
+def test_report_shows_where_the_weight_goes_and_compares_runs(tmp_path):
+    """The band shares and correlations in report.md equal a recomputation from the questions tables; each run
+    gets a weight-band plot and a paragraph; two runs share one comparison table."""
+    from east_ds.weighting.diagnosis import diagnose
+
+    a = make_run(tmp_path, "east", 1.0, "sft", [0.2, 0.3, 0.4])
+    v = make_run(tmp_path, "vanilla", 0.0, "sft", [0.2, 0.25, 0.3])
+    out = tmp_path / "report"
+    md = write_report([a, v], out).read_text()
+    assert "## Where the weight goes" in md
+    for run, name, label in ((a, "east", "east a=1 sft"), (v, "vanilla", "vanilla a=0 sft")):
+        assert _is_png(out / f"weight_bands_{name}_a_1_sft.png") or _is_png(next(out.glob(f"weight_bands_{name}*")))
+        for k in (1, 2):
+            q = pd.read_parquet(run / f"iter_{k}" / "questions.parquet")
+            prev = pd.read_parquet(run / "iter_1" / "questions.parquet") if k == 2 else None
+            _, f = diagnose(q, prev)
+            row = f"| {label} | {k} | {f['low_band']} | {f['low_weight_share']:.0%} ({f['low_question_share']:.0%})"
+            assert row in md, row
+            assert f"{f['rho_entropy_correct']:+.2f}" in md
+    # vanilla puts exactly the question share on each band
+    assert "Weight did not move towards questions the model rarely solves." in md
