@@ -73,6 +73,25 @@ def test_two_iterations_end_to_end(tmp_path, warm_model, ray_session, capsys):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["iteration"] for x in lines] == [0, 1, 2]
 
+    # where the weight went: the driver's line per iteration, its table and metrics, and the report, all equal to
+    # a recomputation from the run's own questions tables
+    from east_ds.report import write_report
+    from east_ds.weighting.diagnosis import diagnose, summary_line
+
+    out = capsys.readouterr().out
+    report = write_report([run_dir], run_dir / "report").read_text()
+    for k in (1, 2):
+        it = run_dir / f"iter_{k}"
+        prev = pd.read_parquet(run_dir / "iter_1" / "questions.parquet") if k == 2 else None
+        table, figures = diagnose(pd.read_parquet(it / "questions.parquet"), prev)
+        pd.testing.assert_frame_equal(pd.read_parquet(it / "diagnosis.parquet"), table)
+        assert summary_line(k, figures) in out
+        logged = json.loads((it / "metrics.json").read_text())["diagnosis"]
+        assert logged["low_weight_share"] == pytest.approx(figures["low_weight_share"])
+        assert (logged["rho_weight_gain"] is None) == (k == 1)
+        assert f"Iteration {k}: {figures['low_weight_share']:.0%} of the weight on questions with" in report
+    assert (run_dir / "report" / "weight_bands_e2e.png").is_file()
+
     # a rerun of the finished run redoes nothing and duplicates nothing
     mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.parquet")}
     capsys.readouterr()

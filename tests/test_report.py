@@ -139,7 +139,7 @@ def test_report_shows_where_the_weight_goes_and_compares_runs(tmp_path):
     md = write_report([a, v], out).read_text()
     assert "## Where the weight goes" in md
     for run, name, label in ((a, "east", "east a=1 sft"), (v, "vanilla", "vanilla a=0 sft")):
-        assert _is_png(out / f"weight_bands_{name}_a_1_sft.png") or _is_png(next(out.glob(f"weight_bands_{name}*")))
+        assert _is_png(out / f"weight_bands_{name}.png")
         for k in (1, 2):
             q = pd.read_parquet(run / f"iter_{k}" / "questions.parquet")
             prev = pd.read_parquet(run / "iter_1" / "questions.parquet") if k == 2 else None

@@ -331,6 +331,14 @@ def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = N
                   "seeds; t 95% CI: the Student-t interval over seeds (with few seeds the bootstrap runs narrow, the "
                   "t interval is the conservative one); sign test: two-sided exact, over seeds.", "",
                   _md(diff_table(diffs)), "", "![paired differences](study/paired_diff.png)", ""]
+    cap = df[(df["iteration"] > 0) & df["arm"].isin(["east_a1_cap2", "east_a1"])]
+    if set(cap["arm"]) == {"east_a1_cap2", "east_a1"}:  # the diagnosis arm against EAST itself
+        vs = paired_differences(cap, "east_a1").assign(against="east_a1")
+        parts += ["### The diagnosis arm against east_a1, per iteration", "",
+                  "east_a1_cap2 keeps EAST's weights (a = 1) but caps at 1 the weight of a question with at most 2 "
+                  "of 16 correct samples (`weighting.cap_at_most_correct=2`, a departure from the paper); the "
+                  "same paired difference as above, against east_a1 instead of vanilla.", "",
+                  _md(diff_table(vs)), ""]
     gains = gain_table(df, last)
     if not gains.empty:
         parts += [f"### Gain over the warm start (iteration 0 -> {last})", "", _md(gains), ""]
