@@ -67,3 +67,26 @@ def test_no_warning_when_the_weight_follows_the_questions():
     q = _q([1, 5, 8, 12], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0])
     _, f = diagnose(q)
     assert f["low_weight_share"] == pytest.approx(0.25) and warning(f, 0.0, "entropy") == ""
+
+
+def test_driver_writes_the_table_prints_the_line_and_warns_once_per_run(tmp_path, capsys):
+    """driver.diagnose_iteration on two iterations whose weight sits on near-hopeless questions: a table and a
+    line each, and the warning only the first time."""
+    from east_ds.config import RunConfig
+    from east_ds.driver import diagnose_iteration
+    from east_ds.rundir import RunDir
+    from east_ds.tables import read_table, write_table
+
+    cfg = RunConfig(name="diag", output_dir=str(tmp_path))
+    rd = RunDir(cfg)
+    for k, correct in ((1, [1, 2, 4, 12]), (2, [2, 1, 6, 14])):
+        write_table(_q(correct, [2.0, 1.8, 1.0, 0.5], [1.6, 1.2, 0.8, 0.4]), rd.iteration(k).path / "questions.parquet")
+    warned = False
+    for k in (1, 2):
+        figures = diagnose_iteration(rd, k, cfg, warned)
+        warned = warned or figures["warning"]
+        assert len(read_table(rd.iteration(k).path / "diagnosis.parquet")) == 4
+    out = capsys.readouterr().out
+    assert out.count("iteration 1: weight on questions with 1-2/16 correct: 70%") == 1
+    assert out.count("WARNING: 70% of the weight") == 1
+    assert figures["rho_weight_gain"] is not None  # iteration 2 pairs with iteration 1
