@@ -10,6 +10,8 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
+# The venv's tools first: DeepSpeed's JIT op builds then always use its ninja (device_plan.jit_build_path).
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: venv test test-fast demo bench clean
 

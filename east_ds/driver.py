@@ -28,6 +28,7 @@ import argparse
 import math
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from east_ds.cluster.placement import Placement, SchedulingTimeout, free_resources, total_resources
@@ -70,20 +71,32 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
     # The cluster first: a run it cannot hold, or whose files a node cannot see, stops before anything loads.
     init_ray(cfg.placement.ray_address)
     placement = Placement(cfg, cluster_gpus())
-    placement.check_resources(total_resources(), free_resources(), cfg.placement.wait_for_resources)
+    fits_now = placement.check_resources(total_resources(), free_resources(), cfg.placement.wait_for_resources)
     check_storage(rd.path, cfg.model.path)
     sink = sink or make_sink(rd.path, rank=0, jsonl=False,  # metrics.jsonl is rebuilt by RunDir
                              logging=cfg.logging, name=cfg.name, run_config=to_dict(cfg))
-    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    pool = group = None  # one trainer process group for the whole run, started on first use; the model loads per call
+    pool = group = None  # one trainer process group for the whole run, started once; the model loads per call
     located: dict = {"mode": cfg.placement.mode, "cluster_gpus": placement.gpus}  # where engines and ranks landed
+    # The engines start in the background while the driver loads the tokenizer; so do the trainer ranks when
+    # training is still to do, the cluster has room for both now (so the engines never wait on them) and they do
+    # not share GPUs with the engines (colocated ranks start once the engines sleep). Each start is imports, model
+    # loads and process groups that need nothing from the driver.
+    starter = ThreadPoolExecutor(max_workers=2, thread_name_prefix="east-ds-start")
+    pool_start = starter.submit(EnginePool, rd.policy_path(), placement.rollout_config(cfg.rollout), cfg.model,
+                                resources=cfg.placement.engine_resources, **placement.engine_options())
+    trains = any(not rd.iteration(k).checkpoint.is_dir() for k in range(1, cfg.iterations + 1))
+    group_start = (starter.submit(TrainerGroup, cfg.model.path, cfg.training, cfg.model, cfg.training.num_ranks,
+                                  resources=cfg.placement.trainer_resources, **placement.trainer_options())
+                   if trains and fits_now and not placement.colocated else None)
+    starter.shutdown(wait=False)
 
     def trainer(policy: str):
         nonlocal group
         placement.before_training()
         if group is None:
-            group = TrainerGroup(policy, cfg.training, cfg.model, cfg.training.num_ranks,
-                                 resources=cfg.placement.trainer_resources, **placement.trainer_options())
+            group = group_start.result() if group_start else TrainerGroup(
+                policy, cfg.training, cfg.model, cfg.training.num_ranks, resources=cfg.placement.trainer_resources,
+                **placement.trainer_options())
             located["ranks"] = group.locations
             write_json(located, rd.path / "placement.json")
         group.set_model_path(policy)
@@ -94,8 +107,8 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
             return run_eval(pool, test_q, tokenizer, cfg.evaluation.max_new_tokens, it.eval, system)["accuracy"]
 
     try:
-        pool = placement.pool = EnginePool(rd.policy_path(), placement.rollout_config(cfg.rollout), cfg.model,
-                                           resources=cfg.placement.engine_resources, **placement.engine_options())
+        tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+        pool = placement.pool = pool_start.result()
         located["engines"] = pool.locations
         print("[east-ds] rollout engines on " + ", ".join(f"{w.get('node_ip', 'local')} (node {w.get('node_id', '?')})"
                                                           for w in pool.locations), flush=True)
@@ -177,12 +190,23 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
             print(f"[east-ds] iteration {k} done in {m['iteration_seconds']:.1f} s"
                   + (f"; test accuracy {acc:.3f}" if acc is not None else ""), flush=True)
     finally:
+        # A start still under way is waited for, so that nothing it starts outlives the run.
+        group = group or _started(group_start)
+        pool = pool or _started(pool_start)
         if group is not None:
             group.shutdown()
         if pool is not None:
             pool.shutdown()
         sink.close()
     return rd.metrics_log()
+
+
+def _started(start: Future | None):
+    """What a background start returned, once it is over; None when there was none or it failed (its error is
+    raised where the driver asks for the result)."""
+    if start is None or start.exception() is not None:
+        return None
+    return start.result()
 
 
 def diagnose_iteration(rd: RunDir, k: int, cfg: RunConfig, warned: bool) -> dict:

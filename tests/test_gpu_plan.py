@@ -297,3 +297,18 @@ def test_trainer_backend_follows_deepspeeds_accelerator():
     assert plan.process_group_backend("cuda") == "nccl"
     assert plan.process_group_backend("cpu") == "gloo"
     assert plan.PROCESS_GROUP_TIMEOUT_MIN >= 30
+
+
+def test_jit_op_builds_use_the_interpreters_own_ninja(tmp_path):
+    """deepspeed/ops/op_builder/builder.py:588-613 JIT-builds an op with torch.utils.cpp_extension.load, which runs
+    `ninja` by name (torch/utils/cpp_extension.py:2860), so PATH decides which ninja builds it; on GPUs that is
+    every CUDA op and CPUAdam, minutes each. Measured here: the venv's ninja 1.13 and the system's 1.11 find each
+    other's build log a changed command line (`ninja -d explain`) and rebuild the op each time the other ran."""
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    python = str(venv / "python")
+    assert plan.jit_build_path("/usr/bin:/bin", python) == "/usr/bin:/bin"  # no ninja beside it: PATH as it was
+    (venv / "ninja").touch()
+    assert plan.jit_build_path("/usr/bin:/bin", python) == f"{venv}:/usr/bin:/bin"
+    assert plan.jit_build_path(f"/usr/bin:{venv}:/bin", python) == f"{venv}:/usr/bin:/bin"  # moved, not doubled
+    assert plan.jit_build_path("", python) == str(venv)

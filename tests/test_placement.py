@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from test_driver import _write_config
+from test_driver import _write_config, east_ds_run, events, located
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,26 +30,11 @@ def untrained_model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("untrained") / "tiny")
 
 
-def east_ds_run(head, cfg_path: Path, *overrides: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    address, env = head
-    cmd = [sys.executable, "-m", "east_ds.cli", "run", str(cfg_path), f"placement.ray_address={address}",
-           *overrides]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def located(run_dir: Path) -> dict:
-    return json.loads((run_dir / "placement.json").read_text())
-
-
-def events(run_dir: Path, k: int) -> list[tuple[str, str]]:
-    return [(e["actor"], e["event"]) for e in json.loads((run_dir / f"iter_{k}" / "metrics.json").read_text())
-            ["actor_events"]]
-
-
 def test_colocated_dpo_on_logical_gpus(logical_gpu_head, tmp_path, warm_model):
     """2 engines and 2 ranks on 2 logical GPUs: rank r shares engine r's bundle, half a GPU each; the engines
     sleep before the reference phase and wake after training, once per iteration, then take the new weights
-    (here through the object store: the driver sends the checkpoint's tensors)."""
+    (here through the object store: the driver sends the checkpoint's tensors). DPO's reference phase fills the
+    reference log-probs of every chosen and rejected response. (Split placement: tests/test_driver.py.)"""
     cfg = _write_config(tmp_path, warm_model, "colocated", loss="dpo", beta=0.1, **TWO_RANKS)
     r = east_ds_run(logical_gpu_head, cfg, "placement.mode=colocated", "rollout.num_engines=2",
                     "rollout.weight_sync=object_store")
@@ -77,33 +63,14 @@ def test_colocated_dpo_on_logical_gpus(logical_gpu_head, tmp_path, warm_model):
         order = [what for who, what in ev if who in ("engine 0", "rank 0")]
         assert order.index("sleep") < order.index("reference start") < order.index("reference end") \
             < order.index("fit start") < order.index("fit end") < order.index("wake weights"), (k, ev)
-        assert (run_dir / f"iter_{k}" / "checkpoint" / "config.json").is_file()
-
-
-def test_split_sft_on_logical_gpus_with_broadcast_update(logical_gpu_head, tmp_path, warm_model):
-    """1 engine and 1 rank on 2 logical GPUs: each holds a whole GPU of its own in its own placement group;
-    nothing sleeps; the new weights go from trainer rank 0 to the engine by broadcast (the CPU stand-in)."""
-    cfg = _write_config(tmp_path, warm_model, "split")
-    r = east_ds_run(logical_gpu_head, cfg, "placement.mode=split", "rollout.weight_sync=broadcast")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "split"
-    where = located(run_dir)
-    [engine], [rank] = where["engines"], where["ranks"]
-    assert engine["placement_group"] and rank["placement_group"]
-    assert engine["placement_group"] != rank["placement_group"]
-    assert engine["resources"] == rank["resources"] == {"CPU": 1.0, "GPU": 1.0}
-    assert sorted(engine["gpu_ids"] + rank["gpu_ids"]) == ["0", "1"]  # a GPU each, not shared
-    assert rank["backend"] == "gloo" and not engine["on_gpu"]
-    for k in (1, 2):
-        ev = events(run_dir, k)
-        assert [what for who, what in ev if who == "engine 0"] == ["update_weights broadcast"], ev
-        assert ("rank 0", "fit start") in ev
-    # the broadcast reached the engine: iteration 2 sampled from iteration 1's weights, not the start's
-    import pandas as pd
-
-    r1 = pd.read_parquet(run_dir / "iter_1" / "rollouts.parquet")["response"].tolist()
-    r2 = pd.read_parquet(run_dir / "iter_2" / "rollouts.parquet")["response"].tolist()
-    assert r1 != r2
+        it = run_dir / f"iter_{k}"
+        assert (it / "checkpoint" / "config.json").is_file()
+        assert "reference" in json.loads((it / "metrics.json").read_text())["phase_seconds"]
+        ex = pd.read_parquet(it / "examples.parquet")
+        for col in ("ref_chosen_logp", "ref_rejected_logp"):
+            assert ex[col].notna().all() and (ex[col] < 0).all()  # summed log-probs of real responses
+        kept = pd.read_parquet(it / "questions.parquet").query("kept")
+        assert abs(kept["weight"].mean() - 1.0) < 1e-9
 
 
 @pytest.mark.parametrize("mode", ["colocated", "split"])

@@ -83,6 +83,18 @@ def test_results_in_prompt_order(pool, tokenizer):
     assert {s[0]["engine"] for s in batch} == {0, 1}  # both engines worked
     one_by_one = [pool.generate([x], greedy)[0][0]["response"] for x in ids]
     assert [s[0]["response"] for s in batch] == one_by_one
+    # Limited to its first engine (as `east-ds bench` measures a smaller count), the pool gives the same answers
+    # from engine 0 alone, and afterwards serves from both again.
+    with pool.serve_from(1) as serving:
+        alone = pool.generate(ids, greedy)
+    assert serving == 1 and {s[0]["engine"] for s in alone} == {0}
+    assert [s[0]["response"] for s in alone] == one_by_one
+    assert {s[0]["engine"] for s in pool.generate(ids, greedy)} == {0, 1}
+    with pool.serve_from(5) as serving:  # at most the engines it has
+        assert serving == 2
+    with pytest.raises(ValueError, match="at least one engine"):
+        with pool.serve_from(0):
+            pass
 
 
 def test_rollout_resume_generates_only_missing_shards(pool, tokenizer, tmp_path):

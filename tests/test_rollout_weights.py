@@ -64,9 +64,11 @@ def prompts(dirs):
 
 @pytest.fixture(scope="module")
 def pools(dirs):
+    from concurrent.futures import ThreadPoolExecutor
+
     init_ray()
-    live = EnginePool(dirs[0], CFG, MODEL)
-    fresh = EnginePool(dirs[1], CFG, MODEL)
+    with ThreadPoolExecutor(2) as start:  # the two engines load side by side
+        live, fresh = start.map(lambda d: EnginePool(d, CFG, MODEL), dirs[:2])
     yield live, fresh
     live.shutdown()
     fresh.shutdown()

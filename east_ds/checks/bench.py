@@ -2,7 +2,8 @@
 pipeline: the same EnginePool, run_rollout, weigh, TrainerGroup and phase timers as `east-ds run`.
 
     rollout     --prompts N training questions x rollout.n samples, once per --engines value, in shards of at
-                most rollout.shard_size prompts and at least two per engine (the same shards at every count)
+                most rollout.shard_size prompts and at least two per engine (the same shards at every count);
+                the engines start once, at the largest count, and each count samples on its first engines
     weigh       grading, clustering, entropy, weights and example selection of the first rollout
     reference   DPO/KTO: the frozen model's log-probs of the examples
     train       --steps K optimizer steps, once per --ranks value (global batch kept; accumulation adjusted)
@@ -112,22 +113,21 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
                     "max_new_tokens": cfg.rollout.max_new_tokens, "loss": t.loss, "steps": steps}
     rollout_rows, train_rows, pool = [], [], None
     try:
+        # One pool at the largest count (what `east-ds run` would ask for); each count samples on its first
+        # engines, so the engines start once.
+        rcfg = dataclasses.replace(cfg.rollout, num_engines=max(engines), shard_size=shard)
+        placement = Placement(dataclasses.replace(cfg, rollout=rcfg), gpus)
+        placement.check_resources(total_resources(), free_resources(), cfg.placement.wait_for_resources)
+        pool = placement.pool = EnginePool(cfg.model.path, placement.rollout_config(rcfg), cfg.model,
+                                           resources=cfg.placement.engine_resources, **placement.engine_options())
         for e in engines:
-            if pool is not None:
-                pool.shutdown()
-            rcfg = dataclasses.replace(cfg.rollout, num_engines=e, shard_size=shard)
-            placement = Placement(dataclasses.replace(cfg, rollout=rcfg), gpus)  # what `east-ds run` would ask for
-            placement.check_resources(total_resources(), free_resources(), cfg.placement.wait_for_resources)
-            pool = placement.pool = EnginePool(cfg.model.path, placement.rollout_config(rcfg), cfg.model,
-                                               resources=cfg.placement.engine_resources,
-                                               **placement.engine_options())
-            stats = run_rollout(pool, questions, tokenizer, rcfg, work / f"engines_{e}",
-                                cfg.data.system_prompt).attrs["stats"]
+            with pool.serve_from(e) as serving:
+                stats = run_rollout(pool, questions, tokenizer, dataclasses.replace(rcfg, num_engines=serving),
+                                    work / f"engines_{e}", cfg.data.system_prompt).attrs["stats"]
             tps = stats["num_tokens"] / stats["seconds"]
-            rollout_rows.append({"engines": pool.num_engines, "tokens": stats["num_tokens"],
-                                 "seconds": stats["seconds"], "tokens_per_s": tps,
-                                 "tokens_per_s_per_engine": tps / pool.num_engines,
-                                 "mfu": mfu(tps, 2 * (params or 0), pool.num_engines * tp, peak)})
+            rollout_rows.append({"engines": serving, "tokens": stats["num_tokens"], "seconds": stats["seconds"],
+                                 "tokens_per_s": tps, "tokens_per_s_per_engine": tps / serving,
+                                 "mfu": mfu(tps, 2 * (params or 0), serving * tp, peak)})
         scaling(rollout_rows, "engines", "tokens_per_s")
 
         rollouts = read_table(work / f"engines_{engines[0]}" / "rollouts.parquet")

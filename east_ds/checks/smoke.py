@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -94,11 +95,16 @@ class Smoke:
 
         run = self._run_cfg("split", weight_sync="broadcast")
         placement = self._placement(run)
-        pool = self._pool(run, placement, self.model_a)
-        group = None
+        with ThreadPoolExecutor(2) as start:  # on GPUs of their own, the engine and the rank start side by side
+            pool_start = start.submit(self._pool, run, placement, self.model_a)
+            group_start = start.submit(TrainerGroup, str(self.model_a), run.training, run.model, 1,
+                                       **placement.trainer_options())
+        group = group_start.result() if group_start.exception() is None else None
+        pool = pool_start.result() if pool_start.exception() is None else None
         try:
+            if pool is None or group is None:
+                raise (pool_start.exception() or group_start.exception())
             before = self._greedy(pool)
-            group = TrainerGroup(str(self.model_a), run.training, run.model, 1, **placement.trainer_options())
             sent = broadcast_weights(group.actors[0], pool, str(self.model_b), run.rollout.weight_bucket_mb)
             by_broadcast = self._greedy(pool)
             pool.update_weights_from_path(str(self.model_b))
@@ -106,7 +112,8 @@ class Smoke:
         finally:
             if group is not None:
                 group.shutdown()
-            pool.shutdown()
+            if pool is not None:
+                pool.shutdown()
         if by_broadcast != by_path:
             raise AssertionError("greedy output after the broadcast differs from a reload of the same weights")
         if by_broadcast == before:

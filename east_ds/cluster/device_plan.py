@@ -51,6 +51,23 @@ def actor_env(driver_env: Mapping[str, str], joining_cluster: bool, job_env: Map
     return out
 
 
+def jit_build_path(path: str, executable: str, exists=None) -> str:
+    """PATH for a process that may JIT-build DeepSpeed ops (CUDA ops and CPUAdam on GPUs, the shared-memory
+    all-reduce on CPUs): the interpreter's own bin directory first when it holds a `ninja`, because torch's
+    cpp_extension runs whichever `ninja` PATH finds first, and two ninja versions sharing one build directory
+    each see the other's build log as a changed command line and rebuild everything (measured here: pip's ninja
+    1.13 in the venv and the system's 1.11 alternated, 35-66 s per rebuild of the shm op). `executable` is
+    sys.executable, unresolved (a venv's python is a link into the base interpreter's directory)."""
+    import os
+
+    exists = exists or os.path.exists
+    bindir = os.path.dirname(executable)
+    if not bindir or not exists(os.path.join(bindir, "ninja")):
+        return path
+    rest = [p for p in path.split(os.pathsep) if p and p != bindir]
+    return os.pathsep.join([bindir, *rest])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Rollout engines
 

@@ -245,15 +245,18 @@ class Placement:
         self.pool = None
         self.asleep = False
 
-    def check_resources(self, total: dict, free: dict, wait: bool) -> None:
+    def check_resources(self, total: dict, free: dict, wait: bool) -> bool:
         """Fail at once when the whole cluster (`total`) can never hold the run, unless `wait` (an autoscaling
-        cluster); say so when what is `free` now is short (the placement groups then wait up to the timeout)."""
+        cluster); say so when what is `free` now is short (the placement groups then wait up to the timeout).
+        Returns whether what is free now holds the whole run (engines and trainer ranks at once)."""
         if not wait and (problems := shortfall(self.needs, total, have="in all")):
             raise SchedulingTimeout("the cluster can never hold this run: " + "; ".join(problems)
                                     + " (placement.wait_for_resources=true waits up to "
                                     "placement.schedule_timeout_s for the cluster to grow)")
         if problems := shortfall(self.needs, free):
             print(f"[east-ds] waiting up to {self.timeout:g} s for resources: " + "; ".join(problems), flush=True)
+            return False
+        return True
 
     def rollout_config(self, cfg):
         """Colocated engines must be able to sleep (vLLM's enable_sleep_mode)."""

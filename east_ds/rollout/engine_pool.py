@@ -22,6 +22,7 @@ that is cut short is cut by the budget ("length"), never silently by the context
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -97,6 +98,7 @@ class EnginePool:
                             cfg.tensor_parallel_size, os.cpu_count() or 1, cores)
                 n = cores
         self.num_engines = n
+        self.serving = n  # shards go to engines 0 .. serving-1 (serve_from)
         tp = cfg.tensor_parallel_size
         self.resources = dict(resources or {})
         self.need = need or (Need("rollout engines", [{"GPU": 1.0, "CPU": 1.0, **self.resources}] * (n * tp), "PACK")
@@ -233,6 +235,18 @@ class EnginePool:
                     f"max_model_len={self.max_model_len}")
         return ""
 
+    @contextlib.contextmanager
+    def serve_from(self, k: int):
+        """Within the block, shards go to the first `k` engines only (at most all of them); the others stay up.
+        `east-ds bench` measures each smaller engine count on the largest count's pool instead of restarting."""
+        if k < 1:
+            raise ValueError(f"serve_from needs at least one engine, got {k}")
+        before, self.serving = self.serving, min(k, self.num_engines)
+        try:
+            yield self.serving
+        finally:
+            self.serving = before
+
     def run_shards(
         self,
         shards: Sequence[tuple[Any, list[dict]]],
@@ -251,7 +265,7 @@ class EnginePool:
 
         pending = deque(shards)
         attempts: Counter = Counter()
-        slots = deque(i for _ in range(2) for i in range(self.num_engines))  # two queued shards per engine
+        slots = deque(i for _ in range(2) for i in range(self.serving))  # two queued shards per engine
         inflight: dict[Any, tuple[int, int, Any, list[dict]]] = {}
         out: dict[Any, list[list[dict]]] = {}
         bar = tqdm(total=sum(len(r) for _, r in shards), desc=desc or "prompts", unit="prompt",

@@ -342,6 +342,7 @@ class PlacedLLMEngine(LLMEngine):
     def __init__(self, *args, **kwargs):  # noqa: D107 - see the class docstring
         self._build_args = (args, kwargs)
         self.engine_index = kwargs["engine_index"]
+        self.started_at = time.time()  # wall clock, for placement.json: when this actor's process was up
         self._events: list[dict] = []
 
     def where(self) -> dict:
@@ -356,7 +357,8 @@ class PlacedLLMEngine(LLMEngine):
         return {**self.info(), "on_gpu": self.on_gpu, "sleep_mode": self.enable_sleep,
                 "engine_core_in_process": self.engine_core_in_process,
                 "enforce_eager": self.engine_kwargs["enforce_eager"],
-                "gpu_memory_utilization": self.engine_kwargs.get("gpu_memory_utilization")}
+                "gpu_memory_utilization": self.engine_kwargs.get("gpu_memory_utilization"),
+                "started_at": self.started_at, "ready_at": time.time()}
 
     def _event(self, name: str) -> None:
         self._events.append({"t": time.time(), "actor": f"engine {self.engine_index}", "event": name})

@@ -32,6 +32,7 @@ class TrainRank:
 
     def __init__(self, rank: int, world_size: int, local_rank: int):
         self.rank, self.world, self.local_rank = rank, world_size, local_rank
+        self.started_at = time.time()  # wall clock, for placement.json: when this rank's process was up
         self._events: list[dict] = []
         self._store = None  # rank 0's TCP store of the process group (open_store)
         self._weight_socket = None  # rank 0's listening socket for the next weight-broadcast group (master)
@@ -43,7 +44,7 @@ class TrainRank:
         from east_ds.cluster.placement import actor_location
 
         backend = dist.get_backend() if dist.is_initialized() else None
-        return {"rank": self.rank, "backend": backend, **actor_location()}
+        return {"rank": self.rank, "backend": backend, "started_at": self.started_at, **actor_location()}
 
     def device_memory(self) -> dict:
         """This rank's GPU memory in bytes (cluster.device_memory); {} without CUDA."""

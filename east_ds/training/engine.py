@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -57,6 +58,7 @@ def init_distributed(store=None) -> tuple[int, int]:
     """Join (or create, for a lone process) the process group: gloo on CPU, nccl on CUDA. Returns (rank, world).
     `store`: a torch.distributed store already open for this group (rank and world size from RANK and
     WORLD_SIZE); without it the group meets at MASTER_ADDR:MASTER_PORT (env://)."""
+    os.environ["PATH"] = plan.jit_build_path(os.environ.get("PATH", ""), sys.executable)  # before any JIT op build
     import deepspeed
     import torch.distributed as dist
 
