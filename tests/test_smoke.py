@@ -26,6 +26,11 @@ def test_smoke_check_runs_every_gpu_path_on_logical_gpus(tmp_path):
     assert out.returncode == 0
     assert "needs CUDA" in out.stdout and "output equals a reload" in out.stdout
     assert re.search(r"colocated sleep/wake .*awake: no CUDA; asleep: no CUDA", out.stdout)
+    # TP 2 gives TP 1's greedy answers on the start weights and, after a reload from disk, on the new ones (so
+    # both workers took the new weights: a worker left on the old half of each layer would change the output)
+    tp = re.search(r"^  tensor parallel 2 .*$", out.stdout, re.M).group(0)
+    assert "equals one GPU's output before and after the update: yes" in tp, tp
+    assert re.search(r"\(threads \S+\|\S+\)", tp), tp  # each TP worker bound to cores of its own
     assert not list(tmp_path.glob("smoke_*"))  # the tiny models are removed afterwards
 
 

@@ -4,7 +4,8 @@
                              (NCCL between GPUs); greedy output then equals a reload of the same weights from disk
     colocated sleep/wake     engine and rank share a GPU: sleep, one DeepSpeed step, wake weights, load the trained
                              weights, wake the KV cache, generate; GPU memory recorded around each step
-    tensor parallel 2        one engine over two GPUs (vLLM's Ray executor) generates
+    tensor parallel 2        one engine over two GPUs (vLLM's Ray executor) generates; says whether its greedy
+                             output equals the one-GPU engine's (split row) before and after a weight update
     object_store + TP 2      that engine loads weights from Ray's object store; equals a reload from disk
     eager vs CUDA graphs     rollout throughput of the same engine with and without CUDA graphs
 
@@ -109,6 +110,7 @@ class Smoke:
             by_broadcast = self._greedy(pool)
             pool.update_weights_from_path(str(self.model_b))
             by_path = self._greedy(pool)
+            self.tp1_outputs = {"a": before, "b": by_path}  # one engine, one GPU: the tensor-parallel row compares
         finally:
             if group is not None:
                 group.shutdown()
@@ -178,9 +180,16 @@ class Smoke:
             self.tp_by_refs = self._greedy(pool)
             pool.update_weights_from_path(str(self.model_b))
             self.tp_by_path = self._greedy(pool)
+            binding = pool.locations[0].get("thread_binding", "")
         finally:
             pool.shutdown()
-        return f"{len(self.tp_outputs)} greedy outputs from one engine over 2 workers"
+        detail = f"{len(self.tp_outputs)} greedy outputs from one engine over 2 workers"
+        if binding:  # vLLM-CPU: each worker's threads on cores of its own
+            detail += f" (threads {binding})"
+        if hasattr(self, "tp1_outputs"):  # reported, not required: TP changes the order of a float sum
+            same = self.tp1_outputs == {"a": self.tp_outputs, "b": self.tp_by_path}
+            detail += f"; equals one GPU's output before and after the update: {'yes' if same else 'no'}"
+        return detail
 
     def object_store_tp(self) -> str:
         if not hasattr(self, "tp_by_refs"):
