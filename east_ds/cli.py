@@ -52,7 +52,14 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_parser(name, help=f"see `east-ds {name} --help`")
             continue
         getattr(importlib.import_module(module), fn)(sub)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the flags (`east-ds check CFG --smoke name=x`): argparse stops filling a
+    # positional list at the first flag, so those come back here as unrecognised
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in x and not x.startswith("-") for x in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error("unrecognized arguments: " + " ".join(extra))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if not argv else 2

@@ -41,3 +41,17 @@ def test_unknown_subcommand_fails():
     with pytest.raises(SystemExit) as e:
         main(["frobnicate"])
     assert e.value.code == 2
+
+
+def test_overrides_may_follow_the_flags(tmp_path, capsys):
+    """`east-ds check CFG --no-cluster name=x`: argparse alone would reject the override after the flag."""
+    from pathlib import Path
+
+    cfg = str(Path(__file__).resolve().parent.parent / "configs" / "demo_cpu.yaml")
+    main(["check", cfg, "--no-cluster", f"output_dir={tmp_path}", "name=after_flags"])
+    assert f"run {tmp_path / 'after_flags'}" in capsys.readouterr().out
+    for extra in (["--no-such-flag"], ["not_an_override"]):
+        with pytest.raises(SystemExit) as e:
+            main(["check", cfg, "--no-cluster", *extra])
+        assert e.value.code == 2
+        assert f"unrecognized arguments: {extra[0]}" in capsys.readouterr().err
