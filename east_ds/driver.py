@@ -28,11 +28,11 @@ import argparse
 import math
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from east_ds.cluster.placement import Placement, SchedulingTimeout, free_resources, total_resources
-from east_ds.cluster.ray_utils import NodeLostError
+from east_ds.cluster.ray_utils import NodeLostError, started
 from east_ds.cluster.storage import StorageNotShared, check_shared_path
 from east_ds.config import ConfigError, RunConfig, load_config, to_dict
 from east_ds.data.load import load_dataset, load_tokenizer
@@ -191,22 +191,14 @@ def run(cfg: RunConfig, sink=None) -> list[dict]:
                   + (f"; test accuracy {acc:.3f}" if acc is not None else ""), flush=True)
     finally:
         # A start still under way is waited for, so that nothing it starts outlives the run.
-        group = group or _started(group_start)
-        pool = pool or _started(pool_start)
+        group = group or started(group_start)
+        pool = pool or started(pool_start)
         if group is not None:
             group.shutdown()
         if pool is not None:
             pool.shutdown()
         sink.close()
     return rd.metrics_log()
-
-
-def _started(start: Future | None):
-    """What a background start returned, once it is over; None when there was none or it failed (its error is
-    raised where the driver asks for the result)."""
-    if start is None or start.exception() is not None:
-        return None
-    return start.result()
 
 
 def diagnose_iteration(rd: RunDir, k: int, cfg: RunConfig, warned: bool) -> dict:

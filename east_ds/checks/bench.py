@@ -122,8 +122,8 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
                                            resources=cfg.placement.engine_resources, **placement.engine_options())
         for e in engines:
             with pool.serve_from(e) as serving:
-                stats = run_rollout(pool, questions, tokenizer, dataclasses.replace(rcfg, num_engines=serving),
-                                    work / f"engines_{e}", cfg.data.system_prompt).attrs["stats"]
+                stats = run_rollout(pool, questions, tokenizer, rcfg, work / f"engines_{e}",
+                                    cfg.data.system_prompt).attrs["stats"]
             tps = stats["num_tokens"] / stats["seconds"]
             rollout_rows.append({"engines": serving, "tokens": stats["num_tokens"], "seconds": stats["seconds"],
                                  "tokens_per_s": tps, "tokens_per_s_per_engine": tps / serving,

@@ -92,6 +92,7 @@ class Smoke:
 
     # -- the paths -----------------------------------------------------------------------------------------------
     def split_broadcast(self) -> str:
+        from east_ds.cluster.ray_utils import started
         from east_ds.training.actors import TrainerGroup, broadcast_weights
 
         run = self._run_cfg("split", weight_sync="broadcast")
@@ -100,8 +101,7 @@ class Smoke:
             pool_start = start.submit(self._pool, run, placement, self.model_a)
             group_start = start.submit(TrainerGroup, str(self.model_a), run.training, run.model, 1,
                                        **placement.trainer_options())
-        group = group_start.result() if group_start.exception() is None else None
-        pool = pool_start.result() if pool_start.exception() is None else None
+        pool, group = started(pool_start), started(group_start)
         try:
             if pool is None or group is None:
                 raise (pool_start.exception() or group_start.exception())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future
 
 
 class NodeLostError(RuntimeError):
@@ -40,6 +41,14 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
         runtime_env=env,
         log_to_driver=True,
     )
+
+
+def started(start: Future | None):
+    """What a background start of actors (a Future) returned, once it is over; None when there was none or it
+    failed. Callers that need the error ask the Future itself; this is for shutting down whatever did start."""
+    if start is None or start.exception() is not None:
+        return None
+    return start.result()
 
 
 def cluster_gpus() -> float:
