@@ -10,7 +10,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import NamedTuple
 
-from east_ds.grading.structure import _VAR, _has_var, _structure
+from east_ds.grading.structure import _VAR, _has_var, _structure, is_constant
 
 _CACHE = 8192
 
@@ -27,7 +27,7 @@ class Leaf(NamedTuple):
 # ---- leaves ------------------------------------------------------------------------------------------------
 
 _INT_FRAC = re.compile(r"(-?)\\frac\{?(\d+)\}?\{?(\d+)\}?")  # \frac{1}{2}, \frac12 (one digit each unbraced)
-_MIXED = re.compile(r"(-?)(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}")
+_MIXED = re.compile(r"(-?)(\d+)\s*\\frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))")  # 2\frac{5}{8}, 2\frac58
 _DECIMAL = re.compile(r"[-+]?(\d*)\.?(\d*)")
 _SLASH = re.compile(r"(-?\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)")
 _CHOICE = re.compile(r"\(([A-Ea-e])\)|([A-E])\)?")
@@ -61,8 +61,8 @@ def _fast_rational(t: str) -> tuple[Fraction, int | None] | None:
         v = Fraction(int(m.group(2)), int(m.group(3)))
         return (-v if m.group(1) else v), None
     m = _MIXED.fullmatch(t)
-    if m and int(m.group(4)) != 0:
-        v = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))
+    if m and int(m.group(5) or m.group(6)) != 0:
+        v = int(m.group(2)) + Fraction(int(m.group(3) or m.group(4)), int(m.group(5) or m.group(6)))
         return (-v if m.group(1) else v), None
     m = _SLASH.fullmatch(t)
     if m and Fraction(m.group(2)) != 0:
@@ -244,6 +244,22 @@ def _equation_eq(a: tuple, b: tuple, positive: bool = False) -> bool:
     return all(abs(r - ratios[0]) <= 1e-9 * max(1, abs(ratios[0])) for r in ratios) and abs(ratios[0]) > 1e-12
 
 
+# A function of one variable, as a question asks for it: `\cos(x)`, `\sin^2\theta`, `\log_2 x`, `\tan A`.
+_FUNCTION_OF_VAR = re.compile(r"\\?(?:sin|cos|tan|sec|csc|cot|sinh|cosh|tanh|arcsin|arccos|arctan|log|ln|exp)"
+                              r"(?:_\{?\w{1,3}\}?)?(?:\^\{?-?\d\}?)?\s*(?:\(\s*\\?[A-Za-z]+\s*\)|\{?\\?[A-Za-z]+\}?)")
+
+
+def _named_function_eq(a: tuple, b: tuple) -> bool:
+    """An equation `f(x) = c` (a function of one variable equal to a constant) against a bare value: the value
+    asked for under its name, so c is compared. Any other equation is not a value."""
+    pred_eq = a[0] == "eq"
+    eq, leaf = (a, b) if pred_eq else (b, a)
+    if not (_FUNCTION_OF_VAR.fullmatch(eq[1].strip()) and is_constant(eq[2])):
+        return False
+    value = _structure(eq[2])
+    return _struct_eq(value, leaf) if pred_eq else _struct_eq(leaf, value)
+
+
 _INF, _NEG_INF = ("leaf", "\\infty"), ("leaf", "-\\infty")
 
 
@@ -322,6 +338,8 @@ def _struct_eq(a: tuple, b: tuple) -> bool:
             len(r) == len(q) and all(map(_struct_eq, r, q)) for r, q in zip(a[1], b[1]))
     if ka == kb == "eq":
         return _equation_eq(a, b)
+    if {ka, kb} == {"eq", "leaf"}:  # `\cos(x) = \frac{42}{59}` against `\frac{42}{59}`
+        return _named_function_eq(a, b)
     if ka == kb == "rel":
         return a[1] == b[1] and _equation_eq(("eq", a[2], a[3]), ("eq", b[2], b[3]), positive=True)
     if (ka, kb) in (("leaf", "list"), ("list", "leaf")):  # a set of one member against that member

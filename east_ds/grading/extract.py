@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from east_ds.grading.program_syntax import FUNCTION_NAMES, last_program_expression, strip_special_tokens
+
 MAX_ANSWER_CHARS = 1000  # longer answers are compared as strings only
 _MAX_BOXED_SCAN = 5000  # a \boxed{...} longer than this is not an answer
 _MAX_TRIES = 5  # how many trailing \boxed occurrences we try before giving up
@@ -97,19 +99,29 @@ def last_boxed(text: str) -> str | None:
     return "".join(c + joiner for _, c, _, joiner in reversed(found))  # the joiner leads to the box on the right
 
 
-_PHRASES = ("final answer is", "the answer is", "answer is:", "final answer:", "answer:", "# answer",
-            "correct answer is", "correct option is", "correct choice is")
+_PHRASES = ("final answer is", "the answer is", "answer is:", "answer is", "final answer:", "answer:", "# answer",
+            "correct answer is", "correct option is", "correct choice is",
+            # the same phrase in the languages models answer in (matched on the lower-cased text)
+            "答案是", "答案为", "答案為", "答案：", "答案:", "答えは", "答え：", "정답은", "답은", "답:",
+            "la réponse est", "réponse :", "réponse:", "la respuesta es", "respuesta:", "a resposta é",
+            "resposta:", "die antwort ist", "antwort:", "la risposta è", "risposta:", "ответ:", "ответ —")
+# Runs of CJK characters: an answer phrase in Chinese, Japanese or Korean is followed by the answer inside prose
+# (`答案：每份应该是 $\frac{2}{5}$ 吨`); the math between the runs is the answer.
+_CJK = re.compile(r"[\u3000-\u303f\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uff01-\uff0f\uff1a-\uff20]+")
 
 
 def _tail(text: str) -> str | None:
     """The answer that follows a phrase such as 'The answer is': a math span, or the rest of the sentence."""
-    t = text[:600].lstrip(" :*\t\n")
+    t = text[:600].lstrip(" :*\t\n：")
     for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if t.startswith(open_):
             end = t.find(close, len(open_))
             if end > 0:
                 return t[len(open_) : end].strip()
-    line = t.split("\n", 1)[0]
+    line = re.split(r"[\n。；]", t, maxsplit=1)[0]
+    if _CJK.search(line):
+        pieces = [p.strip() for p in _CJK.split(line) if re.search(r"[\d\\]", p)]
+        line = pieces[0] if pieces else line
     m = re.search(r"\.(\s|$)|\bI hope\b|,?\s+\b(?:because|since|as it|which|as we)\b", line)
     if m:
         line = line[: m.start()]
@@ -161,7 +173,10 @@ def _whole_answer(text: str) -> str | None:
     if re.fullmatch(r"[A-Za-z]{1,20}", t):  # one bare word: a name or a label (`Evelyn`, `LQSX`)
         return t
     words = _PROSE_WORD.findall(_COMMAND_ARG.sub(" ", t))
-    return t if all(w.lower() in _UNITS or w.lower() in ("and", "or") for w in words) else None
+    return t if all(w.lower() in _UNITS or w.lower() in _WHOLE_WORDS for w in words) else None
+
+
+_WHOLE_WORDS = frozenset({"and", "or"}) | FUNCTION_NAMES  # `-1 + sqrt(3)` is an answer, not prose
 
 
 # Text copied out of JSON without unescaping has every backslash doubled: `\\frac{1}{4}`, `\\left(`.
@@ -197,7 +212,9 @@ def extract_answer(text: str) -> str | None:
         return None
     if "\x00" in text:
         text = text.replace("\x00", "")
-    text = undouble_backslashes(text)
+    text = undouble_backslashes(strip_special_tokens(text))
+    if "boxed" in text:
+        text = _LOOSE_BOX.sub(r"\\boxed", text)
     boxed = last_boxed(text)
     final, box = text.lower().rfind("final answer"), max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if final > box >= 0 and len(_PROSE_WORD.findall(text[box : text.lower().find("final answer", box)])) >= 3:
@@ -228,10 +245,17 @@ def extract_answer(text: str) -> str | None:
     span = _last_math_span(text)
     if span is not None:
         return span
+    program = last_program_expression(text)  # `so x = -1 + sqrt(3)`: the expression, not its last number
+    if program is not None:
+        return program
     last = None
     for m in _NUMBER.finditer(text):
         last = m.group(0)
     return last.rstrip(",") if last else None
+
+
+# A misspelt box is still the box: `\beginboxed{5}`, `\mathboxed{5}` (a letter run glued before `boxed{`).
+_LOOSE_BOX = re.compile(r"\\[A-Za-z]{1,10}(?<!\\)boxed(?=\s*\{)")
 
 
 # ---- normalisation -----------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ _FUNCS = {
 # Commands whose single argument is kept as-is (styling or decoration).
 _WRAPPERS = {"mathbf", "mathrm", "mathit", "boldsymbol", "bm", "vec", "overline", "hat", "bar", "operatorname",
              "mathbb", "mathcal", "textbf", "text", "textrm", "mbox", "displaystyle"}
-_MULT = {"*", "**", "\\cdot", "\\times", "\\ast"}
+_MULT = {"*", "\\cdot", "\\times", "\\ast"}
 # Words that mean the answer is prose, not a product of single-letter variables.
 _MAX_PRODUCT_WORD = 3
 
@@ -158,7 +158,7 @@ class _Parser:
 
     def power(self):
         base = self.postfix()
-        if (tok := self.peek()) is not None and tok[1] in ("^",):
+        if (tok := self.peek()) is not None and tok[1] in ("^", "**"):  # `**`: program syntax for a power
             self.take()
             self.enter()
             exp = self.exponent()
@@ -384,9 +384,28 @@ def safe_factorial(v):
     return sympy.factorial(v)
 
 
+# An integer written right before a proper fraction of integers is a mixed number, as MATH writes them:
+# `2\frac58` and `2\frac{5}{8}` are 21/8, not 2 * 5/8. Not after a digit, letter, `.`, `^`, `_` or `}` (then the
+# integer belongs to something else: `x^2\frac12`, `\sqrt2\frac12`).
+_MIXED = re.compile(r"(?<![\w.^_}])(\d{1,12})\s*\\[dtc]?frac\s*(?:\{\s*(\d{1,12})\s*\}|(\d))\s*(?:\{\s*(\d{1,12})\s*\}|(\d))")
+
+
+def _mixed_numbers(text: str) -> str:
+    """`2\\frac58` -> `(2+\\frac{5}{8})` when the fraction is proper; anything else is left as written."""
+    def one(m: re.Match) -> str:
+        num, den = m.group(2) or m.group(3), m.group(4) or m.group(5)
+        if not 0 < int(num) < int(den):
+            return m.group(0)
+        return f"({m.group(1)}+\\frac{{{num}}}{{{den}}})"
+
+    return _MIXED.sub(one, text) if "frac" in text else text
+
+
 def parse_math(text: str):
     """Parse a normalised LaTeX/ASCII expression into a sympy expression, or raise MathParseError."""
-    tokens = tokenize(text)
+    if len(text) > MAX_CHARS:
+        raise MathParseError("too long")
+    tokens = tokenize(_mixed_numbers(text))
     if not tokens:
         raise MathParseError("empty")
     try:

@@ -77,10 +77,52 @@ def _has_var(side: str) -> bool:
     return bool(re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", side)))
 
 
+# Functions and operators compute a value from their argument, so they never name one: `\cos(x) = \frac{42}{59}`
+# is an equation in x (not the value 42/59 under the name `\cos(x)`), and `\det A = 3` is a computation.
+_OPERATOR = re.compile(r"\\?(?:sin|cos|tan|sec|csc|cot|arcsin|arccos|arctan|sinh|cosh|tanh|log|ln|exp|det|lim|sum|"
+                       r"prod|int|max|min|gcd|lcm|operatorname)(?![A-Za-z])")
+# An operator that binds its own variable or reduces its argument to a number: `lhs = constant` is the computation
+# of that constant (`\lim_{x \to 0} \frac{\sin x}{x} = 1`, `\det(A) = 3`, `\sum_{k=1}^{n} 1 = n` is not: n is free).
+_COMPUTATION = re.compile(r"\\(?:lim|sum|prod|int|det|max|min|gcd|operatorname)(?![A-Za-z])|(?:lcm|gcd|det)(?![A-Za-z])")
+
+
 def is_label(lhs: str) -> bool:
-    """True when `lhs = value` names the value (see _LABEL)."""
+    """True when `lhs = value` names the value (see _LABEL); a function or operator applied to something is not
+    a name (see _OPERATOR)."""
     lhs = lhs.strip()
+    if _OPERATOR.match(lhs):
+        return False
     return bool(_SIMPLE_LHS.fullmatch(lhs) or _LABEL.fullmatch(lhs))
+
+
+@lru_cache(maxsize=_CACHE)
+def is_constant(side: str) -> bool:
+    """True when side has a value without any free variable: `3/4`, `e^{i\\pi}`, `\\sin(\\pi/6)` (through the
+    bounded parser; `e` and `i` are constants there). Unparseable text is not constant."""
+    if not _has_var(side):
+        return True
+    from east_ds.grading.latex_math import MathParseError, parse_math
+
+    try:
+        return not parse_math(side).free_symbols
+    except (MathParseError, RecursionError, TypeError, ValueError, ArithmeticError, AttributeError):
+        return False
+
+
+def _equation_value(lhs: str, rhs: str) -> str | None:
+    """The side that is the answer of `lhs = rhs`, or None when it is an equation to compare as one.
+
+    A label names the value on its right (`x = 5`); a constant computed from constants, or by an operator, is its
+    value (`1/2 + 3 = 7/2`, `e^{i\\pi} = -1`, `\\lim_{x\\to0} f = 1`: the right side); a value assigned the other
+    way round is that value (`2 = x`: the left side). Anything else (`2x = 6`, `7 = 11a + c`,
+    `\\cos(x) = \\frac{42}{59}`) is an equation."""
+    if is_label(lhs):
+        return rhs
+    if is_constant(rhs) and (_COMPUTATION.match(lhs) or is_constant(lhs)):
+        return rhs
+    if is_label(rhs) and is_constant(lhs) and not is_constant(rhs):
+        return lhs
+    return None
 
 
 def _assignments(s: str, depth: int) -> tuple | None:
@@ -151,9 +193,10 @@ def _structure(s: str, depth: int = 0) -> tuple:
     parts = _split_top(s, ("=",))
     if len(parts) >= 2:
         lhs, rhs = parts[0].strip(), parts[-1].strip()
-        if is_label(lhs) or len(parts) > 2 or not (_has_var(lhs) or _has_var(rhs)):
-            return _structure(rhs, depth + 1)  # `x = 5`, `a = b = 5`, `1/2 + 3 = 7/2`: the value is the last side
-        return ("eq", lhs, rhs)
+        if len(parts) > 2:
+            return _structure(rhs, depth + 1)  # a chain `a = b = 5`: the value is the last side
+        value = _equation_value(lhs, rhs)
+        return ("eq", lhs, rhs) if value is None else _structure(value, depth + 1)
     m = _CHAIN.fullmatch(s) if len(s) < 200 else None
     got = _chain(m, depth) if m else None
     if got is not None:
