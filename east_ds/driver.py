@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from east_ds.cluster.placement import Placement, SchedulingTimeout, free_resources, total_resources
-from east_ds.cluster.ray_utils import NodeLostError, started
+from east_ds.cluster.ray_utils import NodeLostError, WeightSyncError, started
 from east_ds.cluster.storage import StorageNotShared, check_shared_path
 from east_ds.config import ConfigError, RunConfig, load_config, to_dict
 from east_ds.data.load import load_dataset, load_tokenizer
@@ -258,7 +258,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         log = run(cfg)
     except (ConfigError, RunDirError, TableError, WeightingError, FileNotFoundError, SchedulingTimeout,
-            StorageNotShared, NodeLostError) as e:
+            StorageNotShared, NodeLostError, WeightSyncError) as e:
         print(f"east-ds run: error: {e}", file=sys.stderr)
         return 2
     for m in log:

@@ -201,11 +201,94 @@ def test_engine_core_out_of_process_on_gpu_needs_methods_by_name(monkeypatch):
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
+def _across_engine_core(args):
+    """`args` as a worker receives them from an engine core in its own process: encoded by the client's
+    MsgpackEncoder and decoded by the engine core's untyped generic decoder (vllm/v1/engine/core.py:1840-1843,
+    `generic_decoder = MsgpackDecoder(...)`, used for UTILITY requests at core.py:1912-1915), as collective_rpc's
+    arguments travel."""
+    from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
+
+    return MsgpackDecoder().decode(MsgpackEncoder().encode(args))
+
+
+def test_a_tensor_in_collective_rpc_does_not_survive_the_engine_core_boundary():
+    """Why object-store buckets cannot ride on collective_rpc once the engine core has its own process (GPUs):
+    vllm/v1/serial_utils.py:256-272 encodes a tensor as (dtype, shape, buffer index), and only a typed decoder
+    (dec_hook, serial_utils.py:349-356) turns it back into a tensor; the engine core's decoder is untyped, so
+    the worker would get a list. vllm/entrypoints/llm.py's collective_rpc docstring: for control messages."""
+    import torch
+
+    arrived = _across_engine_core(("reload_weights", [("w", torch.ones(64, 64))]))
+    assert not isinstance(arrived[1][0][1], torch.Tensor)
+
+
+def test_bucket_files_cross_the_engine_core_boundary_intact(tmp_path):
+    """What east_ds sends instead (vllm_engine.LLMEngine.update_weights_from_refs when refs_fetched_in_actor):
+    the buckets as safetensors files, and only their paths in the RPC. Decoded as the engine core decodes it,
+    then read as the worker reads it (EastWorkerExtension.east_reload_from_files), every tensor comes back with
+    its name, dtype, shape and values, tied (shared-storage) tensors included."""
+    import torch
+
+    from east_ds.rollout.weight_sync import read_bucket_files, write_bucket_files
+
+    emb = torch.randn(32, 8, dtype=torch.bfloat16)
+    buckets = [[("embed", emb), ("lm_head", emb)], [("norm", torch.ones(8)), ("step", torch.tensor(3))]]
+    paths = write_bucket_files(buckets, tmp_path)
+    method, (arrived,) = _across_engine_core(("east_reload_from_files", (paths,)))
+    assert method == "east_reload_from_files" and arrived == paths
+    got = list(read_bucket_files(arrived))
+    sent = [item for b in buckets for item in b]
+    assert [n for n, _ in got] == [n for n, _ in sent]
+    for (_, a), (_, b) in zip(got, sent):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+def test_object_store_handoff_goes_to_dev_shm_only_when_it_has_room():
+    """Docker's default /dev/shm is 64 MiB (docs.docker.com, `docker run --shm-size`, default 64m), far less
+    than a model; a full tmpfs fails the write half-way (ENOSPC). NCCL also keeps its own segments there
+    (NCCL docs, "Troubleshooting: Docker ... shared memory"), hence the margin."""
+    mib = 2**20
+    assert plan.weight_handoff_dir(500 * mib, 2048 * mib, "/tmp") == "/dev/shm"
+    assert plan.weight_handoff_dir(500 * mib, 64 * mib, "/tmp") == "/tmp"
+    assert plan.weight_handoff_dir(500 * mib, 500 * mib, "/tmp") == "/tmp"  # no margin left
+    assert plan.weight_handoff_dir(1, None, "/var/tmp") == "/var/tmp"  # no /dev/shm
+
+
+def test_broadcast_waits_for_the_device_before_its_communicator_ends(monkeypatch):
+    """PyNcclCommunicator.broadcast only enqueues ncclBroadcast on the stream
+    (vllm/distributed/device_communicators/pynccl.py:538-562); vLLM's own NCCL weight transfer synchronizes the
+    current stream before returning (vllm/distributed/weight_transfer/nccl_engine.py:440-456). east_ds's end of
+    the group does the same before its barrier and before destroy() (an abort of anything still queued). Run
+    here with recorders in place of the communicator, the group and the CUDA stream."""
+    import torch
+
+    from east_ds.rollout.vllm_engine import WeightBroadcast
+
+    assert plan.broadcast_finish_steps(nccl=True) == ("synchronize stream", "barrier", "destroy communicator")
+    assert plan.broadcast_finish_steps(nccl=False) == ("barrier",)
+    calls = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getattr__(self, method):
+            return lambda *a, **k: calls.append(f"{self.name}.{method}")
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Recorder("stream"))
+    end = object.__new__(WeightBroadcast)  # the finishing sequence alone, without CUDA or a peer
+    end.device, end.group, end.comm = torch.device("cuda:0"), Recorder("group"), Recorder("nccl")
+    end.finish()
+    assert calls == ["stream.synchronize", "group.barrier", "nccl.destroy"]
+    assert end.comm is None
+
+
 def test_object_store_refs_are_fetched_where_ray_can_resolve_them():
     """With TP > 1 on GPUs the RPC reaches vLLM's Ray workers through its own pickled MessageQueue
     (ray_executor_v2.py, step 3 "Create broadcast MessageQueue"), not as Ray task arguments, so an ObjectRef
     inside would arrive without its owner; out of process, msgpack refuses it (serial_utils.py:213-225). Only a
-    TP 1 worker in the actor's own process pulls the refs itself."""
+    TP 1 worker in the actor's own process pulls the refs itself; otherwise the actor fetches them into bucket
+    files (test_bucket_files_cross_the_engine_core_boundary_intact)."""
     assert plan.refs_fetched_in_actor(2, engine_core_in_process=True)
     assert plan.refs_fetched_in_actor(2, engine_core_in_process=False)
     assert plan.refs_fetched_in_actor(1, engine_core_in_process=False)

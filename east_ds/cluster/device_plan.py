@@ -174,6 +174,23 @@ def refs_fetched_in_actor(tensor_parallel_size: int, engine_core_in_process: boo
     return not (tensor_parallel_size == 1 and engine_core_in_process)
 
 
+SHM_DIR = "/dev/shm"
+SHM_MARGIN_BYTES = 64 * 2**20  # left free in /dev/shm for NCCL's and vLLM's own shared-memory segments
+
+
+def weight_handoff_dir(needed_bytes: int, shm_free_bytes: int | None, fallback: str) -> str:
+    """Where an engine actor that fetched object-store buckets writes them as safetensors files for its vLLM
+    workers (refs_fetched_in_actor): only the files' paths then cross vLLM's `collective_rpc`, whose msgpack
+    encoding turns a tensor argument into a plain list once the engine core runs in its own process.
+
+    /dev/shm (memory on this node, where the engine's workers run) when it holds the model with a margin; else
+    `fallback` (the temp directory on disk). Containers often mount a 64 MiB /dev/shm, and a full tmpfs would
+    fail the write half-way, so the free space is checked first. `shm_free_bytes` None: no /dev/shm."""
+    if shm_free_bytes is not None and shm_free_bytes >= needed_bytes + SHM_MARGIN_BYTES:
+        return SHM_DIR
+    return fallback
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Sharing GPUs (colocated placement)
 
@@ -207,6 +224,18 @@ def communicator_device(has_cuda: bool, current_device: int = 0) -> str:
     vLLM's PyNcclCommunicator stores the device it was given and asserts `tensor.device == self.device` in every
     collective; a tensor made on "cuda" lives on "cuda:0", and torch.device("cuda:0") != torch.device("cuda")."""
     return f"cuda:{current_device}" if has_cuda else "cpu"
+
+
+def broadcast_finish_steps(nccl: bool) -> tuple[str, ...]:
+    """What each end of the weight-broadcast group does after its last bucket, in order.
+
+    NCCL: PyNcclCommunicator.broadcast only enqueues the collective on the stream it is given and returns, so the
+    stream is synchronized first (vLLM's own NCCL weight transfer does so before returning); then every rank
+    meets at the group's barrier, and only then is the communicator destroyed (an abort of whatever is still in
+    flight). The TCP-store stand-in has nothing queued and no communicator."""
+    if nccl:
+        return ("synchronize stream", "barrier", "destroy communicator")
+    return ("barrier",)
 
 
 PROCESS_GROUP_TIMEOUT_MIN = 60  # trainer process groups: rank 0 alone exports a large model while the others wait

@@ -10,6 +10,10 @@ class NodeLostError(RuntimeError):
     """An actor died because its Ray node died; the message names the node (id and address)."""
 
 
+class WeightSyncError(RuntimeError):
+    """A live weight update failed or timed out; the message names the participant and what it raised."""
+
+
 def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Join the cluster at `address` ("auto" for a running one, default $RAY_ADDRESS), or start a local Ray
     bound to 127.0.0.1. `num_gpus` (a local Ray only): GPUs to advertise, e.g. logical GPUs on a CPU machine.

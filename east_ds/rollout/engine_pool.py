@@ -139,7 +139,7 @@ class EnginePool:
             if kind == "path" and source is not None:
                 ray.get([a.update_weights_from_path.remote(source) for a in actors])
             elif kind == "refs":
-                ray.get([a.update_weights_from_refs.remote(source) for a in actors])
+                ray.get([a.update_weights_from_refs.remote(*source) for a in actors])
         except BaseException:
             for a in actors:
                 ray.kill(a)
@@ -369,8 +369,8 @@ class EnginePool:
         for bucket in iter_buckets(items, bucket_bytes):
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
             refs.append(ray.put(bucket))
-        ray.get([e.update_weights_from_refs.remote(refs) for e in self.engines])
-        self._weights = ("refs", refs)
+        ray.get([e.update_weights_from_refs.remote(refs, nbytes) for e in self.engines])
+        self._weights = ("refs", (refs, nbytes))
         return {"seconds": time.perf_counter() - t0, "buckets": len(refs), "bytes": nbytes}
 
     # Broadcast from trainer rank 0 (NCCL between GPUs, a TCP-store stand-in without CUDA): one group per update.

@@ -45,6 +45,13 @@ class EastWorkerExtension:
 
         self.reload_weights(weights_iterator=weights())
 
+    def east_reload_from_files(self, paths: list) -> None:
+        """Reload weights from bucket files the engine actor wrote (weight_sync.write_bucket_files), one tensor
+        at a time: what crosses the engine core's boundary is a list of paths, which msgpack carries intact."""
+        from east_ds.rollout.weight_sync import read_bucket_files
+
+        self.reload_weights(weights_iterator=read_bucket_files(paths))
+
     def east_init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
         """Join the trainer's weight-broadcast group as rank `rank_offset + worker rank` (trainer rank 0 is 0)."""
         self._east_weight_comm = WeightBroadcast(host, port, rank_offset + self.rank, world_size, self.device)
@@ -115,13 +122,24 @@ class WeightBroadcast:
         return t
 
     def finish(self) -> None:
-        """Every rank, after the last bucket: rank 0 keeps the group's store up until all have read it. Then the
-        NCCL communicator is destroyed: a group is formed per update, and PyNcclCommunicator frees its buffers,
-        proxy thread and sockets only in destroy() (it has no __del__)."""
-        self.group.barrier(timeout=3600)
-        if self.comm is not None:
-            self.comm.destroy()
-            self.comm = None
+        """Every rank, after the last bucket, in device_plan.broadcast_finish_steps' order: wait until the
+        device has run every enqueued collective (NCCL calls only enqueue them on the stream), then a barrier
+        (rank 0 keeps the group's store up until all have read it), then destroy the NCCL communicator: a group
+        is formed per update, and PyNcclCommunicator frees its buffers, proxy thread and sockets only in
+        destroy() (it has no __del__). Destroying it with collectives still queued could cut off the last
+        buckets silently."""
+        import torch
+
+        from east_ds.cluster.device_plan import broadcast_finish_steps
+
+        for step in broadcast_finish_steps(self.comm is not None):
+            if step == "synchronize stream":
+                torch.cuda.current_stream(self.device).synchronize()
+            elif step == "barrier":
+                self.group.barrier(timeout=3600)
+            elif step == "destroy communicator":
+                self.comm.destroy()
+                self.comm = None
 
 
 class TrainerWeightBroadcaster:
@@ -269,20 +287,35 @@ class LLMEngine:
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t0
 
-    def update_weights_from_refs(self, bucket_refs: list) -> float:
-        """`bucket_refs`: a list of Ray object refs, each to a bucket (list of `(name, tensor)`).
+    def update_weights_from_refs(self, bucket_refs: list, nbytes: int = 0) -> float:
+        """`bucket_refs`: a list of Ray object refs, each to a bucket (list of `(name, tensor)`); `nbytes`: their
+        tensors' total size.
 
         A worker in this actor's own process (TP 1, engine core in-process) pulls the buckets itself, one at a
-        time. Otherwise (device_plan.refs_fetched_in_actor) this actor fetches them and vLLM's own RPC carries
-        the tensors to the workers: the whole model passes through this process's memory once."""
+        time. Otherwise (device_plan.refs_fetched_in_actor) this actor fetches them one at a time into
+        safetensors files (in /dev/shm when it has room: device_plan.weight_handoff_dir) and the workers load
+        those files; only paths cross vLLM's RPC, which would turn tensors into lists. The files are removed
+        once every worker has loaded them."""
+        import shutil
+        import tempfile
+
         import ray
+
+        from east_ds.cluster.device_plan import SHM_DIR, weight_handoff_dir
+        from east_ds.rollout.weight_sync import write_bucket_files
 
         t0 = time.perf_counter()
         if not self.refs_in_actor:
             self.llm.collective_rpc("east_reload_from_refs", args=(bucket_refs,))
         else:
-            weights = [item for ref in bucket_refs for item in ray.get(ref)]
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            shm_free = shutil.disk_usage(SHM_DIR).free if os.path.isdir(SHM_DIR) else None
+            parent = weight_handoff_dir(nbytes, shm_free, tempfile.gettempdir())
+            handoff = tempfile.mkdtemp(prefix=f"east-weights-{self.engine_index}-", dir=parent)
+            try:
+                paths = write_bucket_files((ray.get(ref) for ref in bucket_refs), handoff)
+                self.llm.collective_rpc("east_reload_from_files", args=(paths,))
+            finally:
+                shutil.rmtree(handoff, ignore_errors=True)
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t0
 
@@ -380,9 +413,9 @@ class PlacedLLMEngine(LLMEngine):
         self._event("update_weights path")
         return super().update_weights_from_path(path)
 
-    def update_weights_from_refs(self, bucket_refs: list) -> float:
+    def update_weights_from_refs(self, bucket_refs: list, nbytes: int = 0) -> float:
         self._event("update_weights object_store")
-        return super().update_weights_from_refs(bucket_refs)
+        return super().update_weights_from_refs(bucket_refs, nbytes)
 
     def update_weights_broadcast(self, buckets_meta: list) -> float:
         self._event("update_weights broadcast")

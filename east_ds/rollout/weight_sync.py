@@ -5,6 +5,11 @@ than the limit travels alone). Buckets are what go through Ray's object store (`
 object_store`) and what trainer rank 0 broadcasts (`broadcast`); both read the exported checkpoint one
 safetensors file at a time (`checkpoint_tensors`).
 
+Where an engine's vLLM workers are not the engine actor's own process (the engine core in a process of its own,
+as on GPUs, or tensor-parallel workers), tensors cannot ride on vLLM's `collective_rpc`: its arguments are
+msgpack-encoded and a tensor arrives as a plain list. The actor then hands buckets over as safetensors files in
+a directory both sides can read (`write_bucket_files`, `read_bucket_files`); only their paths cross the boundary.
+
 This module imports torch (and safetensors) only: no Ray, vLLM or DeepSpeed.
 """
 
@@ -97,3 +102,41 @@ def checkpoint_metas(path: str | Path, bucket_bytes: int) -> list[list[tuple[str
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
                        "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
                        "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Handing buckets to vLLM workers in other processes: safetensors files, paths in the RPC.
+
+
+def write_bucket_files(buckets: Iterable[Bucket], directory: str | Path) -> list[str]:
+    """Write each bucket as `bucket_<i>.safetensors` in `directory`; returns the paths, in order.
+
+    Tensors that share memory (tied weights in a state dict) are written as copies: safetensors refuses shared
+    storage. The files hold exactly the bucket's names, dtypes, shapes and values."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    paths = []
+    for i, bucket in enumerate(buckets):
+        seen: set[int] = set()
+        tensors = {}
+        for name, t in bucket:
+            t = t.detach().to("cpu").contiguous()
+            ptr = t.untyped_storage().data_ptr() if t.numel() else -1 - len(seen)
+            tensors[name] = t.clone() if ptr in seen else t
+            seen.add(ptr)
+        path = directory / f"bucket_{i:05d}.safetensors"
+        save_file(tensors, str(path))
+        paths.append(str(path))
+    return paths
+
+
+def read_bucket_files(paths: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """`(name, tensor)` of every weight in the bucket files, a tensor at a time, in file and key order: the
+    lazy iterator a vLLM worker's `reload_weights` consumes."""
+    from safetensors import safe_open
+
+    for path in paths:
+        with safe_open(str(path), framework="pt") as sf:
+            for name in sf.keys():
+                yield name, sf.get_tensor(name)

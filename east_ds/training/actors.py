@@ -242,8 +242,13 @@ class TrainerGroup:
 def broadcast_weights(sender, pool, checkpoint: str, bucket_mb: int, timeout_s: float = 3600.0) -> dict:
     """`sender` (a TrainRank actor: trainer rank 0) reads `checkpoint` (its own export) and broadcasts it to every
     engine of `pool` in buckets of at most `bucket_mb` MiB, through a group formed for this update (NCCL between
-    GPUs, the TCP-store stand-in without CUDA; docs/rollout.md). Returns seconds and bucket count. Raises
-    TimeoutError when not every participant has finished within `timeout_s` (instead of waiting for ever)."""
+    GPUs, the TCP-store stand-in without CUDA; docs/rollout.md). Returns seconds and bucket count.
+
+    The participants are watched one completion at a time: as soon as one fails, the others (blocked in a
+    collective that will never complete) are killed and WeightSyncError names the one that failed and its error.
+    Not all finished within `timeout_s` (a hang, not a failure): WeightSyncError naming those still pending."""
+    from east_ds.cluster.ray_utils import WeightSyncError
+
     t0 = time.perf_counter()
     nbytes = bucket_mb * 2**20
     host, port = ray.get(sender.master.remote())
@@ -251,11 +256,39 @@ def broadcast_weights(sender, pool, checkpoint: str, bucket_mb: int, timeout_s: 
     joined, world = pool.init_weight_group(host, port)
     sent = sender.send_weights.remote(host, port, world, str(checkpoint), nbytes)
     received = pool.update_weights_broadcast(metas, str(checkpoint))
-    refs = joined + [sent] + received
-    done, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    if late:  # an engine or rank 0 died or hangs in a collective: NCCL has no timeout of its own here
-        raise TimeoutError(f"weight broadcast of {checkpoint} not finished within {timeout_s:g} s ({len(late)} of "
-                           f"{len(refs)} participants pending); rerun the same command: the engines of a new run "
-                           "load the published checkpoint from its path")
-    ray.get(done)
+    who = {sent: ("trainer rank 0 (sending)", sender)}
+    for i, (j, r) in enumerate(zip(joined, received)):
+        who[j] = (f"engine {i} (joining the group)", pool.engines[i])
+        who[r] = (f"engine {i} (receiving)", pool.engines[i])
+    pending = list(who)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            _stop(who, pending)
+            raise WeightSyncError(
+                f"weight broadcast of {checkpoint} not finished within {timeout_s:g} s; still waiting for: "
+                + ", ".join(who[r][0] for r in pending) + "; they were stopped. " + _RERUN)
+        try:
+            ray.get(done[0])
+        except Exception as e:
+            _stop(who, pending)
+            cause = getattr(e, "cause", None) or e
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1][:300]
+            others = sorted({who[r][0].split(" (")[0] for r in pending})
+            raise WeightSyncError(
+                f"weight broadcast of {checkpoint}: {who[done[0]][0]} failed: {type(cause).__name__}: {first}"
+                + (f"; stopped {', '.join(others)}" if others else "") + ". " + _RERUN) from e
     return {"seconds": time.perf_counter() - t0, "buckets": len(metas)}
+
+
+_RERUN = "Rerun the same command: a new run's engines load the published checkpoint from its path."
+
+
+def _stop(who: dict, pending: list) -> None:
+    """Kill the actors of the pending participants: they wait in a collective that will not complete."""
+    for actor in {id(who[r][1]): who[r][1] for r in pending}.values():
+        try:
+            ray.kill(actor)
+        except Exception:
+            pass
