@@ -51,7 +51,8 @@ import re
 from functools import lru_cache
 
 from east_ds.grading.extract import MAX_ANSWER_CHARS, extract_answer, normalize
-from east_ds.grading.compare import _CACHE, _equation_eq, _leaf, _resolve, _struct_eq, _text_form
+from east_ds.grading.compare import (_CACHE, _equation_eq, _leaf, _resolve, _struct_eq, _text_form, choice_eq,
+                                     prose_eq)
 from east_ds.grading.structure import _SIMPLE_LHS, _split_top, _structure
 
 __all__ = ["extract_answer", "is_equivalent", "grade", "answer_key", "cluster_answers"]
@@ -95,7 +96,12 @@ def is_equivalent(pred: str, gold: str) -> bool:
         return True
     if _WORDS.fullmatch(a) and _WORDS.fullmatch(b) and " or " not in a + b:  # prose ("Yes", "even"): any case
         return _text_form(a) == _text_form(b)
+    choice = choice_eq(a, b)
+    if choice is not None:
+        return choice
     if _safe(lambda: _struct_eq(_structure(a), _structure(b)), default=False):
+        return True
+    if prose_eq(a, b):  # neither side is mathematics the parser reads: equal text is equal
         return True
     # `y = -x/2 + 3/4` against `2x + 4y - 3 = 0`: both whole equations, equal up to a factor
     pa, pb = _split_top(a, ("=",)), _split_top(b, ("=",))

@@ -160,6 +160,41 @@ def _leaf_eq(a: Leaf, b: Leaf) -> bool:
     return False
 
 
+# ---- whole answers that are not mathematics: prose and labelled choices ----------------------------------------
+
+_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+_STYLE = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathit|mathbf|mbox|operatorname)\b|[\s{}$~]")
+_BARE_CHOICE = re.compile(r"\(?([A-E])\)?")
+_LED_CHOICE = re.compile(r"\(?([A-E])(?:\)|\.|\))\s*\S")  # `C. x = 42`, `(B) 17`: a choice and its content
+
+
+def prose_eq(a: str, b: str) -> bool:
+    """Two normalised answers that both read as prose (`odd $n$`, `all primes p \\ge 5`) are equal when their text
+    is, whatever the case, spacing, braces or `\\text`. Only a fallback once the mathematics found no equality."""
+    if not all(any(w.lower() not in _NOT_PROSE for w in _PROSE.findall(s)) for s in (a, b)):
+        return False
+    # words of four letters or more are words in any case; shorter runs may be products of variables (`ABC`)
+    key_a, key_b = (_LONG_WORD.sub(lambda m: m.group(0).lower(), _STYLE.sub("", s)).rstrip(".") for s in (a, b))
+    return key_a == key_b
+
+
+_LONG_WORD = re.compile(r"[A-Za-z]{4,}")
+
+
+_NOT_PROSE = frozenset({"sqrt", "frac", "sin", "cos", "tan", "log", "exp", "infty", "cdot", "times", "left",
+                        "right", "text", "mathrm", "pmatrix", "begin", "end"})
+
+
+def choice_eq(a: str, b: str) -> bool | None:
+    """A bare choice letter against a choice written with its content (`C` against `C. x = 42`): the letters
+    decide. None when the pair is not of that shape."""
+    for x, y in ((a, b), (b, a)):
+        m, n = _BARE_CHOICE.fullmatch(x.strip()), _LED_CHOICE.match(y.strip())
+        if m and n:
+            return m.group(1) == n.group(1)
+    return None
+
+
 # ---- comparison of structures --------------------------------------------------------------------------------
 
 _MAX_PAIRWISE = 40  # members beyond the exact matches compared pairwise (keeps hostile lists under a second)

@@ -264,9 +264,9 @@ _TEXT_CMDS = ("\\text", "\\textbf", "\\textit", "\\textrm", "\\textnormal", "\\m
               "\\mathit", "\\mathsf")
 _UNICODE = {"\u2212": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u00f7": "/", "\u03c0": "\\pi ",
             "\u221a": "\\sqrt", "\u221e": "\\infty ", "\u00b0": "", "\u2264": "\\leq ", "\u2265": "\\geq ",
-            "\u2260": "\\neq ", "\u00a0": " ", "\u2013": "-", "\u2009": " ", "\u202f": " "}
+            "\u2260": "\\neq ", "\u2248": "\\approx ", "\u00a0": " ", "\u2013": "-", "\u2009": " ", "\u202f": " "}
 _GLUE = ("\\left", "\\right", "\\bigl", "\\bigr", "\\Bigl", "\\Bigr", "\\big", "\\Big", "\\!", "\\,")
-_DROP = ("\\displaystyle", "\\;", "\\:", "\\quad", "\\qquad", "\\limits", "\\$", "$", "\\ ")
+_DROP = ("\\displaystyle", "\\;", "\\:", "\\quad", "\\qquad", "\\limits", "\\$", "$", "\\ ", "~")
 _RENAME = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\dbinom", "\\binom"),
            ("\\geqslant", "\\geq"), ("\\leqslant", "\\leq"), ("\\ge ", "\\geq "), ("\\le ", "\\leq "),
            ("\\ne ", "\\neq "), (">=", "\\geq "), ("<=", "\\leq "), ("!=", "\\neq "), ("\\lt", "<"), ("\\gt", ">"),
@@ -282,12 +282,21 @@ _UNITS = {"cm", "m", "km", "mm", "ft", "feet", "foot", "in", "inch", "inches", "
 _GLUED_OR = re.compile(r"(?<=[)\]}\d])\s*\.?\s*or\s*(?=[(\[\\\d-]|[A-Z]|[a-z][(_=])")
 _UNIT_IN_LIST = re.compile(r"(?<=[\d}])\s*\b(?:" + "|".join(sorted(_UNITS, key=len, reverse=True))
                            + r")(?![A-Za-z])(?:\s*\^\s*\{?[23]\}?)?(?=\s*(?:[,;)\]]| or | and |$))")
-_WORD_TAIL = re.compile(r"(?:\s*\b[a-zA-Z]{2,}\b\.?)+(?:\s*\^\s*\{?[23]\}?)?\s*$")
+_WORD_TAIL = re.compile(r"(?:(?:\s*\b|(?<=\d))[a-zA-Z]{2,}\b\.?)+(?:\s*\^\s*\{?[23]\}?)?\s*$")  # `10 weeks`, `10weeks`
 _ELLIPSIS = re.compile(r"(,\s*)(?:\.\.\.|\\[lc]?dots)\s*$")
 _AND_LIST = re.compile(r"(?:(?<=[\d})\]])|(?<=\b[A-Za-z])|(?<=\d[A-Za-z]))\s*\.?,?\s*\band\b\s*"
                        r"(?=[-\d\\(]|[A-Za-z](?![A-Za-z])|[A-Za-z]{1,3}(?:_\{?\w+\}?)?\s*=)")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SPACE_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
+
+
+# Before `\approx`, a value (a number, a fraction, a root, an equation) is the exact answer and what follows its
+# rounding; a bare name before it (`x \approx 11`) names the value that follows.
+_APPROX_AFTER_VALUE = re.compile(r"[=\d]|\\(?:frac|sqrt|pi)")
+_EMPTY_SQRT = re.compile(r"\\sqrt\s*\{\s*\}")
+# A sentence around a bare answer: "The final answer is", "Answer:", "所以答案是".
+_ANSWER_PREFIX = re.compile(r"(?i)(?:(?:so|thus|therefore|hence),?\s+)?(?:the\s+)?(?:final\s+)?answer(?:\s+is)?(?:\s*[:：]\s*|\s+)"
+                            r"|(?:所以|因此|故)?[，,]?(?:最终)?答案(?:是|为|為)?\s*[:：]?\s*")
 
 
 def _strip_wrappers(s: str) -> str:
@@ -296,6 +305,8 @@ def _strip_wrappers(s: str) -> str:
         s0 = s
         s = s.strip()
         while s[-1:] in (".", ",", ";") and not s.endswith("...") and s[-2:-1] != "\\":
+            s = s[:-1].rstrip()
+        if s.endswith("\\") and not s.endswith("\\\\"):  # a stray trailing backslash (`185\`) is no command
             s = s[:-1].rstrip()
         for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
             if s.startswith(open_) and s.endswith(close) and len(s) >= len(open_) + len(close):
@@ -370,8 +381,9 @@ def normalize(answer: str) -> str:
     s = re.sub(r"(?<=\d)\s*(?:\{\s*,\s*\}|,\\!)\s*(?=\d{3}(?!\d))", "", s)  # 14{,}916, 11,\!111: one number
     s = re.sub(r"\s*\{\s*,\s*\}\s*", ",", s)  # 14{,}916 and 14 {, }916
     k = s.find("\\approx")
-    if k > 0 and "=" in s[:k]:  # `x = 1/3 \approx 0.33`: the exact value is the answer
-        s = s[:k]
+    if k > 0 and _APPROX_AFTER_VALUE.search(s[:k]):
+        s = s[:k]  # `\frac{\sqrt3}{3} \approx 0.577`, `x = 1/3 \approx 0.33`: the exact value is the answer
+    s = _EMPTY_SQRT.sub(r"\\sqrt", s)  # `\sqrt{}3`: the radicand is what follows
     s = re.sub(r",\\!\s*", ",", s)  # `11,\\! 111` is one number too
     for d in _GLUE:  # `10,\\!080` is one number
         s = s.replace(d, "")
@@ -390,6 +402,9 @@ def normalize(answer: str) -> str:
         s = _PERCENT.sub(" ", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = _strip_wrappers(s)
+    m = _ANSWER_PREFIX.match(s)
+    if m and s[m.end() :].strip():  # "The answer is 0.25 + 3", "答案是 5": the answer after the phrase
+        s = s[m.end() :].strip()
     s = _GLUED_OR.sub(" or ", s)  # `(11,7)or(7,11)`
     s = _AND_LIST.sub(", ", s)  # `19, 46, and 82`
     s = _UNIT_IN_LIST.sub("", s)  # `3 cm, 4 cm`
@@ -399,7 +414,7 @@ def normalize(answer: str) -> str:
     m = _WORD_TAIL.search(s)
     if m and m.start() > 0 and re.search(r"[0-9}]\s*$", s[: m.start()]):
         words = re.findall(r"[a-zA-Z]+", m.group(0))
-        if all(w.lower() in _UNITS or len(w) >= 4 for w in words):
+        if all(w.lower() in _UNITS or (len(w) >= 4 and w.lower() not in FUNCTION_NAMES) for w in words):
             s = s[: m.start()].strip()
     if _THOUSANDS.fullmatch(s) or _SPACE_THOUSANDS.fullmatch(s):
         s = s.replace(",", "").replace(" ", "")

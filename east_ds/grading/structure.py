@@ -197,6 +197,9 @@ def _structure(s: str, depth: int = 0) -> tuple:
             return _structure(rhs, depth + 1)  # a chain `a = b = 5`: the value is the last side
         value = _equation_value(lhs, rhs)
         return ("eq", lhs, rhs) if value is None else _structure(value, depth + 1)
+    cups = _split_top(s, ("\\cup",)) if "\\cup" in s else ()
+    if len(cups) > 1 and any(op in c for c in cups for op in _RELS):  # `x < -1 \cup x > 2`: a union of relations
+        return ("union", tuple(_structure(c, depth + 1) for c in cups))
     m = _CHAIN.fullmatch(s) if len(s) < 200 else None
     got = _chain(m, depth) if m else None
     if got is not None:
