@@ -339,9 +339,14 @@ def _resolve(t: tuple) -> tuple:
     if all(_struct_eq(x, items[0]) for x in items[1:]):
         return items[0]
     intervals = _as_intervals(("or", items))
-    if intervals is not None and any(x[0] == "rel" for x in items):
-        return ("union", intervals)
+    if intervals is not None and (any(x[0] == "rel" for x in items) or any(_is_interval(x) for x in intervals)):
+        return ("union", intervals)  # `x < 1 or x > 2`, `x \in (-\infty, 1) or x \in (2, \infty)`; `(1,4) or (4,1)`: points
     return ("list", tuple(y for x in items for y in (x[1] if x[0] == "list" else (x,))))
+
+
+def _is_interval(t: tuple) -> bool:
+    """A bracket pair that can only be an interval: a square bracket or an infinite end (`(1, 4)` may be a point)."""
+    return t[0] == "seq" and ("[" in t[1] + t[2] or "]" in t[1] + t[2] or _INF in t[3] or _NEG_INF in t[3])
 
 
 def _value_eq(a: tuple, b: tuple) -> bool:

@@ -99,7 +99,7 @@ def is_label(lhs: str) -> bool:
 def is_constant(side: str) -> bool:
     """True when side has a value without any free variable: `3/4`, `e^{i\\pi}`, `\\sin(\\pi/6)` (through the
     bounded parser; `e` and `i` are constants there). Unparseable text is not constant."""
-    if not _has_var(side):
+    if not re.search(r"[A-Za-z]", side):  # no letter and no command: digits and operators only
         return True
     from east_ds.grading.latex_math import MathParseError, parse_math
 
@@ -235,7 +235,7 @@ def _structure(s: str, depth: int = 0) -> tuple:
         got = matrix_value(s)
         if got is not None:
             return got
-    if s.startswith("\\{") and s.endswith("\\}"):
+    if s.startswith("\\{") and s.endswith("\\}") and _set_spans(s):
         inner = s[2:-2].strip()
         items = [p for p in _split_top(inner, (",", ";")) if p.strip()] if inner else []
         return ("list", tuple(x for p in items for x in _expand_pm(p, depth)))
@@ -253,6 +253,20 @@ def _structure(s: str, depth: int = 0) -> tuple:
     if "\\pm" in s:
         return ("list", _expand_pm(s, depth))
     return ("leaf", s)
+
+
+def _set_spans(s: str) -> bool:
+    """True when the `\\{` opening s closes at its very end: `\\{1,2\\}` but not `\\{1,2\\}, \\{3\\}`."""
+    depth, i, n = 0, 0, len(s)
+    while i < n - 1:
+        if s[i] == "\\" and s[i + 1] in "{}":
+            depth += 1 if s[i + 1] == "{" else -1
+            if depth == 0:
+                return i == n - 2
+            i += 2
+            continue
+        i += 1
+    return False
 
 
 def _expand_pm(s: str, depth: int) -> tuple:
