@@ -258,3 +258,60 @@ def precision_sections(dtype: str, zero_stage: int) -> dict[str, Any]:
     if bf16 and zero_stage >= 1:
         out["data_types"] = {"grad_accum_dtype": "fp32"}
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Placement across nodes
+
+
+def engine_bundles(bundle_nodes: Mapping[int, str], num_engines: int, tensor_parallel_size: int) -> list[list[int]]:
+    """The placement-group bundles each engine takes: its TP workers' VLLM_RAY_BUNDLE_INDICES (the engine actor
+    sits on the first), from where Ray put each bundle (`placement_group_table(pg)["bundles_to_node_id"]`).
+
+    Ray's PACK puts the bundles on as few nodes as it can but does not keep consecutive indices on one node
+    (ray-project/ray#51117), and vLLM's Ray executor puts worker k on the k-th index it is given, wherever that
+    bundle is; so engine e on bundles [e*tp, (e+1)*tp) can run its tensor parallel all-reduces across nodes
+    although every node has room for whole engines. Here bundles are grouped by node (ascending within a node,
+    nodes in the order of their lowest bundle) and each engine takes tp bundles of one node; only bundles left
+    over on nodes that cannot hold another whole engine are combined, for the last engines (engines_across_nodes
+    names them). TP 1: engine e on bundle e, as before."""
+    if num_engines < 1 or tensor_parallel_size < 1:
+        raise ValueError(f"num_engines ({num_engines}) and tensor_parallel_size ({tensor_parallel_size}) must be >= 1")
+    need = num_engines * tensor_parallel_size
+    if len(bundle_nodes) < need:
+        raise ValueError(f"{num_engines} engines x tensor_parallel_size {tensor_parallel_size} need {need} bundles; "
+                         f"the placement group has {len(bundle_nodes)}")
+    if tensor_parallel_size == 1:
+        return [[e] for e in range(num_engines)]
+    by_node: dict[str, list[int]] = {}
+    for b in sorted(bundle_nodes):
+        by_node.setdefault(bundle_nodes[b], []).append(b)
+    out: list[list[int]] = []
+    leftover: list[int] = []
+    for bundles in by_node.values():
+        whole = len(bundles) - len(bundles) % tensor_parallel_size
+        out += [bundles[k:k + tensor_parallel_size] for k in range(0, whole, tensor_parallel_size)]
+        leftover += bundles[whole:]
+    out += [leftover[k:k + tensor_parallel_size] for k in range(0, len(leftover), tensor_parallel_size)]
+    return out[:num_engines]
+
+
+def engines_across_nodes(assignment: list[list[int]], bundle_nodes: Mapping[int, str]) -> list[int]:
+    """The engines of `assignment` (engine_bundles) whose TP workers are on more than one node."""
+    return [e for e, bundles in enumerate(assignment) if len({bundle_nodes[b] for b in bundles}) > 1]
+
+
+def tp_node_shortfall(node_gpus: Mapping[str, float], num_engines: int, tensor_parallel_size: int) -> str:
+    """'' when the nodes (node id -> GPUs it has) can hold every engine's TP workers on one node each; else a
+    sentence saying how many engines would span nodes. vLLM then only warns (v1/executor/ray_utils.py
+    _verify_bundles) and runs its all-reduces over the network, slow, or stuck without a working NCCL network
+    setting. Whole GPUs per node; a node's GPUs left over below tensor_parallel_size hold no whole engine."""
+    if tensor_parallel_size <= 1:
+        return ""
+    whole = sum(int(g + 1e-9) // tensor_parallel_size for g in node_gpus.values())
+    if whole >= num_engines:
+        return ""
+    gpus = ", ".join(f"{g:g}" for g in sorted(node_gpus.values(), reverse=True)) or "none"
+    return (f"rollout.tensor_parallel_size={tensor_parallel_size}: the nodes' GPUs ({gpus}) hold {whole} whole "
+            f"engine(s) of {num_engines}; the other {num_engines - whole} would run tensor parallel across nodes "
+            f"(NCCL over the network). A tensor_parallel_size that divides the GPUs per node avoids it")

@@ -144,6 +144,22 @@ def total_resources() -> dict[str, float]:
     return _plain(ray.cluster_resources())
 
 
+def node_gpus() -> dict[str, float]:
+    """GPUs each alive node advertises (node id -> count; nodes without GPUs left out). Ray must be initialised."""
+    import ray
+
+    return {n["NodeID"]: float(n["Resources"]["GPU"]) for n in ray.nodes()
+            if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0}
+
+
+def bundle_nodes(pg: Any) -> dict[int, str]:
+    """Where Ray put each bundle of a ready placement group: bundle index -> node id (device_plan.engine_bundles
+    keeps each engine's TP workers on one node from it)."""
+    from ray.util.placement_group import placement_group_table
+
+    return {int(b): node for b, node in placement_group_table(pg)["bundles_to_node_id"].items()}
+
+
 def actor_location() -> dict:
     """Where the calling Ray actor or task runs, as Ray sees it from inside: node, placement group, the resources
     and GPU ids Ray assigned, CUDA_VISIBLE_DEVICES, and whether this process has a CUDA device."""
@@ -239,6 +255,7 @@ class Placement:
             rollout = dataclasses.replace(rollout, num_engines=min(
                 rollout.num_engines, max(1, (os.cpu_count() or 1) // rollout.tensor_parallel_size)))
         self.needs = placement_needs(rollout, cfg.training, cfg.placement, gpus)
+        self.num_engines, self.tensor_parallel_size = rollout.num_engines, rollout.tensor_parallel_size
         if cfg.rollout.weight_sync == "broadcast" and self.colocated:
             raise ConfigError("rollout.weight_sync=broadcast needs placement.mode=split on a cluster with GPUs: "
                               "NCCL cannot put two ranks (trainer rank 0 and an engine) on one shared GPU")
@@ -253,10 +270,27 @@ class Placement:
             raise SchedulingTimeout("the cluster can never hold this run: " + "; ".join(problems)
                                     + " (placement.wait_for_resources=true waits up to "
                                     "placement.schedule_timeout_s for the cluster to grow)")
+        if warning := self.tp_node_warning():
+            print(f"[east-ds] warning: {warning}", flush=True)
         if problems := shortfall(self.needs, free):
             print(f"[east-ds] waiting up to {self.timeout:g} s for resources: " + "; ".join(problems), flush=True)
             return False
         return True
+
+    def tp_node_warning(self, gpus_per_node: Mapping[str, float] | None = None) -> str:
+        """'' unless, on a cluster with GPUs, some engine's TP workers cannot all sit on one node
+        (device_plan.tp_node_shortfall over `gpus_per_node`, default: what the alive nodes advertise)."""
+        if not self.gpus or self.tensor_parallel_size <= 1:
+            return ""
+        if gpus_per_node is None:
+            import ray
+
+            if not ray.is_initialized():
+                return ""
+            gpus_per_node = node_gpus()
+        from east_ds.cluster.device_plan import tp_node_shortfall
+
+        return tp_node_shortfall(gpus_per_node, self.num_engines, self.tensor_parallel_size)
 
     def rollout_config(self, cfg):
         """Colocated engines must be able to sleep (vLLM's enable_sleep_mode)."""
