@@ -48,12 +48,15 @@ def _write_config(tmp: Path, model: Path, name: str, **training) -> Path:
     return path
 
 
-def east_ds_run(head, cfg_path: Path, *overrides: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """`east-ds run CFG placement.ray_address=HEAD ...` in a subprocess (the test session's own Ray has no GPUs)."""
-    address, env = head
+def east_ds_run(head, cfg_path: Path, *overrides: str, timeout: float = 900,
+                env: dict | None = None) -> subprocess.CompletedProcess:
+    """`east-ds run CFG placement.ray_address=HEAD ...` in a subprocess (the test session's own Ray has no GPUs);
+    `env`: variables added to the head's client environment."""
+    address, head_env = head
     cmd = [sys.executable, "-m", "east_ds.cli", "run", str(cfg_path), f"placement.ray_address={address}",
            *overrides]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, env={**head_env, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def located(run_dir: Path) -> dict:
@@ -69,12 +72,13 @@ def events(run_dir: Path, k: int) -> list[tuple[str, str]]:
 def test_two_iterations_end_to_end(logical_gpu_head, tmp_path, warm_model, capsys):
     """Split placement on 2 logical GPUs: 1 engine and 1 rank each hold a whole GPU in a placement group of its
     own; nothing sleeps; the new weights go from trainer rank 0 to the engine by broadcast (the CPU stand-in for
-    NCCL). The trainer ranks start while the engines load (the cluster holds both)."""
+    NCCL). The trainer ranks start while the engines load (the cluster holds both). The engine runs vLLM's
+    engine core in a process of its own, as on GPUs, so the broadcast crosses that boundary as it does there."""
     from east_ds.driver import run
 
     overrides = ["placement.mode=split", "rollout.weight_sync=broadcast"]
     cfg_path = _write_config(tmp_path, warm_model, "e2e")
-    r = east_ds_run(logical_gpu_head, cfg_path, *overrides)
+    r = east_ds_run(logical_gpu_head, cfg_path, *overrides, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     cfg = load_config(cfg_path, [f"placement.ray_address={logical_gpu_head[0]}", *overrides])
     run_dir = cfg.run_dir
@@ -88,6 +92,7 @@ def test_two_iterations_end_to_end(logical_gpu_head, tmp_path, warm_model, capsy
     assert engine["resources"] == rank["resources"] == {"CPU": 1.0, "GPU": 1.0}
     assert sorted(engine["gpu_ids"] + rank["gpu_ids"]) == ["0", "1"]  # a GPU each, not shared
     assert rank["backend"] == "gloo" and not engine["on_gpu"]
+    assert engine["engine_core_in_process"] is False  # the GPU's process layout
     assert rank["started_at"] < engine["ready_at"]  # the rank did not wait for the engine to load
     for k in (1, 2):
         ev = events(run_dir, k)
