@@ -82,3 +82,16 @@ def test_placement_warns_when_no_node_holds_a_whole_engine():
     assert "would run tensor parallel across nodes" in Placement(cfg, gpus=8).tp_node_warning({"a": 2, "b": 6})
     assert Placement(cfg, gpus=0).tp_node_warning({"a": 2, "b": 6}) == ""
     assert Placement(RunConfig(), gpus=2).tp_node_warning({"a": 1, "b": 1}) == ""  # TP 1
+
+
+def test_engine_actor_uses_the_bundles_it_was_given():
+    """The pool passes each engine its engine_bundles (EnginePool._assign_bundles); vLLM's Ray executor puts TP
+    worker k on the k-th index of VLLM_RAY_BUNDLE_INDICES (vllm/v1/executor/ray_executor.py:185-194 parses it,
+    in order, into the bundles its workers are scheduled on), and the engine actor sits on the first, so the
+    workers land on the node the assignment chose."""
+    p = plan.engine_actor_plan(1, 2, True, 0.5, {}, bundles=[4, 6])
+    assert p.bundle_index == 4 and p.env["VLLM_RAY_BUNDLE_INDICES"] == "4,6"
+    assert plan.engine_actor_plan(1, 2, True, 0.5, {}).env["VLLM_RAY_BUNDLE_INDICES"] == "2,3"  # the default
+    assert plan.engine_actor_plan(3, 1, True, 1.0, {}, bundles=[7]).bundle_index == 7
+    with pytest.raises(ValueError, match="1 bundles for tensor_parallel_size 2"):
+        plan.engine_actor_plan(0, 2, True, 0.5, {}, bundles=[0])

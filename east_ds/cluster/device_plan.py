@@ -143,10 +143,11 @@ class EngineActorPlan:
 
 
 def engine_actor_plan(index: int, tensor_parallel_size: int, gpu_bundles: bool, gpu_share: float,
-                      env: Mapping[str, str]) -> EngineActorPlan:
+                      env: Mapping[str, str], bundles: list[int] | None = None) -> EngineActorPlan:
     """Ray options and environment of engine actor `index`.
 
-    With GPU bundles, engine e owns bundles [e*tp, (e+1)*tp). TP 1: the actor takes `gpu_share` of its bundle's
+    With GPU bundles, engine e owns `bundles` (engine_bundles: tp bundles of one node; default [e*tp, (e+1)*tp)),
+    the actor on the first. TP 1: the actor takes `gpu_share` of its bundle's
     GPU (0.5 when colocated, so trainer rank e fits beside it). TP > 1: the actor takes no GPU; vLLM's Ray
     executor starts one worker per bundle (VLLM_RAY_BUNDLE_INDICES), each asking for VLLM_RAY_PER_WORKER_GPUS of
     a GPU, set to `gpu_share` so that colocated trainer ranks still fit on those bundles. A zero-GPU actor keeps
@@ -157,10 +158,14 @@ def engine_actor_plan(index: int, tensor_parallel_size: int, gpu_bundles: bool, 
             "VLLM_CPU_KVCACHE_SPACE": env.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     if not gpu_bundles:
         return EngineActorPlan(num_cpus=1, num_gpus=0, bundle_index=None, env=base)
-    first = index * tensor_parallel_size
+    bundles = list(bundles) if bundles is not None else [index * tensor_parallel_size + k
+                                                          for k in range(tensor_parallel_size)]
+    if len(bundles) != tensor_parallel_size:
+        raise ValueError(f"engine {index}: {len(bundles)} bundles for tensor_parallel_size {tensor_parallel_size}")
+    first = bundles[0]
     if tensor_parallel_size == 1:
         return EngineActorPlan(num_cpus=1, num_gpus=gpu_share, bundle_index=first, env=base)
-    workers = {"VLLM_RAY_BUNDLE_INDICES": ",".join(str(first + k) for k in range(tensor_parallel_size)),
+    workers = {"VLLM_RAY_BUNDLE_INDICES": ",".join(str(b) for b in bundles),
                "VLLM_RAY_PER_WORKER_GPUS": f"{gpu_share:g}", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
     return EngineActorPlan(num_cpus=0, num_gpus=0, bundle_index=first, env={**base, **workers})
 

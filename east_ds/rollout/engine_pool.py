@@ -111,6 +111,7 @@ class EnginePool:
 
             self._pg = placement_group(self.need.bundles, strategy=self.need.strategy)
             wait_placement_group(self._pg, self.need, schedule_timeout_s)
+        self._bundles = self._assign_bundles(n, tp) if self._pg is not None and self.gpu_bundles else None
         self._weights: tuple[str, Any] = ("path", None)  # what a replacement actor must load: original weights
         self._generation = [0] * n  # bumped when engine i is replaced
         self.engines: list = []
@@ -145,8 +146,23 @@ class EnginePool:
                 ray.kill(a)
             raise
         for i, w, b in zip(indices, where, built):
-            self.locations[i] = {**w, **b, "bundle": i * self.cfg.tensor_parallel_size if self._pg else None}
+            self.locations[i] = {**w, **b, "bundle": self._bundles[i][0] if self._bundles else None,
+                                 "bundles": self._bundles[i] if self._bundles else None}
         return actors
+
+    def _assign_bundles(self, n: int, tp: int) -> list[list[int]]:
+        """Each engine's bundles, its TP workers on one node where the nodes allow (device_plan.engine_bundles:
+        Ray's PACK does not keep consecutive bundle indices on one node); an engine that must span nodes is
+        logged by index."""
+        from east_ds.cluster.device_plan import engine_bundles, engines_across_nodes
+        from east_ds.cluster.placement import bundle_nodes
+
+        nodes = bundle_nodes(self._pg)
+        assignment = engine_bundles(nodes, n, tp)
+        if spanning := engines_across_nodes(assignment, nodes):
+            log.warning("engines %s run their tensor-parallel workers across nodes: the nodes' free GPUs do not "
+                        "hold whole engines (all-reduce over the network)", spanning)
+        return assignment
 
     def _new_actor(self, i: int):
         import ray
@@ -156,7 +172,8 @@ class EnginePool:
         from east_ds.rollout.vllm_engine import PlacedLLMEngine
 
         cfg = self.cfg
-        plan = engine_actor_plan(i, cfg.tensor_parallel_size, self._pg is not None, self.gpu_share, os.environ)
+        plan = engine_actor_plan(i, cfg.tensor_parallel_size, self._pg is not None, self.gpu_share, os.environ,
+                                 bundles=self._bundles[i] if self._bundles else None)
         options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0, "num_cpus": plan.num_cpus,
                                    "num_gpus": plan.num_gpus}
         if plan.bundle_index is not None:
