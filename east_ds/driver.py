@@ -232,7 +232,7 @@ def check_storage(run_dir: Path, model_path: str) -> None:
 def update_engines(pool, checkpoint: str, cfg, trainer, policy: str) -> None:
     """Load the new checkpoint into the running engines the way `rollout.weight_sync` says (docs/rollout.md)."""
     if cfg.weight_sync == "object_store":  # the driver reads the checkpoint; engines need no shared storage
-        from east_ds.rollout.weight_sync import checkpoint_tensors
+        from east_ds.cluster.weight_sync import checkpoint_tensors
 
         pool.update_weights_from_state_dict(checkpoint_tensors(checkpoint))
     elif cfg.weight_sync == "broadcast":  # trainer rank 0 reads its export and broadcasts it

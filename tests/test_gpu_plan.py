@@ -229,7 +229,7 @@ def test_bucket_files_cross_the_engine_core_boundary_intact(tmp_path):
     its name, dtype, shape and values, tied (shared-storage) tensors included."""
     import torch
 
-    from east_ds.rollout.weight_sync import read_bucket_files, write_bucket_files
+    from east_ds.cluster.weight_sync import read_bucket_files, write_bucket_files
 
     emb = torch.randn(32, 8, dtype=torch.bfloat16)
     buckets = [[("embed", emb), ("lm_head", emb)], [("norm", torch.ones(8)), ("step", torch.tensor(3))]]

@@ -151,7 +151,7 @@ def test_update_by_broadcast_matches_fresh_engine(dirs, pools, prompts):
 
 def test_update_from_checkpoint_tensors_matches_fresh_engine(dirs, pools, prompts):
     """The object_store weight sync: the driver reads the checkpoint's safetensors and sends them in buckets."""
-    from east_ds.rollout.weight_sync import checkpoint_tensors
+    from east_ds.cluster.weight_sync import checkpoint_tensors
 
     live, fresh = pools
     live.update_weights_from_path(dirs[0])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from east_ds.rollout.weight_sync import bucket_meta, checkpoint_metas, checkpoint_tensors, iter_buckets
+from east_ds.cluster.weight_sync import bucket_meta, checkpoint_metas, checkpoint_tensors, iter_buckets
 
 
 @pytest.mark.parametrize("bucket_bytes", [1, 64, 200, 10**6])

@@ -167,7 +167,7 @@ class Smoke:
         return f"{sleep}; " + "; ".join(memory)
 
     def tensor_parallel(self) -> str:
-        from east_ds.rollout.weight_sync import checkpoint_tensors
+        from east_ds.cluster.weight_sync import checkpoint_tensors
 
         run = self._run_cfg("split", tp=2)
         placement = self._placement(run)

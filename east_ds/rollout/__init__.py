@@ -8,7 +8,6 @@ weights back into the running engines (by path, Ray's object store, or a broadca
     engine_pool  EnginePool (data-parallel vLLM engines as Ray actors: placement, shards, retry, updates), Sampling
     vllm_engine  LLMEngine / PlacedLLMEngine (the only module that imports vLLM), EastWorkerExtension,
                  TrainerWeightBroadcaster
-    weight_sync  weight buckets: iter_buckets, bucket_meta, checkpoint_tensors, checkpoint_metas
     cli          `east-ds rollout`, `east-ds eval`
 
 Importing this package loads nothing heavy; vLLM is imported by vllm_engine alone, inside the engine actors.

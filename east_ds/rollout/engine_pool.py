@@ -34,7 +34,7 @@ from east_ds.cluster.placement import Need, SchedulingTimeout, wait_placement_gr
 from east_ds.config import ModelConfig, RolloutConfig
 from east_ds.data.load import check_model_path  # noqa: F401  (re-exported: the rollout CLI checks first)
 from east_ds.cluster.ray_utils import NodeLostError
-from east_ds.rollout.weight_sync import iter_buckets
+from east_ds.cluster.weight_sync import iter_buckets
 
 log = logging.getLogger(__name__)
 

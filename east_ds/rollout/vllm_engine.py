@@ -48,7 +48,7 @@ class EastWorkerExtension:
     def east_reload_from_files(self, paths: list) -> None:
         """Reload weights from bucket files the engine actor wrote (weight_sync.write_bucket_files), one tensor
         at a time: what crosses the engine core's boundary is a list of paths, which msgpack carries intact."""
-        from east_ds.rollout.weight_sync import read_bucket_files
+        from east_ds.cluster.weight_sync import read_bucket_files
 
         self.reload_weights(weights_iterator=read_bucket_files(paths))
 
@@ -302,7 +302,7 @@ class LLMEngine:
         import ray
 
         from east_ds.cluster.device_plan import SHM_DIR, weight_handoff_dir
-        from east_ds.rollout.weight_sync import write_bucket_files
+        from east_ds.cluster.weight_sync import write_bucket_files
 
         t0 = time.perf_counter()
         if not self.refs_in_actor:

@@ -109,14 +109,14 @@ class TrainRank:
     def weight_metas(self, checkpoint: str, bucket_bytes: int) -> list:
         """The buckets' `(name, dtype, shape)` lists that `send_weights` will broadcast, in order (from the
         safetensors headers: no tensor is read)."""
-        from east_ds.rollout.weight_sync import checkpoint_metas
+        from east_ds.cluster.weight_sync import checkpoint_metas
 
         return checkpoint_metas(checkpoint, bucket_bytes)
 
     def send_weights(self, host: str, port: int, world_size: int, checkpoint: str, bucket_bytes: int) -> float:
         """Be rank 0 of the weight-broadcast group at host:port and broadcast the checkpoint bucket by bucket."""
         from east_ds.rollout.vllm_engine import TrainerWeightBroadcaster
-        from east_ds.rollout.weight_sync import checkpoint_tensors, iter_buckets
+        from east_ds.cluster.weight_sync import checkpoint_tensors, iter_buckets
 
         t0 = time.perf_counter()
         listen, self._weight_socket = self._weight_socket, None  # the group's store takes the socket over
