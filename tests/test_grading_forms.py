@@ -257,7 +257,7 @@ def test_a_rounded_prediction_is_not_the_exact_gold(pred, gold):
 @given(st.sampled_from(TRIG + ["ln", "log", "exp", "sqrt"]), st.sampled_from(TRIG + ["ln", "log", "exp", "sqrt"]),
        st.integers(2, 9), st.integers(-9, 9), st.sampled_from(["x", "t"]))
 def test_expressions_differing_in_one_symbol(f, g, a, b, var):
-    assume(f != g)
+    assume(f != g and {f, g} != {"ln", "log"})  # `\log` without a base is read as the natural log
     one, other = rf"{a}\{f}({var}) + {b}", rf"{a}\{g}({var}) + {b}"
     assert not is_equivalent(one, other)
     assert not is_equivalent(one, one.replace(var, "y"))

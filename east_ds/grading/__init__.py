@@ -1,6 +1,6 @@
 """Answer grading for EAST: extract a final answer, compare it with the gold, cluster one question's answers.
 
-Step 2-3 of the EAST iteration (docs/EAST.md): every response's final answer is compared with the gold by
+Steps 2-3 of the EAST iteration (docs/method.md section 1): every response's final answer is compared with the gold by
 mathematical equivalence, and the n answers of a question are clustered into equivalence classes.
 
 Reads response and gold strings; writes nothing itself (`east-ds grade`, in `cli`, writes a graded table). Pure

@@ -103,7 +103,7 @@ _PHRASES = ("final answer is", "the answer is", "answer is:", "answer is", "fina
             "correct answer is", "correct option is", "correct choice is",
             # the same phrase in the languages models answer in (matched on the lower-cased text)
             "答案是", "答案为", "答案為", "答案：", "答案:", "答えは", "答え：", "정답은", "답은", "답:",
-            "la réponse est", "réponse :", "réponse:", "la respuesta es", "respuesta:", "a resposta é",
+            "réponse est", "réponse :", "réponse:", "la respuesta es", "respuesta:", "a resposta é",
             "resposta:", "die antwort ist", "antwort:", "la risposta è", "risposta:", "ответ:", "ответ —")
 # Runs of CJK characters: an answer phrase in Chinese, Japanese or Korean is followed by the answer inside prose
 # (`答案：每份应该是 $\frac{2}{5}$ 吨`); the math between the runs is the answer.
@@ -138,11 +138,15 @@ def _tail(text: str) -> str | None:
         if rest and not _PROSE_WORD.search(rest):
             return rest
         nums = _NUMBER.findall(rest or line)
-        return nums[-1].rstrip(",") if nums else (rest or line)
+        if nums:
+            return nums[-1].rstrip(",")
+        letter = _LONE_CHOICE.search(line)  # "The answer is for sure D, it can't be A or B": the first choice
+        return letter.group(0) if letter else (rest or line)
     return line or None
 
 
 _PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+_LONE_CHOICE = re.compile(r"(?<![\w'])[A-E](?![\w'])")
 _MATH_SPAN = re.compile(r"\$[^$]{1,300}\$")
 _LAST_SPAN = re.compile(r"\$\$([^$]{1,2000})\$\$|\$([^$]{1,1000})\$|\\\((.{1,1000}?)\\\)|\\\[(.{1,2000}?)\\\]", re.S)
 
@@ -172,10 +176,13 @@ def _whole_answer(text: str) -> str | None:
         return None
     if re.fullmatch(r"[A-Za-z]{1,20}", t):  # one bare word: a name or a label (`Evelyn`, `LQSX`)
         return t
+    if _OTHER_SCRIPT.search(t):  # words of another script (`4000千克`, `67 कमीजें`): prose, not only an answer
+        return None
     words = _PROSE_WORD.findall(_COMMAND_ARG.sub(" ", t))
     return t if all(w.lower() in _UNITS or w.lower() in _WHOLE_WORDS for w in words) else None
 
 
+_OTHER_SCRIPT = re.compile(r"[^\x00-\x7f\u00b0-\u00bf\u00d7\u00f7\u0370-\u03ff\u2000-\u2bff]")
 _WHOLE_WORDS = frozenset({"and", "or"}) | FUNCTION_NAMES  # `-1 + sqrt(3)` is an answer, not prose
 
 

@@ -81,6 +81,7 @@ class _Parser:
         self.i = 0
         self.depth = 0
         self.nodes = 0
+        self.in_abs = 0  # inside |..|, a `|` closes; outside, it opens another absolute value (`|x||y|`)
 
     # -- token helpers -----------------------------------------------------------------------------------------
     def peek(self) -> tuple[str, str] | None:
@@ -194,7 +195,7 @@ class _Parser:
         if kind == "cmd":
             return val[1:] in _GREEK or val[1:] in _FUNCS or val in (
                 "\\frac", "\\sqrt", "\\pi", "\\infty", "\\binom", "\\left", "\\{") or val[1:] in _WRAPPERS
-        return val in ("(", "{", "[")
+        return val in ("(", "{", "[") or (val == "|" and self.in_abs == 0)
 
     def group(self, close: str):
         v = self.expr()
@@ -240,7 +241,9 @@ class _Parser:
             return v
         if val == "|":
             self.enter()
+            self.in_abs += 1
             v = self.group("|")
+            self.in_abs -= 1
             self.depth -= 1
             return sympy.Abs(v)
         if kind == "cmd":
@@ -256,6 +259,10 @@ class _Parser:
             return safe_pow(self.arg(), sympy.Rational(1, 2))
         if len(val) > _MAX_PRODUCT_WORD:
             raise MathParseError("prose")
+        if len(val) > 1 and (tok := self.peek()) is not None and tok[1] in ("^", "**", "!"):
+            # `xy^2` is x * y^2: a power or factorial binds the last letter only, so it is read again on its own
+            self.toks.insert(self.i, ("word", val[-1]))
+            val = val[:-1]
         # `ab` is a*b; a trailing `_k` subscripts the last letter.
         syms = [letter_symbol(c) for c in val]
         if (tok := self.peek()) is not None and tok[1] == "_":

@@ -211,15 +211,21 @@ def _structure(s: str, depth: int = 0) -> tuple:
             if op in (">", "\\geq"):  # canonical direction: a < b
                 op, lhs, rhs = ("<" if op == ">" else "\\leq"), rhs, lhs
             return ("rel", op, lhs, rhs)
+    parts = _split_top(s, ("\\setminus",))
+    if len(parts) == 2:  # finite sets only: \{1,2\} \setminus \{2\} is \{1\}
+        keep, drop = (_structure(_operand(p), depth + 1) for p in parts)
+        if keep[0] == drop[0] == "list":
+            return ("list", tuple(x for x in keep[1] if x not in drop[1]))
+        return ("leaf", s)
     parts = _split_top(s, ("\\cap",))
     if len(parts) > 1:  # finite sets only: \{1,2\} \cap \{2,3\} is \{2\}
-        items = tuple(_structure(p, depth + 1) for p in parts)
+        items = tuple(_structure(_operand(p), depth + 1) for p in parts)
         if all(t[0] == "list" for t in items):
             return ("list", tuple(x for x in items[0][1] if all(x in t[1] for t in items[1:])))
         return ("leaf", s)
     parts = _split_top(s, ("\\cup",))
     if len(parts) > 1:
-        items = tuple(_structure(p, depth + 1) for p in parts)
+        items = tuple(_structure(_operand(p), depth + 1) for p in parts)
         if all(t[0] == "list" for t in items):  # \{1,2\} \cup \{5\} is the finite set \{1,2,5\}
             return ("list", tuple(dict.fromkeys(x for t in items for x in t[1])))
         return ("union", items)
@@ -235,6 +241,8 @@ def _structure(s: str, depth: int = 0) -> tuple:
         got = matrix_value(s)
         if got is not None:
             return got
+    if len(s) > 2 and s[0] == "{" and s[-1] == "}" and "," in s and _outer_bracket_spans(s):
+        s = "\\{" + s[1:-1] + "\\}"  # `{1,2}` inside a larger answer (`{1,2} \cup {3}`): a set, as a whole `{1,2}` is
     if s.startswith("\\{") and s.endswith("\\}") and _set_spans(s):
         inner = s[2:-2].strip()
         items = [p for p in _split_top(inner, (",", ";")) if p.strip()] if inner else []
@@ -247,12 +255,30 @@ def _structure(s: str, depth: int = 0) -> tuple:
             return _structure(s[1:-1], depth + 1)
     if _THOUSANDS.fullmatch(s):  # `x = 58,500`: one number, as a whole answer `58,500` is
         return ("leaf", s.replace(",", ""))
+    rows = _semicolon_rows(s)
+    if rows is not None:  # `1,2;3,4;5,6`: groups of the same length are tuples, the set of them
+        return ("list", tuple(("seq", "(", ")", tuple(_structure(c, depth + 1) for c in r)) for r in rows))
     items = [p for p in _split_top(s, (",", ";")) if p.strip()]
     if len(items) > 1:
         return ("list", tuple(x for p in items for x in _expand_pm(p, depth)))
     if "\\pm" in s:
         return ("list", _expand_pm(s, depth))
     return ("leaf", s)
+
+
+def _operand(p: str) -> str:
+    """An operand of a set operation written with bare braces is a set: `{2}` in `{1,2} \\setminus {2}`."""
+    p = p.strip()
+    return "\\{" + p[1:-1] + "\\}" if len(p) > 1 and p[0] == "{" and p[-1] == "}" and _outer_bracket_spans(p) else p
+
+
+def _semicolon_rows(s: str) -> list[list[str]] | None:
+    """`1,2;3,4` -> [["1","2"],["3","4"]]: two or more `;` groups, each of the same number (>= 2) of comma items."""
+    groups = [g for g in _split_top(s, (";",)) if g.strip()]
+    if len(groups) < 2:
+        return None
+    rows = [[c for c in _split_top(g, (",",)) if c.strip()] for g in groups]
+    return rows if len(rows[0]) >= 2 and all(len(r) == len(rows[0]) for r in rows) else None
 
 
 def _set_spans(s: str) -> bool:
