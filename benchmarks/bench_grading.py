@@ -13,6 +13,9 @@ Agreement: per response, east grade == math-verify verify; disagreements are pri
 
     python benchmarks/bench_grading.py [MATH500.jsonl] [GSM8K.jsonl] [--gsm N] [--show K] [--min-rounds R]
 
+The files default to data/math500_test.jsonl and data/gsm8k_test.jsonl, which `east-ds data math500` and
+`east-ds data gsm8k` write.
+
 Rounds repeat (at least --min-rounds) until the spread (max - min) of the rollout-mode ratio is below its margin
 over the --target ratio; the median, min and max ratios are printed.
 """
@@ -30,7 +33,7 @@ from pathlib import Path
 from east_ds import grading
 from east_ds.grading import answer_key, extract_answer, grade, is_equivalent
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"  # what `east-ds data math500` and `east-ds data gsm8k` write
 N_PER_Q = 16
 
 

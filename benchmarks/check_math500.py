@@ -4,6 +4,9 @@ Also checks GSM8K: each solution's `#### N` line against the gold extracted from
 (commas removed). Prints the rate and every miss.
 
     python benchmarks/check_math500.py [MATH500.jsonl] [GSM8K.jsonl]
+
+The files default to data/math500_test.jsonl and data/gsm8k_test.jsonl, which `east-ds data math500` and
+`east-ds data gsm8k` write.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 from east_ds.grading import extract_answer, grade
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"  # what `east-ds data math500` and `east-ds data gsm8k` write
 
 
 def main() -> int:

@@ -3,8 +3,9 @@ the generated table (MATH golds rewritten into equivalent and different forms).
 
     .venv/bin/python benchmarks/public_cases_vs_math_verify.py [-v] [--golds N] [--data DIR]
 
---golds N: the generated table is built from N golds sampled from DIR (default ../shared/data; MATH500 + MATH
-train) when that directory exists (default 1000), else from the 300-gold fixture in tests/fixtures.
+--golds N: the generated table is built from N golds sampled from DIR (default data/, where `east-ds data
+math500` and `east-ds data math` write math500_test.jsonl and math_train.jsonl) when DIR holds both files
+(default 1000), else from the 300-gold fixture in tests/fixtures.
 math-verify is called the way its own tests call it: parse() on gold and prediction, then verify(gold, pred).
 A bare answer (no `$`, `\\(`, `\\[` or `\\boxed`) is wrapped in `$...$` first so its LaTeX extractor sees it.
 The slowest single east call is printed too (the issue's bound: no case over 2 s).
@@ -27,7 +28,7 @@ from test_grading_public_cases import check as check_public  # noqa: E402
 from test_grading_shapes import EAST_ONLY, SHAPES  # noqa: E402
 from test_grading_shapes import check as check_shape  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "data"
 
 
 def _wrap(s: str) -> str:
@@ -77,7 +78,7 @@ def main() -> None:
     shapes = [(k, p, g, exp, shape) for shape, rs in SHAPES.items() for k, p, g, exp in rs]
     score("shapes table", shapes, check_shape, args.v)
     score("east-only principle (not counted)", [(*r, "east principle 3") for r in EAST_ONLY], check_shape, args.v)
-    if args.data.is_dir():
+    if all((args.data / f).is_file() for f in ("math500_test.jsonl", "math_train.jsonl")):
         golds, src = sample_golds(args.golds, data=args.data), f"{args.golds} golds from {args.data}"
     else:
         fixture = ROOT / "tests" / "fixtures" / "math_golds_sample.jsonl"

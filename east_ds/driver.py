@@ -1,6 +1,6 @@
 """The iterative EAST driver: `east-ds run CONFIG.yaml [key=value ...]`.
 
-Each iteration reads like EAST.md section 1:
+Each iteration reads like the algorithm of docs/method.md section 1:
 
     rollout      sample n responses per training question with the current policy (vLLM engines in Ray actors)
     weigh        extract and grade answers, cluster them, entropy, filter, mapping function, select examples
@@ -15,8 +15,8 @@ cheap checks of `east-ds check` run (preflight.py), so bad input fails at once a
 timed; metrics go to `iter_<k>/metrics.json` and the run's `metrics.jsonl` (and TensorBoard when installed, W&B
 with `logging.wandb`).
 
-Departures from the reference code, numbered:
-1. The SFT/DPO/KTO weight multiplies each example's own loss (EAST.md section 2), not a micro-batch mean.
+Departures from the reference code, numbered (docs/method.md section 7):
+1. The SFT/DPO/KTO weight multiplies each example's own loss (docs/method.md section 3), not a micro-batch mean.
 2. Clusters are equivalence classes of answers by default (`weighting.cluster_by: exact` restores string match).
 3. The reference model of DPO/KTO is the policy at the start of each iteration, its log-probs computed once
    before training, so no second model is held in memory while training.
@@ -40,6 +40,7 @@ from east_ds.metrics import Phases
 from east_ds.rundir import IterDir, RunDir, RunDirError
 from east_ds.schema import REFERENCE_COLUMNS
 from east_ds.tables import TableError, read_table, write_json, write_table
+from east_ds.training.divergence import TrainingDiverged
 from east_ds.weighting.mapping import WeightingError
 from east_ds.weighting.stage import weigh
 
@@ -258,7 +259,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         log = run(cfg)
     except (ConfigError, RunDirError, TableError, WeightingError, FileNotFoundError, SchedulingTimeout,
-            StorageNotShared, NodeLostError, WeightSyncError) as e:
+            StorageNotShared, NodeLostError, WeightSyncError, TrainingDiverged) as e:
         print(f"east-ds run: error: {e}", file=sys.stderr)
         return 2
     for m in log:

@@ -9,7 +9,8 @@ tuple, move an interval end or drop a list member. Only rewrites whose verdict i
 shape are made (a tuple is swapped only when its members differ as strings *and* are plain numbers).
 
     rows(golds, seed) -> list of rows         (tests/test_grading_generated.py, benchmarks/public_cases_vs_math_verify.py)
-    python tests/grading_variants.py OUT.jsonl N   samples N golds from /work/shared/data (MATH500 + MATH train)
+    python tests/grading_variants.py OUT.jsonl N   samples N golds from data/ (MATH500 + MATH train, as
+                                                   `east-ds data math500` and `east-ds data math` write them)
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def rows(golds: list[str], seed: int = 0) -> list[tuple[str, str, str, bool, str
     return out
 
 
-def sample_golds(n: int, seed: int = 0, data: Path = Path("/work/shared/data")) -> list[str]:
+def sample_golds(n: int, seed: int = 0, data: Path = Path(__file__).resolve().parents[1] / "data") -> list[str]:
     """n golds: half MATH500 `answer`, half the boxed answer of MATH train solutions; from each, half are drawn
     from the golds with structure (a comma, bracket, interval or set), which plain sampling rarely meets."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

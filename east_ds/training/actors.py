@@ -199,7 +199,7 @@ class TrainerGroup:
 
     def response_nll(self, examples_path: str, out_path: str) -> dict:
         """Mean token NLL of each row's `response` under the model at model_path (SFT-shaped table); writes the
-        rows plus an `nll` column to out_path. The perplexity-based baseline of EAST.md section 3."""
+        rows plus an `nll` column to out_path. The perplexity-based baseline of docs/method.md section 4."""
         return self._all("reference_logprobs", self.model_path, self.train_cfg, self.model_cfg, str(examples_path),
                          str(out_path), True)
 

@@ -1,4 +1,4 @@
-"""Entropy-weighted SFT, DPO and KTO losses (EAST, arXiv 2503.23913, section 2 of docs/EAST.md). Pure torch.
+"""Entropy-weighted SFT, DPO and KTO losses (EAST, arXiv 2503.23913; docs/method.md section 3). Pure torch.
 
 Every loss is computed per example, multiplied by that example's weight w_i, and reduced once, by
 `weighted_batch_loss`: sum_i w_i * loss_i / B with B the global batch size. Nothing here knows about ranks or
@@ -148,7 +148,7 @@ def kto_reference_point(kl_logratio_sum: torch.Tensor | float, kl_count: torch.T
     """KTO's z0 = max(0, mean_j [log pi(y'_j|x_j) - log ref(y'_j|x_j)]) over mismatched pairs, detached.
 
     The caller sums the log-ratios and counts the pairs over the whole global batch (all micro-batches, all ranks)
-    so z0 does not depend on how the batch is split. The KL estimate is not weighted (EAST.md 1.7).
+    so z0 does not depend on how the batch is split. The KL estimate is not weighted (docs/method.md section 1, step 7).
     """
     s = torch.as_tensor(kl_logratio_sum, dtype=torch.float32).detach()
     n = torch.as_tensor(kl_count, dtype=torch.float32).clamp(min=1)

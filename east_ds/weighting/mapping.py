@@ -1,13 +1,13 @@
 """The EAST core: grade and cluster each question's answers, entropy, filters, and the mapping function.
 
-Pure: imports no Ray, vLLM, DeepSpeed or torch. EAST.md section 1, steps 2-6:
+Pure: imports no Ray, vLLM, DeepSpeed or torch. docs/method.md section 1, steps 2-6, and section 2:
 
     p_k  = |cluster k| / n                                 (answers of one question, clustered)
     h(x) = - sum_k p_k log p_k                             (natural log; any base cancels in f)
     f(h_i; a) = h_i^a * N / sum_j h_j^a                    (over the N questions that survive the filter)
 
 A question is dropped when every response is wrong (nothing to learn) or every response is correct (h = 0,
-which a < 0 could not raise to a power). The baselines of EAST.md section 3 use the same normalisation with a
+which a < 0 could not raise to a power). The baselines of docs/method.md section 4 use the same normalisation with a
 different uncertainty value: accuracy-based 1 - A(x), rejected-based R(x), perplexity-based mean token NLL.
 """
 
@@ -93,7 +93,7 @@ def question_stats(cluster_ids: Sequence[int], correct: Sequence[bool]) -> dict:
 
 
 def drop_reason(stats: dict) -> str:
-    """Why a question is filtered out ('' when kept): 'all_wrong' or 'all_correct' (EAST.md step 5)."""
+    """Why a question is filtered out ('' when kept): 'all_wrong' or 'all_correct' (docs/method.md, step 5)."""
     if stats["n_correct"] == 0:
         return "all_wrong"
     if stats["n_correct"] == stats["n"]:
@@ -102,7 +102,7 @@ def drop_reason(stats: dict) -> str:
 
 
 def uncertainty(questions: pd.DataFrame, value: str) -> np.ndarray:
-    """The per-question value the mapping function raises to the power a (EAST.md sections 1 and 3)."""
+    """The per-question value the mapping function raises to the power a (docs/method.md sections 2 and 4)."""
     if value == "entropy":
         return questions["entropy"].to_numpy(dtype=np.float64)
     if value == "accuracy":

@@ -1,4 +1,4 @@
-"""Choosing the training examples of each kept question (EAST.md section 1, step 7). Pure.
+"""Choosing the training examples of each kept question (docs/method.md section 1, step 7). Pure.
 
 - SFT: one randomly chosen correct response per question (the reference behaviour), or all distinct correct ones.
 - DPO: chosen = a random correct response; rejected = a random response from the most frequent wrong-answer
