@@ -7,6 +7,10 @@ problem listed at once (exit status 1 when there is any). No engine or trainer i
     data      train and test present and readable, the share of rows whose gold answer parses, how many
               prompts would be skipped as too long for max_model_len - max_new_tokens
     training  the DeepSpeed config and the batch arithmetic (micro x accumulation x ranks = global)
+    memory    each trainer rank's GPU memory (ZeRO stage, offload, ranks, dtype, micro-batch x max_len, a
+              sleeping colocated engine) against the GPU's, with the settings that would fit
+              (east_ds.checks.memory); the GPU's memory from torch.cuda, --gpu-memory-gib or
+              EAST_DS_GPU_MEMORY_GIB, else not compared
     disk      free space under output_dir for one iteration: the policy checkpoint (parameters x dtype) plus
               the DeepSpeed checkpoint with its optimizer state while training
     cluster   (`check` only) Ray reachable, or a local one; the GPUs and CPUs the placement needs against what is
@@ -26,11 +30,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from east_ds.checks.memory import ModelShape, check_run, model_shape, module_param_counts
 from east_ds.config import ConfigError, RunConfig, check_batch_sizes, load_config
 from east_ds.data.prep import SPECS, parsable_rows
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-AREAS = ("config", "model", "data", "training", "disk", "cluster")
+AREAS = ("config", "model", "data", "training", "memory", "disk", "cluster")
 
 
 class PreflightError(ConfigError):
@@ -67,6 +72,7 @@ class ModelFacts:
     tokenizer: object = None
     context: int | None = None  # the model's context length, None when its config does not say
     params: int | None = None  # parameter count
+    shape: ModelShape | None = None  # what the GPU memory estimate needs (east_ds.checks.memory)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -116,13 +122,17 @@ def check_model(cfg: RunConfig, report: Report) -> ModelFacts:
 
         with torch.device("meta"):  # shapes only: no memory, no weights read
             model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=cfg.model.trust_remote_code)
-        facts.params = sum(p.numel() for p in model.parameters())
+        facts.params, largest = module_param_counts(model)
     except Exception as e:
         report.problem("model", f"{cfg.model.path}: not a causal LM transformers can build "
                                 f"({type(e).__name__}: {e})")
     else:
         report.note("model", f"{cfg.model.path}: {facts.params / 1e6:,.1f}M parameters, context "
                              f"{facts.context or 'not stated'}")
+        try:
+            facts.shape = model_shape(hf_config, facts.params, largest)
+        except ValueError as e:
+            report.note("memory", f"not estimated: {e}")
     return facts
 
 
@@ -239,13 +249,21 @@ def check_disk(cfg: RunConfig, facts: ModelFacts, report: Report) -> None:
         report.note("disk", msg)
 
 
-def cheap_checks(cfg: RunConfig, report: Report | None = None) -> Report:
+def check_memory(cfg: RunConfig, facts: ModelFacts, report: Report, gpu_memory_gib: float | None = None) -> None:
+    """Each trainer rank's GPU memory against the GPU's (east_ds.checks.memory.check_run)."""
+    if facts.shape is not None:
+        kind, message = check_run(cfg, facts.shape, gpu_memory_gib)
+        (report.problem if kind == "problem" else report.note)("memory", message)
+
+
+def cheap_checks(cfg: RunConfig, report: Report | None = None, gpu_memory_gib: float | None = None) -> Report:
     """Every check but the cluster's, on a parsed config."""
     report = report or Report()
     facts = check_model(cfg, report)
     report.params = facts.params
     check_data(cfg, facts, report)
     check_training(cfg, report)
+    check_memory(cfg, facts, report, gpu_memory_gib)
     check_disk(cfg, facts, report)
     return report
 
@@ -310,6 +328,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML run config (see configs/)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, as for `east-ds run`")
     p.add_argument("--no-cluster", action="store_true", help="skip the cluster checks (no Ray)")
+    p.add_argument("--gpu-memory-gib", type=float, default=None, help="the training GPUs' memory in GiB for the "
+                   "memory check (else EAST_DS_GPU_MEMORY_GIB, else the smallest GPU torch.cuda sees here)")
     p.add_argument("--smoke", action="store_true", help="instead of the checks, run each GPU path once on tiny "
                    "models (east_ds/checks/smoke.py): one row per path, passed / FAILED / skipped")
     p.add_argument("--logical-gpus", type=int, default=None, help="with --smoke on a machine without GPUs: start a "
@@ -352,7 +372,7 @@ def main(args: argparse.Namespace) -> int:
     if cfg is not None:
         report.note("config", f"{args.config}: run {cfg.run_dir}, {cfg.iterations} iteration(s), "
                               f"{cfg.training.loss}, a = {cfg.weighting.a}")
-        cheap_checks(cfg, report)
+        cheap_checks(cfg, report, args.gpu_memory_gib)
         if not args.no_cluster:
             check_cluster(cfg, report)
     print(f"east-ds check {args.config}")
