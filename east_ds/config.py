@@ -137,6 +137,9 @@ class PlacementConfig:
     # and ignore trainer_resources.
     engine_resources: dict[str, float] = field(default_factory=dict)
     trainer_resources: dict[str, float] = field(default_factory=dict)
+    offload_cpus_per_rank: int | None = None  # CPUs (and threads) of each trainer rank whose DeepSpeed config
+    # offloads the optimizer (ds_configs/*_offload.json: CPUAdam steps on the CPU); null: each GPU's share of its
+    # node's CPUs less one (device_plan.trainer_rank_cpus); ranks that do not offload take one CPU
 
 
 @dataclass(frozen=True)

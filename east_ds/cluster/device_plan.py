@@ -14,7 +14,7 @@ This module imports nothing heavy (no torch, Ray, vLLM or DeepSpeed).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 WORKER_EXTENSION = "east_ds.rollout.vllm_engine.EastWorkerExtension"  # vLLM worker mixin with east_ds's update methods
 SPLIT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM 0.32's own default (CacheConfig.gpu_memory_utilization): the engine
@@ -25,9 +25,11 @@ COLOCATED_GPU_MEMORY_UTILIZATION = 0.5  # verl's rollout default when the traine
 # ----------------------------------------------------------------------------------------------------------------
 # The environment actors see
 
-ACTOR_ENV_PREFIXES = ("VLLM_", "DS_", "TORCH_", "OMP_", "TOKENIZERS_", "HF_", "PYTHONPATH")
+ACTOR_ENV_PREFIXES = ("VLLM_", "DS_", "TORCH_", "OMP_", "TOKENIZERS_", "HF_", "PYTHONPATH",
+                      "NCCL_", "GLOO_SOCKET_IFNAME")  # the network settings of NCCL and gloo travel too
 NODE_SPECIFIC = ("VLLM_HOST_IP", "VLLM_HOST_PORT", "VLLM_CPU_OMP_THREADS_BIND", "DS_ACCELERATOR",
-                 "TORCH_EXTENSIONS_DIR", "OMP_NUM_THREADS")
+                 "TORCH_EXTENSIONS_DIR", "OMP_NUM_THREADS",
+                 "NCCL_HOSTID", "NCCL_COMM_ID")  # one host's identity; one job's rendezvous address
 NEVER_SHIPPED = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # secrets: a runtime_env is shown on Ray's dashboard
 
 
@@ -35,11 +37,17 @@ def actor_env(driver_env: Mapping[str, str], joining_cluster: bool, job_env: Map
     """The env_vars of the runtime_env the driver gives every actor it starts.
 
     The driver's settings of east_ds's stack (VLLM_*, DS_*, TORCH_*, OMP_*, TOKENIZERS_*, HF_*) travel with it, but
-    never its secrets. Joining a running cluster, values that describe the driver's own node stay home: its IP as
+    never its secrets. So do NCCL's (NCCL_*: socket interface, InfiniBand, debug) and gloo's interface
+    (GLOO_SOCKET_IFNAME): the GPU nodes of one cluster are alike, the driver's shell is where a user sets them
+    for a run, and a wrong interface fails at once in NCCL's bootstrap where a dropped one fails silently (NCCL
+    picks another interface, slow or stuck). A cluster whose nodes differ sets them at each node's `ray start`
+    and not in the driver's shell. CUDA_VISIBLE_DEVICES and Ray's RAY_* never travel (Ray sets them per actor).
+    Joining a running cluster, values that describe the driver's own node stay home: its IP as
     vLLM sees it (vLLM itself refuses to copy VLLM_HOST_IP to its workers), its core binding, a DeepSpeed
-    accelerator forced to the CPU, a build directory inside its venv, and its thread count; each node's own
-    environment (from `ray start`) holds those. Inside a Ray job, keys the job's runtime_env already sets are left
-    to it (Ray refuses to merge two runtime_envs that set the same key)."""
+    accelerator forced to the CPU, a build directory inside its venv, its thread count, NCCL's host identity and
+    a NCCL rendezvous address; each node's own environment (from `ray start`) holds those. Inside a Ray job, keys
+    the job's runtime_env already sets are left to it (Ray refuses to merge two runtime_envs that set the same
+    key)."""
     job_env = job_env or {}
     out = {}
     for k, v in driver_env.items():
@@ -66,6 +74,65 @@ def jit_build_path(path: str, executable: str, exists=None) -> str:
         return path
     rest = [p for p in path.split(os.pathsep) if p and p != bindir]
     return os.pathsep.join([bindir, *rest])
+
+
+NOSET_CUDA_VISIBLE_DEVICES = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"  # Ray leaves every GPU visible
+
+
+def trainer_local_rank(env: Mapping[str, str], gpu_ids: Sequence[str | int], default: int = 0) -> int:
+    """The CUDA device index (LOCAL_RANK: DeepSpeed sets its device from it) of a trainer rank whose actor Ray
+    gave the GPU(s) `gpu_ids` (`ray.get_gpu_ids()`), in a process whose environment is `env`.
+
+    Ray normally narrows CUDA_VISIBLE_DEVICES to the actor's own GPU, so every rank is device 0 (`default`). With
+    RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES set at `ray start` (parsed as Ray does: "1" or "true") Ray leaves
+    the node's devices visible, and device 0 would put every rank of a node on the same GPU; the rank then uses
+    its assigned GPU, as OpenRLHF does. Ray reports the ids of a node started with CUDA_VISIBLE_DEVICES as
+    entries of that list, so the device index is the id's position in it, or the id itself when it is unset."""
+    if env.get(NOSET_CUDA_VISIBLE_DEVICES, "").lower() not in ("1", "true") or not gpu_ids:
+        return default
+    ids = sorted({str(g) for g in gpu_ids})
+    if len(ids) > 1:
+        raise ValueError(f"a trainer rank holds one GPU; Ray assigned {ids}")
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return int(ids[0])
+    devices = [d.strip() for d in visible.split(",") if d.strip()]
+    if ids[0] not in devices:
+        raise ValueError(f"{NOSET_CUDA_VISIBLE_DEVICES} is set and Ray assigned GPU {ids[0]}, which "
+                         f"CUDA_VISIBLE_DEVICES={visible!r} of this process does not list; start Ray without "
+                         f"{NOSET_CUDA_VISIBLE_DEVICES}, or with the same CUDA_VISIBLE_DEVICES on every process")
+    return devices.index(ids[0])
+
+
+def optimizer_offloaded(ds_config: Mapping[str, Any]) -> bool:
+    """Whether a DeepSpeed config (its JSON) offloads the optimizer (to the CPU or NVMe): then DeepSpeed's CPUAdam
+    takes each step on the CPU (training.engine.build_ds_config reads the same key)."""
+    zero = ds_config.get("zero_optimization") or {}
+    return (zero.get("offload_optimizer") or {}).get("device", "none") not in ("none", None)
+
+
+def trainer_rank_cpus(offloading: bool, configured: int | None,
+                      gpu_nodes: Sequence[tuple[float, float]]) -> int:
+    """CPUs each trainer rank asks Ray for, and the threads it runs (OMP_NUM_THREADS, torch): one unless the
+    optimizer is offloaded; then `configured` (placement.offload_cpus_per_rank) when set, else each GPU's share
+    of the CPUs of the GPU node with the fewest per GPU (`gpu_nodes`: (CPUs, GPUs) of each node with GPUs),
+    less one: the CPU that the engine's bundle keeps beside each GPU. A node holds at most one rank per GPU and
+    may hold engine bundles too, so that share fits wherever Ray puts the bundles. No GPU nodes: one."""
+    if configured is not None and configured < 1:
+        raise ValueError(f"placement.offload_cpus_per_rank must be at least 1, got {configured}")
+    if not offloading:
+        return 1
+    if configured is not None:
+        return configured
+    shares = [int(cpus // gpus) for cpus, gpus in gpu_nodes if gpus > 0]
+    return max(1, min(shares) - 1) if shares else 1
+
+
+def rank_thread_env(rank_cpus: int) -> dict[str, str]:
+    """env_vars for a trainer rank actor of `rank_cpus` CPUs. Ray sets OMP_NUM_THREADS=floor(num_cpus) only when
+    the worker's environment has none (a local Ray's driver ships its core count), so a rank of more than one
+    CPU sets it itself; a one-CPU rank keeps what it finds."""
+    return {"OMP_NUM_THREADS": str(rank_cpus)} if rank_cpus > 1 else {}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ when (Placement). Whether every node sees the run's files: storage.py.
 
 The needs mirror what rollout/engine_pool.py and training/actors.py ask Ray for:
 - on a cluster with GPUs the engines hold one placement group of `num_engines * tensor_parallel_size` bundles
-  `{GPU: 1, CPU: 1}`, PACK. `colocated`: trainer rank r sits on the engines' bundle r with half its GPU and one
-  more CPU, so the shared bundles are `{GPU: 1, CPU: 2}` and the trainer asks for nothing else. `split`: the
-  ranks hold a placement group of their own, `{GPU: 1, CPU: 1}` per rank, PACK.
-- without GPUs engines and ranks are plain actors of one CPU each (no placement group).
+  `{GPU: 1, CPU: 1}`, PACK. `colocated`: trainer rank r sits on the engines' bundle r with half its GPU and its
+  CPUs (c, below), so the shared bundles are `{GPU: 1, CPU: 1 + c}` and the trainer asks for nothing else.
+  `split`: the ranks hold a placement group of their own, `{GPU: 1, CPU: c}` per rank, PACK.
+- without GPUs engines are plain actors of one CPU each, ranks of c CPUs (no placement group).
+c, a trainer rank's CPUs, is 1 unless its DeepSpeed config offloads the optimizer (trainer_rank_cpus).
 
 Ray is imported inside the functions, so importing this module stays cheap.
 """
@@ -23,10 +24,12 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from east_ds.config import ConfigError, PlacementConfig, RolloutConfig, RunConfig, TrainConfig
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARE = 0.5  # GPU fraction of an engine actor and of a trainer rank on a shared (colocated) bundle
 
 
@@ -80,26 +83,62 @@ def fmt_resources(res: Mapping[str, float]) -> str:
 
 
 def placement_needs(rollout: RolloutConfig, training: TrainConfig, placement: PlacementConfig,
-                    cluster_gpus: float) -> list[Need]:
+                    cluster_gpus: float, rank_cpus: int | None = None) -> list[Need]:
     """What the engines (num_engines x tensor_parallel_size) and the trainer ranks ask Ray for under
-    `placement.mode` on a cluster advertising `cluster_gpus` GPUs (see the module docstring).
+    `placement.mode` on a cluster advertising `cluster_gpus` GPUs (see the module docstring). `rank_cpus`: each
+    trainer rank's CPUs; None: trainer_rank_cpus (which asks Ray for the nodes' shape only when it must).
 
     Raises ConfigError when colocated training has more ranks than the engines have GPUs to share."""
     engine_gpus = rollout.num_engines * rollout.tensor_parallel_size
     ranks = training.num_ranks
+    c = float(rank_cpus if rank_cpus is not None else trainer_rank_cpus(training, placement, cluster_gpus))
     eng, trn = dict(placement.engine_resources), dict(placement.trainer_resources)  # custom resources, per actor
     if cluster_gpus <= 0:
         return [Need("rollout engines", [{"CPU": 1.0, **eng}] * rollout.num_engines, ""),
-                Need("trainer ranks", [{"CPU": 1.0, **trn}] * ranks, "")]
+                Need("trainer ranks", [{"CPU": c, **trn}] * ranks, "")]
     if placement.mode == "colocated":  # the ranks sit on the engines' bundles and ask for nothing of their own
         if ranks > engine_gpus:
             raise ConfigError(f"placement.mode=colocated: training.num_ranks ({ranks}) must be at most the engines' "
                               f"GPUs (rollout.num_engines x rollout.tensor_parallel_size = {engine_gpus})")
-        shared = ([{"GPU": 1.0, "CPU": 2.0, **eng}] * ranks
+        shared = ([{"GPU": 1.0, "CPU": 1.0 + c, **eng}] * ranks
                   + [{"GPU": 1.0, "CPU": 1.0, **eng}] * (engine_gpus - ranks))
         return [Need("rollout engines + trainer ranks", shared, "PACK")]
     return [Need("rollout engines", [{"GPU": 1.0, "CPU": 1.0, **eng}] * engine_gpus, "PACK"),
-            Need("trainer ranks", [{"GPU": 1.0, "CPU": 1.0, **trn}] * ranks, "PACK")]
+            Need("trainer ranks", [{"GPU": 1.0, "CPU": c, **trn}] * ranks, "PACK")]
+
+
+def deepspeed_json(path: str) -> dict:
+    """The DeepSpeed JSON `training.deepspeed_config` names, looked up as training.engine.resolve_path does (as
+    given, else from the repository root) without importing the engine; {} when there is none (training then
+    fails with its own error naming the path)."""
+    import json
+
+    p = Path(path)
+    if not (p.is_file() or p.is_absolute()):
+        p = REPO_ROOT / p
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def trainer_rank_cpus(training: TrainConfig, placement: PlacementConfig, cluster_gpus: float) -> int:
+    """CPUs (and threads) of each trainer rank: device_plan.trainer_rank_cpus for this config, on the GPU nodes
+    Ray reports (asked only when the optimizer is offloaded, the config leaves the count to the cluster and the
+    cluster has GPUs). Raises ConfigError for a count below one."""
+    from east_ds.cluster import device_plan as plan
+
+    offloading = plan.optimizer_offloaded(deepspeed_json(training.deepspeed_config))
+    configured = placement.offload_cpus_per_rank
+    nodes: list[tuple[float, float]] = []
+    if offloading and configured is None and cluster_gpus > 0:
+        from east_ds.cluster.ray_utils import gpu_node_shapes
+
+        nodes = gpu_node_shapes()
+    try:
+        return plan.trainer_rank_cpus(offloading, configured, nodes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def shortfall(needs: Sequence[Need], free: Mapping[str, float], have: str = "free") -> list[str]:
@@ -162,7 +201,8 @@ def bundle_nodes(pg: Any) -> dict[int, str]:
 
 def actor_location() -> dict:
     """Where the calling Ray actor or task runs, as Ray sees it from inside: node, placement group, the resources
-    and GPU ids Ray assigned, CUDA_VISIBLE_DEVICES, and whether this process has a CUDA device."""
+    and GPU ids Ray assigned, CUDA_VISIBLE_DEVICES, whether this process has a CUDA device, and its threads
+    (torch's intra-op threads and OMP_NUM_THREADS)."""
     import ray
     import torch
 
@@ -170,7 +210,8 @@ def actor_location() -> dict:
     return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "placement_group": ctx.get_placement_group_id(), "resources": ctx.get_assigned_resources(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "cuda_visible_devices":
-            os.environ.get("CUDA_VISIBLE_DEVICES"), "cuda": torch.cuda.is_available(), "pid": os.getpid()}
+            os.environ.get("CUDA_VISIBLE_DEVICES"), "cuda": torch.cuda.is_available(), "pid": os.getpid(),
+            "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def device_memory() -> dict:
@@ -254,7 +295,8 @@ class Placement:
         if not gpus:  # the pool runs at most cores // tensor_parallel_size vLLM-CPU engines
             rollout = dataclasses.replace(rollout, num_engines=min(
                 rollout.num_engines, max(1, (os.cpu_count() or 1) // rollout.tensor_parallel_size)))
-        self.needs = placement_needs(rollout, cfg.training, cfg.placement, gpus)
+        self.rank_cpus = trainer_rank_cpus(cfg.training, cfg.placement, gpus)
+        self.needs = placement_needs(rollout, cfg.training, cfg.placement, gpus, self.rank_cpus)
         self.num_engines, self.tensor_parallel_size = rollout.num_engines, rollout.tensor_parallel_size
         if cfg.rollout.weight_sync == "broadcast" and self.colocated:
             raise ConfigError("rollout.weight_sync=broadcast needs placement.mode=split on a cluster with GPUs: "
@@ -304,12 +346,12 @@ class Placement:
     def trainer_options(self) -> dict:
         """TrainerGroup keyword arguments."""
         if self.colocated:
-            shared = Need("trainer ranks (on the engines' bundles)", [{"GPU": self.SHARE, "CPU": 1.0}] * self.ranks,
-                          "")
+            shared = Need("trainer ranks (on the engines' bundles)",
+                          [{"GPU": self.SHARE, "CPU": float(self.rank_cpus)}] * self.ranks, "")
             return {"num_gpus_per_rank": self.SHARE, "placement_group": self.pool.placement_group, "need": shared,
-                    "schedule_timeout_s": self.timeout}
+                    "schedule_timeout_s": self.timeout, "num_cpus_per_rank": self.rank_cpus}
         return {"num_gpus_per_rank": 1 if self.gpus else 0, "need": self.needs[-1],
-                "schedule_timeout_s": self.timeout}
+                "schedule_timeout_s": self.timeout, "num_cpus_per_rank": self.rank_cpus}
 
     def before_training(self) -> None:
         if self.colocated and not self.asleep:

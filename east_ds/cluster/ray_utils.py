@@ -62,6 +62,14 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
+def gpu_node_shapes() -> list[tuple[float, float]]:
+    """(CPUs, GPUs) that each alive node with GPUs advertises (device_plan.trainer_rank_cpus)."""
+    import ray
+
+    return [(float(n["Resources"].get("CPU", 0)), float(n["Resources"]["GPU"])) for n in ray.nodes()
+            if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
+
+
 def _job_env() -> dict:
     """The env_vars of the Ray job's own runtime_env when this driver runs as a Ray job, else {}."""
     import json

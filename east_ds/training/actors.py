@@ -22,6 +22,7 @@ import time
 
 import ray
 
+from east_ds.cluster.device_plan import rank_thread_env
 from east_ds.cluster.placement import Need, wait_placement_group, wait_scheduled
 from east_ds.config import ModelConfig, TrainConfig, check_batch_sizes
 
@@ -30,8 +31,18 @@ from east_ds.config import ModelConfig, TrainConfig, check_batch_sizes
 class TrainRank:
     """One training rank. Everything heavy is imported inside the actor."""
 
-    def __init__(self, rank: int, world_size: int, local_rank: int):
-        self.rank, self.world, self.local_rank = rank, world_size, local_rank
+    def __init__(self, rank: int, world_size: int, local_rank: int, threads: int | None = None):
+        """`local_rank`: the CUDA device index when Ray narrows CUDA_VISIBLE_DEVICES to this actor's GPU (0);
+        under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES the GPU Ray assigned (device_plan.trainer_local_rank).
+        `threads`: torch's intra-op threads (an offloading rank's CPUs; its OMP_NUM_THREADS says the same)."""
+        from east_ds.cluster.device_plan import trainer_local_rank
+
+        self.rank, self.world = rank, world_size
+        self.local_rank = trainer_local_rank(os.environ, ray.get_gpu_ids(), default=local_rank)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         self.started_at = time.time()  # wall clock, for placement.json: when this rank's process was up
         self._events: list[dict] = []
         self._store = None  # rank 0's TCP store of the process group (open_store)
@@ -44,7 +55,8 @@ class TrainRank:
         from east_ds.cluster.placement import actor_location
 
         backend = dist.get_backend() if dist.is_initialized() else None
-        return {"rank": self.rank, "backend": backend, "started_at": self.started_at, **actor_location()}
+        return {"rank": self.rank, "local_rank": self.local_rank, "backend": backend, "started_at": self.started_at,
+                **actor_location()}
 
     def device_memory(self) -> dict:
         """This rank's GPU memory in bytes (cluster.device_memory); {} without CUDA."""
@@ -87,10 +99,13 @@ class TrainRank:
 
     def init_group(self, addr: str, port: int) -> int:
         """Join the process group whose store rank 0 opened at addr:port (`open_store`)."""
+        import torch
         import torch.distributed as dist
 
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK=str(self.local_rank),
                           MASTER_ADDR=addr, MASTER_PORT=str(port))
+        if torch.cuda.is_available():  # the group's NCCL collectives and DeepSpeed's device: this rank's GPU
+            torch.cuda.set_device(self.local_rank)
         from east_ds.training import engine as te
         store = self._store if self.rank == 0 else dist.TCPStore(addr, port, self.world, is_master=False)
         rank, _ = te.init_distributed(store)
@@ -136,7 +151,7 @@ class TrainerGroup:
 
     def __init__(self, model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, num_ranks: int,
                  num_gpus_per_rank: float = 0, placement_group=None, need: Need | None = None,
-                 schedule_timeout_s: float = 300.0, resources: dict | None = None):
+                 schedule_timeout_s: float = 300.0, resources: dict | None = None, num_cpus_per_rank: int = 1):
         """Where the ranks go:
         - `placement_group` (colocated placement): rank r on bundle r of that group (the engines'), taking
           `num_gpus_per_rank` of its GPU, so the trainer shares the GPUs the rollout engines hold;
@@ -146,16 +161,19 @@ class TrainerGroup:
         A placement group or rank not scheduled within `schedule_timeout_s` raises cluster.SchedulingTimeout
         (naming `need`, what was asked) after killing what was started. `resources`: custom Ray resources each
         rank asks for (placement.trainer_resources; part of `need`'s bundles when the ranks have a placement group
-        of their own); ranks on the engines' bundles ask for none."""
+        of their own); ranks on the engines' bundles ask for none. `num_cpus_per_rank`: each rank's CPUs and
+        threads (cluster.Placement.rank_cpus: more than one when the optimizer is offloaded)."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.model_path, self.train_cfg, self.model_cfg = model_path, train_cfg, model_cfg
         check_batch_sizes(train_cfg, num_ranks)  # fail before starting actors
-        opts = {"num_cpus": 1, "num_gpus": num_gpus_per_rank}
+        opts: dict = {"num_cpus": num_cpus_per_rank, "num_gpus": num_gpus_per_rank}
+        if thread_env := rank_thread_env(num_cpus_per_rank):  # Ray's own OMP_NUM_THREADS may be set already
+            opts["runtime_env"] = {"env_vars": thread_env}
         if resources and placement_group is None:
             opts["resources"] = dict(resources)
-        rank = {"CPU": 1.0, **({"GPU": float(num_gpus_per_rank)} if num_gpus_per_rank else {}),
-                **opts.get("resources", {})}
+        rank = {"CPU": float(num_cpus_per_rank),
+                **({"GPU": float(num_gpus_per_rank)} if num_gpus_per_rank else {}), **opts.get("resources", {})}
         self.need = need or Need("trainer ranks", [rank] * num_ranks, "")
         self._own_pg = None
         if placement_group is not None:
@@ -174,8 +192,10 @@ class TrainerGroup:
             return {**opts, "scheduling_strategy": PlacementGroupSchedulingStrategy(
                 placement_group=placement_group, placement_group_bundle_index=r)}
 
-        # LOCAL_RANK 0 on each actor: Ray sets CUDA_VISIBLE_DEVICES to the actor's own GPU(s).
-        self.actors = [TrainRank.options(**options(r)).remote(r, num_ranks, 0) for r in range(num_ranks)]
+        # LOCAL_RANK 0 on each actor: Ray sets CUDA_VISIBLE_DEVICES to the actor's own GPU(s) (unless told not to:
+        # TrainRank then takes the GPU Ray assigned).
+        threads = num_cpus_per_rank if thread_env else None
+        self.actors = [TrainRank.options(**options(r)).remote(r, num_ranks, 0, threads) for r in range(num_ranks)]
         try:
             wait_scheduled([a.where.remote() for a in self.actors], self.need, schedule_timeout_s)
             addr, port = ray.get(self.actors[0].open_store.remote())
