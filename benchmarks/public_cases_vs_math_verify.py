@@ -1,5 +1,5 @@
-"""Score east and math-verify on every grading table: the public graders' cases, the broader shapes table and
-the generated table (MATH golds rewritten into equivalent and different forms).
+"""Score east and math-verify on every grading table: the public graders' cases (both sets), the broader shapes
+table and the generated table (MATH golds rewritten into equivalent and different forms).
 
     .venv/bin/python benchmarks/public_cases_vs_math_verify.py [-v] [--golds N] [--data DIR]
 
@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from grading_variants import rows, sample_golds  # noqa: E402
 from test_grading_public_cases import CASES, CONTESTED, _row  # noqa: E402
 from test_grading_public_cases import check as check_public  # noqa: E402
+from test_grading_public_cases_2 import CASES as CASES_2  # noqa: E402
+from test_grading_public_cases_2 import UNSCORED as UNSCORED_2  # noqa: E402
 from test_grading_shapes import EAST_ONLY, SHAPES  # noqa: E402
 from test_grading_shapes import check as check_shape  # noqa: E402
 
@@ -75,6 +77,8 @@ def main() -> None:
 
     score("public cases", [_row(c) for c in CASES], check_public, args.v)
     score("contested", [_row(c) for c in CONTESTED], check_public, args.v)
+    score("public cases, round 2 (issue 26)", CASES_2, check_public, args.v)
+    score("round 2, unscored (dataset conventions)", UNSCORED_2, check_public, args.v)
     shapes = [(k, p, g, exp, shape) for shape, rs in SHAPES.items() for k, p, g, exp in rs]
     score("shapes table", shapes, check_shape, args.v)
     score("east-only principle (not counted)", [(*r, "east principle 3") for r in EAST_ONLY], check_shape, args.v)

@@ -240,6 +240,12 @@ HOSTILE = [
     "1 < x < " * 1000, "\\begin{pmatrix}1\\end{pmatrix}+" * 1000, " or " * 10000, "\\{1\\}\\cup" * 2000,
     "\\{x \\mid " * 1000, "(1,2) or " * 200, "m=1,n=3; " * 150, "2 \\le |w| \\le " * 300, "2or" * 3000,
     "$" + "\\boxed{1}$ $" * 3000, "\\boxed{1} and " * 20 + "Final Answer: " * 2000,
+    # the shapes of issue 26: program syntax, mixed numbers, special tokens, misspelt boxes, phrases, set operations
+    "2**" * 3000 + "2", "(" * 3000 + "sqrt(" * 2000 + "1", "x = " + "-1 + sqrt(3) " * 2000, "1\\frac12" * 500,
+    "<|im_end|>" * 50000, "<|im_start|>" * 50000 + "5", "\\beginboxed{" * 20000 + "1", "答案是" * 20000 + "5",
+    "x<1 \\cup " * 1000, "{1,2} \\setminus " * 500, "1,2;" * 5000, "|" * 10000 + "x", "xy^" * 3000 + "2",
+    "e^{i\\pi} = " * 500 + "-1", "\\cos(x) = " * 300 + "1", "5" + "\\" * 10000, "\\sqrt{}" * 5000,
+    "10" + "weeks" * 20000, "1 \\approx " * 3000 + "1", "réponse est " * 5000,
 ]
 
 # Pairs of long symbolic lists: set comparison must not go quadratic in sympy comparisons.

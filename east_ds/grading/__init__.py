@@ -20,14 +20,22 @@ Principles (applied the same way to the prediction and the gold, in `extract`, `
    one counted word (`\boxed{3} cats and \boxed{4} dogs`) or a label (`x = \boxed{2} or x = \boxed{3}`) are one
    answer; a repeated box counts once. A "Final Answer" sentence written a few sentences after the last box
    wins over it. Then `####`, "the answer is", the last math span, a text that is nothing but an answer
-   (`.75`, `2 500`, `\dfrac{7}{3}`), and last the last number.
+   (`.75`, `2 500`, `\dfrac{7}{3}`), the expression in program syntax around the last number (`-1 + sqrt(3)`),
+   and last the last number. The phrase may be in another language ("答案是", "la réponse est", "Ответ:"); an
+   end-of-text token (`<|im_end|>`, `</s>`) ends the response; a misspelt box (`\beginboxed{}`) is a box.
 2. Spelling does not count. `\dfrac`/`\frac`/`a/b`/decimals; spacing commands (`\!`, `\,`, `\;`, `\quad`);
    text that was JSON-escaped twice (`\\frac`); `\left`/`\right`; units, degrees, currency, ordinals, thousands
    separators (`1,000`, `1\,000`, `1{,}000`), also inside lists (`3 cm, 4 cm`); number words up to twenty.
+   Decoration after the answer: a unit glued to it (`10weeks`), a stray trailing `\`, the rounding after an exact
+   value (`\frac{\sqrt3}{3} \approx 0.577` is the exact value); an empty `\sqrt{}` takes what follows; an
+   answer phrase before a bare answer ("answer is 0.25 + 3") is not part of it.
 3. A named value is its value. `label = value` equals `value` when the label only names a quantity: a variable,
    `y_1`, `PQ`, `f(2)`, `|PQ|`, `A:B`, `\frac{AM}{MB}`, `(p, q)`. `2x = 6`, `x^2 = 4`, `a + b = 5` are equations
    (compared as equations, up to a nonzero factor), and `7 = 11a + c` is not `11a + c`. In a chain
-   `a = b = c`, and in `constant = constant` (a computation), the value is the last side.
+   `a = b = c`, and in `constant = constant` (a computation: `e^{i\pi} = -1`), the value is the last side, as
+   it is after an operator that computes a number (`\lim_{x \to 0} .. = 1`, `\det A = 3`); `2 = x` is 2. A
+   function or operator applied to something never names a value: `\cos(x) = \frac{42}{59}` is an equation in x
+   (it is not `\sin(x) = \frac{42}{59}`); against a bare value it is the value asked for under its name.
 4. Order. Tuples `(a, b)`, intervals and matrices are ordered; sets `\{..\}`, bare lists `a, b`, `\pm` and
    alternatives are unordered, and a set counts each member once. Assignments keep the order written:
    `x = 2, y = 3` is the tuple (2, 3), compared name by name with another list of the same names. The same name
@@ -38,11 +46,19 @@ Principles (applied the same way to the prediction and the gold, in `extract`, `
 6. A set is a set however written. An interval, a union of intervals, a relation that bounds one variable
    (`t > 3` is (3, oo), `-1 < t < 2` is (-1, 2), `2 <= |w| <= 3` is [-3, -2] U [2, 3]), `x \in S` and
    `\{x \mid cond\}` compare as the set they describe; `\{1,2\} \cup \{5\}` and `\cap` of finite sets are
-   evaluated. A relation against a relation compares as a relation (`5 \geq x` is `x \leq 5`).
+   evaluated, and so is `\setminus`; bare braces in a set operation are a set (`{1,2} \cup {3}`). Relations or
+   intervals joined by `\cup` or "or" are a union (`x < -1 \cup x > 2`). Groups separated by `;` of equal
+   length are tuples (`1,2;3,4`). A relation against a relation compares as a relation (`5 \geq x` is `x \leq 5`).
 7. Arithmetic is evaluated, never executed: `2 + 3`, matrix sums, scalar multiples and products written out
    (`matrix_expr`), all through the bounded parser.
 8. Numbers. Exact when both are exact; a decimal with at least 4 places equals an exact value it rounds to, and
    a value equals a gold decimal it rounds to at the gold's places; a percent equals its value and its /100.
+   An integer before a proper fraction of integers is a mixed number (`2\frac58` is 21/8, not 5/4).
+9. Program syntax is mathematics in other spelling: `sqrt(3)`, `*`, and `**` as a power (`2**(1/4)` is the fourth
+   root of 2, never 2 * 1/4), read by the same bounded parser.
+10. Prose. When the mathematics finds no equality and both answers read as prose (`odd $n$`, `\text{no solution}`),
+   equal text is equal, whatever its case (for words of four letters or more), spacing, braces or `\text`.
+   A bare choice letter equals the same letter written with its content (`C` and `C. x = 42`).
 """
 
 from __future__ import annotations
@@ -208,5 +224,7 @@ def cluster_answers(answers: list[str | None], mode: str = "equivalent") -> list
 
 def clear_caches() -> None:
     """Empty the memo caches (benchmarks use this so that repeated strings do not flatter the timing)."""
-    for f in (_structure, _leaf, _norm, is_equivalent, answer_key):
+    from east_ds.grading.structure import is_constant
+
+    for f in (_structure, _leaf, _norm, is_equivalent, answer_key, is_constant):
         f.cache_clear()

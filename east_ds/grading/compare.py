@@ -165,7 +165,7 @@ def _leaf_eq(a: Leaf, b: Leaf) -> bool:
 _PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 _STYLE = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathit|mathbf|mbox|operatorname)\b|[\s{}$~]")
 _BARE_CHOICE = re.compile(r"\(?([A-E])\)?")
-_LED_CHOICE = re.compile(r"\(?([A-E])(?:\)|\.|\))\s*\S")  # `C. x = 42`, `(B) 17`: a choice and its content
+_LED_CHOICE = re.compile(r"\(?([A-E])[.)]\s+[^\s+\-*/^=]")  # `C. x = 42`, `(B) 17`: a choice and its content
 
 
 def prose_eq(a: str, b: str) -> bool:

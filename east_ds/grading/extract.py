@@ -220,7 +220,7 @@ def extract_answer(text: str) -> str | None:
     if "\x00" in text:
         text = text.replace("\x00", "")
     text = undouble_backslashes(strip_special_tokens(text))
-    if "boxed" in text:
+    if text.count("boxed") > text.count("\\boxed"):  # some `boxed` is not `\boxed`: a misspelt box?
         text = _LOOSE_BOX.sub(r"\\boxed", text)
     boxed = last_boxed(text)
     final, box = text.lower().rfind("final answer"), max(text.rfind("\\boxed"), text.rfind("\\fbox"))

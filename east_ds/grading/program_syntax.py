@@ -96,6 +96,8 @@ def last_program_expression(text: str) -> str | None:
         return None
     right = _extend(tail, k, 1)
     left = _extend(tail, k, -1) + 1
+    if right - left > 400:  # longer than any answer: not one (and keeps the trimming below cheap)
+        return None
     span = _balanced(tail[left:right])
     if len(span) > 200 or not re.search(r"\d", span):
         return None

@@ -20,6 +20,8 @@ _OPEN, _CLOSE = "([{", ")]}"
 
 def _split_top(s: str, seps: tuple[str, ...]) -> list[str]:
     """Split s on any of seps at bracket depth 0 (brackets of any kind, `\\{` included)."""
+    if not any(sep in s for sep in seps):  # nothing to split on: skip the character scan
+        return [s]
     parts, depth, last, i, n = [], 0, 0, 0, len(s)
     while i < n:
         c = s[i]
@@ -255,7 +257,7 @@ def _structure(s: str, depth: int = 0) -> tuple:
             return _structure(s[1:-1], depth + 1)
     if _THOUSANDS.fullmatch(s):  # `x = 58,500`: one number, as a whole answer `58,500` is
         return ("leaf", s.replace(",", ""))
-    rows = _semicolon_rows(s)
+    rows = _semicolon_rows(s) if ";" in s else None
     if rows is not None:  # `1,2;3,4;5,6`: groups of the same length are tuples, the set of them
         return ("list", tuple(("seq", "(", ")", tuple(_structure(c, depth + 1) for c in r)) for r in rows))
     items = [p for p in _split_top(s, (",", ";")) if p.strip()]
