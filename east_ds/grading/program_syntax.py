@@ -29,11 +29,13 @@ def strip_special_tokens(text: str) -> str:
     with its own numbers) is not the model's answer; a leading `<|im_start|>` is only noise."""
     if "<" not in text:
         return text
-    out, last = [], 0
+    out, last, content = [], 0, False
     for m in _SPECIAL.finditer(text):
-        out.append(text[last : m.start()])
+        piece = text[last : m.start()]
+        out.append(piece)
+        content = content or bool(piece.strip())  # each piece looked at once: linear in the text
         last = m.end()
-        if _END.fullmatch(m.group(0).strip("<>|｜").lower()) and "".join(out).strip():
+        if content and _END.fullmatch(m.group(0).strip("<>|｜").lower()):
             return "".join(out)
         out.append(" ")
     out.append(text[last:])
