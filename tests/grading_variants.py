@@ -86,6 +86,7 @@ def _equivalent(g: str, rng: random.Random) -> list[tuple[str, str, str]]:
         if abs(v) >= 1000:
             out += [(E, f"{v:,}", "thousands comma"), (E, f"{v:,}".replace(",", "\\,"), "thousands thin space"),
                     (G, f"{v:,}".replace(",", " "), "whole response with a thousands space")]
+    out += _round_two_equivalent(g)
     m = _FRAC.fullmatch(g)
     if m:
         q = Fraction(int(m.group(2)), int(m.group(3))) * (-1 if m.group(1) else 1)
@@ -121,6 +122,46 @@ def _equivalent(g: str, rng: random.Random) -> list[tuple[str, str, str]]:
     return out
 
 
+_RADICAL = re.compile(r"(\d*)\\sqrt\{(\d+)\}")
+
+
+def _round_two_equivalent(g: str) -> list[tuple[str, str, str]]:
+    """Issue 26's shapes that must grade equal: program syntax, mixed numbers, a reversed assignment, decoration
+    after the answer (an approximation, end-of-text tokens, a trailing backslash, a glued unit), a phrase in
+    another language."""
+    out = []
+    m = _RADICAL.fullmatch(g)
+    if m:
+        out.append((E, f"{m.group(1) or 1}*sqrt({m.group(2)})", "program syntax"))
+        out.append((G, f"print gives {m.group(1) or 1}*sqrt({m.group(2)})", "program syntax in a response"))
+    m = _FRAC.fullmatch(g)
+    if m:
+        q = Fraction(int(m.group(2)), int(m.group(3)))
+        if q.numerator > q.denominator > 1:
+            whole, rest = divmod(q.numerator, q.denominator)
+            out.append((E, f"{m.group(1)}{whole}\\frac{{{rest}}}{{{q.denominator}}}", "mixed number"))
+        out.append((E, f"{g} \\approx {float(q) * (-1 if m.group(1) else 1):.3f}", "approximation after the value"))
+    if _INT.fullmatch(g) or _FRAC.fullmatch(g) or _RADICAL.fullmatch(g):
+        out.append((E, f"{g} = x", "reversed assignment"))
+    if _INT.fullmatch(g):
+        out += [(E, f"{g}\\", "trailing backslash"), (E, f"{g}weeks", "glued unit")]
+    if "$" not in g and "\n" not in g:
+        out.append((G, f"所以，答案是 ${g}$。", "answer phrase in Chinese"))
+        out.append((G, f"The answer is $\\boxed{{{g}}}$.<|im_end|>\n<|im_start|>user\nNow 12345 + 1?", "end-of-text token"))
+    return out
+
+
+def _round_two_different(g: str, p: str) -> list[tuple[str, str, str]]:
+    """The same shapes with a changed digit p of the gold g: they must grade different."""
+    out = [(G, f"所以，答案是 ${p}$。", "answer phrase in Chinese, changed digit")] if "$" not in p else []
+    m = _RADICAL.fullmatch(p)
+    if m:
+        out.append((E, f"{m.group(1) or 1}*sqrt({m.group(2)})", "program syntax, changed digit"))
+    if _FRAC.fullmatch(g) or _INT.fullmatch(g):
+        out.append((E, f"{p} = x", "reversed assignment, changed digit"))
+    return out
+
+
 def _different(g: str, rng: random.Random) -> list[tuple[str, str, str]]:
     """(kind, pred, shape) rows that must grade different from gold g."""
     out = []
@@ -128,6 +169,7 @@ def _different(g: str, rng: random.Random) -> list[tuple[str, str, str]]:
     if p is not None and p != g:
         out += [(E, p, "changed digit"), (E, p.replace("\\", "\\\\"), "changed digit, doubled backslashes"),
                 (G, f"The answer is $\\boxed{{{p}}}$.", "changed digit in a box")]
+        out += _round_two_different(g, p)
         if "=" not in g and "<" not in g and ">" not in g:
             out.append((E, f"x = {p}", "named assignment, changed digit"))
             if "," not in g:

@@ -27,7 +27,9 @@ def test_the_table_covers_every_shape_with_both_verdicts():
     assert len(GOLDS) == 300 and len(ROWS) > 3000
     assert {"doubled backslashes", "named assignment", "boxes joined by and", "inequality for an interval",
             "whole response is the answer", "'or' list", "changed digit", "swapped tuple", "wrong interval end",
-            "list member dropped", "'or' of different alternatives"} <= shapes
+            "list member dropped", "'or' of different alternatives", "mixed number", "reversed assignment",
+            "approximation after the value", "glued unit", "answer phrase in Chinese", "end-of-text token",
+            "program syntax", "reversed assignment, changed digit", "answer phrase in Chinese, changed digit"} <= shapes
 
 
 @pytest.mark.parametrize("shape,expected", sorted(BY_SHAPE), ids=lambda v: str(v))
