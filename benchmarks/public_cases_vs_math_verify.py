@@ -27,6 +27,7 @@ from test_grading_public_cases import CASES, CONTESTED, _row  # noqa: E402
 from test_grading_public_cases import check as check_public  # noqa: E402
 from test_grading_public_cases_2 import CASES as CASES_2  # noqa: E402
 from test_grading_public_cases_2 import UNSCORED as UNSCORED_2  # noqa: E402
+from test_grading_forms import FALSE_EQUAL, ROUNDED_PREDICTION  # noqa: E402
 from test_grading_shapes import EAST_ONLY, SHAPES  # noqa: E402
 from test_grading_shapes import check as check_shape  # noqa: E402
 
@@ -79,6 +80,9 @@ def main() -> None:
     score("contested", [_row(c) for c in CONTESTED], check_public, args.v)
     score("public cases, round 2 (issue 26)", CASES_2, check_public, args.v)
     score("round 2, unscored (dataset conventions)", UNSCORED_2, check_public, args.v)
+    never = [("eq", p, g, False, "never equal") for a, b in FALSE_EQUAL for p, g in ((a, b), (b, a))]
+    never += [("eq", p, g, False, "rounded prediction") for p, g in ROUNDED_PREDICTION]
+    score("pairs that must never grade equal (issue 26)", never, check_public, args.v)
     shapes = [(k, p, g, exp, shape) for shape, rs in SHAPES.items() for k, p, g, exp in rs]
     score("shapes table", shapes, check_shape, args.v)
     score("east-only principle (not counted)", [(*r, "east principle 3") for r in EAST_ONLY], check_shape, args.v)
