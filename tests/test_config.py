@@ -130,3 +130,41 @@ def test_placement_resources_are_mappings_of_numbers():
         load_config(None, ["placement.engine_resources=3"])
     with pytest.raises(ConfigError, match=r"placement.trainer_resources.gpu_a: expected a number, got 'many'"):
         load_config(None, ["placement.trainer_resources={gpu_a: many}"])
+
+
+def test_the_loss_and_value_tables_name_the_same_ones_as_the_config():
+    """Adding a loss is a row in schema.LOSSES, a selection in weighting.selection.SELECT and a per-example loss in
+    training.losses.LOSS_FNS, and a name in TrainConfig.loss; adding an uncertainty value is a row in
+    weighting.mapping.VALUES and a name in WeightingConfig.value. A name missing from any of them fails here."""
+    import typing
+
+    from east_ds.config import TrainConfig, WeightingConfig
+    from east_ds.schema import LOSSES
+    from east_ds.training.losses import LOSS_FNS
+    from east_ds.weighting.mapping import VALUES
+    from east_ds.weighting.selection import SELECT
+
+    def literal(cls, name):
+        return list(typing.get_args(typing.get_type_hints(cls)[name]))
+
+    assert list(SELECT) == list(LOSS_FNS) == list(LOSSES) == literal(TrainConfig, "loss")
+    assert list(VALUES) == literal(WeightingConfig, "value")
+    assert TrainConfig().loss in LOSSES and WeightingConfig().value in VALUES
+
+
+def test_each_loss_row_is_consistent():
+    """The reference phase scores every sequence column into one reference column; the KL and label columns
+    belong to the examples table; every table starts with question_id, prompt and ends with weight."""
+    from east_ds.schema import LOSSES, loss_spec
+
+    for name, spec in LOSSES.items():
+        cols = spec.example_columns
+        assert cols[:2] == ("question_id", "prompt") and cols[-1] == "weight", name
+        assert set(spec.sequence_columns) <= set(cols), name
+        assert not spec.needs_reference or len(spec.reference_columns) == len(spec.sequence_columns), name
+        assert spec.kl_column in (None, *spec.sequence_columns) and spec.label_column in (None, *cols), name
+        assert not set(spec.reference_columns) & set(cols), name
+    assert [n for n, s in LOSSES.items() if s.needs_reference] == ["dpo", "kto"]
+    assert {n: s.sequences_with_grad for n, s in LOSSES.items()} == {"sft": 1, "dpo": 2, "kto": 1}
+    with pytest.raises(ValueError, match=r"unknown loss 'ppo'; choose one of \['dpo', 'kto', 'sft'\]"):
+        loss_spec("ppo")

@@ -276,3 +276,35 @@ def test_token_logps_property_matches_float64_reference(b, t, v, dtype, budget, 
         _check_against_float64(logits, ids, mask, seed=seed)
     finally:
         losses.LOGP_CHUNK_ELEMENTS = old
+
+
+def test_loss_table_calls_each_loss_on_a_micro_batch():
+    """LOSS_FNS[name](logps, micro_batch, cfg, z0) gives the loss functions' values on the micro-batch's fields:
+    DPO splits [chosen..., rejected...] at num_examples, KTO takes ref[:, 0] and needs z0, SFT asks the forward for
+    its per-token mean."""
+    from east_ds.config import TrainConfig
+    from east_ds.training.losses import LOSS_FNS
+
+    seen = {}
+
+    def logps(input_ids, attention_mask, loss_mask, per_token_mean=False):
+        seen["per_token_mean"] = per_token_mean
+        return input_ids[:, 0].float()  # each sequence's "log-prob" is its first id
+
+    cfg = TrainConfig(beta=0.5, kto_desirable_weight=2.0, kto_undesirable_weight=3.0)
+    ids = torch.tensor([[-1, 0], [-2, 0], [-3, 0], [-5, 0]])
+    mb = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_mask": torch.ones_like(ids),
+          "ref": torch.tensor([[-1.5, -2.5], [-2.0, -4.0]]), "num_examples": torch.tensor(2),
+          "labels": torch.tensor([True, False])}
+    assert LOSS_FNS["sft"](logps, mb, cfg, None).tolist() == [-1, -2, -3, -5] and seen["per_token_mean"]
+    dpo = LOSS_FNS["dpo"](logps, mb, cfg, None)
+    assert not seen["per_token_mean"]
+    assert torch.allclose(dpo, dpo_loss(torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -5.0]),
+                                        torch.tensor([-1.5, -2.0]), torch.tensor([-2.5, -4.0]), 0.5))
+    one = torch.ones_like(ids[:2])
+    mb_kto = {**mb, "input_ids": ids[:2], "attention_mask": one, "loss_mask": one}
+    kto = LOSS_FNS["kto"](logps, mb_kto, cfg, torch.tensor(0.25))
+    assert torch.allclose(kto, kto_loss(torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -2.0]),
+                                        torch.tensor([True, False]), 0.25, 0.5, 2.0, 3.0))
+    with pytest.raises(ValueError, match="z0"):
+        LOSS_FNS["kto"](logps, mb_kto, cfg, None)

@@ -86,3 +86,31 @@ def test_unknown_loss():
     graded, questions = _graded()
     with pytest.raises(ValueError, match="unknown loss"):
         select_examples(graded, questions, "ppo")
+
+
+@pytest.mark.parametrize("loss", ["sft", "dpo", "kto"])
+def test_every_loss_gives_its_schema_columns_even_when_nothing_is_kept(loss):
+    from east_ds.schema import LOSSES
+
+    graded, questions = _graded()
+    assert tuple(select_examples(graded, questions, loss).columns) == LOSSES[loss].example_columns
+    none_kept = questions.assign(kept=False)
+    empty = select_examples(graded, none_kept, loss)
+    assert len(empty) == 0 and tuple(empty.columns) == LOSSES[loss].example_columns
+
+
+def test_scored_responses_per_loss():
+    """The perplexity baseline scores the SFT example, the DPO chosen response, the KTO desirable response."""
+    from east_ds.weighting.selection import scored_responses
+
+    graded, questions = _graded()
+    dpo = select_examples(graded, questions, "dpo", seed=1)
+    kto = select_examples(graded, questions, "kto", seed=1)
+    sft = select_examples(graded, questions, "sft", seed=1)
+    assert scored_responses(dpo, "dpo")["response"].tolist() == dpo["chosen"].tolist()
+    assert scored_responses(kto, "kto")["response"].tolist() == dpo["chosen"].tolist()
+    assert scored_responses(sft, "sft")["response"].tolist() == sft["response"].tolist()
+    for loss, ex in (("sft", sft), ("dpo", dpo), ("kto", kto)):
+        got = scored_responses(ex, loss)
+        assert list(got.columns) == ["question_id", "prompt", "response", "weight"]
+        assert got["question_id"].tolist() == ["q1", "q2"] and (got["weight"] == 1.0).all()

@@ -140,6 +140,10 @@ def test_attach_weights_baselines():
     np.testing.assert_allclose(attach_weights(q, 1.0, "rejected")["weight"], [1.6, 0.4])
     with pytest.raises(WeightingError, match="perplexity"):
         attach_weights(q, 1.0, "perplexity")
+    q["perplexity"] = [2.0, 0.5]  # mean token NLL -> 2 * (0.8, 0.2)
+    np.testing.assert_allclose(attach_weights(q, 1.0, "perplexity")["weight"], [1.6, 0.4])
+    with pytest.raises(WeightingError, match=r"unknown uncertainty value 'variance'; choose one of \['entropy'"):
+        attach_weights(q, 1.0, "variance")
 
 
 def test_cap_keeps_near_hopeless_questions_at_or_below_one():

@@ -28,6 +28,8 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
+from east_ds.schema import loss_spec
+
 GiB = 1 << 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GPU_MEMORY_ENV = "EAST_DS_GPU_MEMORY_GIB"  # the training GPUs' memory in GiB, where this machine has no CUDA
@@ -124,7 +126,8 @@ def train_setup(cfg: Any, ds_config: Mapping[str, Any]) -> TrainSetup:
     """TrainSetup of a RunConfig and its built DeepSpeed config (training.engine.build_ds_config)."""
     t = cfg.training
     return TrainSetup(zero=dict(ds_config.get("zero_optimization", {"stage": 0})), ranks=t.num_ranks,
-                      dtype=cfg.model.dtype, sequences=t.micro_batch_size * (2 if t.loss == "dpo" else 1),
+                      dtype=cfg.model.dtype,
+                      sequences=t.micro_batch_size * loss_spec(t.loss).sequences_with_grad,
                       max_len=t.max_len, checkpointing=t.gradient_checkpointing,
                       colocated=cfg.placement.mode == "colocated", micro_batch=t.micro_batch_size,
                       global_batch=t.global_batch_size)

@@ -20,25 +20,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from east_ds.schema import EXAMPLE_COLUMNS, REFERENCE_COLUMNS
+from east_ds.schema import loss_spec
 from east_ds.tables import TableError
 
 log = logging.getLogger(__name__)
 
-# Which text columns make the sequences of an example, per loss (the prompt is shared).
-SEQUENCE_COLUMNS = {"sft": ("response",), "dpo": ("chosen", "rejected"), "kto": ("response", "kl_response")}
-
 
 @dataclass
 class TokenizedExamples:
-    """The usable examples of a table. Example j has `seqs[j]` = [(ids, n_prompt), ...] per SEQUENCE_COLUMNS."""
+    """The usable examples of a table. Example j has `seqs[j]` = [(ids, n_prompt), ...] per sequence column
+    (schema.LOSSES[loss].sequence_columns)."""
 
     loss: str
     seqs: list[list[tuple[list[int], int]]]
     weights: np.ndarray  # (N,) float64, >= 0
     rows: np.ndarray  # (N,) row index in the source table
-    labels: np.ndarray | None = None  # (N,) bool, KTO only
-    ref: np.ndarray | None = None  # (N, k) reference log-probs in REFERENCE_COLUMNS order, DPO/KTO only
+    labels: np.ndarray | None = None  # (N,) bool, losses with a label column (KTO)
+    ref: np.ndarray | None = None  # (N, k) reference log-probs in reference_columns order, when read
     stats: dict = field(default_factory=dict)  # rows, kept, truncated, dropped_* counts
 
     def __len__(self) -> int:
@@ -52,12 +50,11 @@ class TokenizedExamples:
 def check_examples(df: pd.DataFrame, loss: str, where: str, need_reference: bool = False) -> None:
     """Raise TableError naming the file, column and row of the first problem: missing column, a weight that is
     NaN or negative, a non-string text, a non-boolean KTO label, a missing or NaN reference log-prob."""
-    if loss not in EXAMPLE_COLUMNS:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(EXAMPLE_COLUMNS)}")
-    required = list(EXAMPLE_COLUMNS[loss]) + (list(REFERENCE_COLUMNS[loss]) if need_reference else [])
+    spec = loss_spec(loss)
+    required = list(spec.example_columns) + (list(spec.reference_columns) if need_reference else [])
     missing = [c for c in required if c not in df.columns]
     if missing:
-        hint = " (run the reference phase first)" if set(missing) & set(REFERENCE_COLUMNS[loss]) else ""
+        hint = " (run the reference phase first)" if set(missing) & set(spec.reference_columns) else ""
         raise TableError(f"{where}: missing column(s) {missing} for loss {loss!r}{hint}; found {list(df.columns)}")
     if len(df) == 0:
         raise TableError(f"{where}: the examples table is empty")
@@ -67,17 +64,18 @@ def check_examples(df: pd.DataFrame, loss: str, where: str, need_reference: bool
         i = int(bad[0])
         raise TableError(f"{where}: row {i}, column 'weight': {df['weight'].iloc[i]!r} is not a finite number >= 0 "
                          f"({len(bad)} bad row(s): {bad[:10].tolist()})")
-    for col in ("prompt",) + SEQUENCE_COLUMNS[loss]:
+    for col in ("prompt",) + spec.sequence_columns:
         notstr = [i for i, v in enumerate(df[col].tolist()) if not isinstance(v, str)]
         if notstr:
             raise TableError(f"{where}: row {notstr[0]}, column {col!r}: expected text, got {df[col].iloc[notstr[0]]!r}")
-    if loss == "kto":
-        badl = [i for i, v in enumerate(df["label"].tolist()) if not isinstance(v, (bool, np.bool_))]
+    if spec.label_column:
+        col = spec.label_column
+        badl = [i for i, v in enumerate(df[col].tolist()) if not isinstance(v, (bool, np.bool_))]
         if badl:
-            raise TableError(f"{where}: row {badl[0]}, column 'label': expected true/false, got "
-                             f"{df['label'].iloc[badl[0]]!r}")
+            raise TableError(f"{where}: row {badl[0]}, column {col!r}: expected true/false, got "
+                             f"{df[col].iloc[badl[0]]!r}")
     if need_reference:
-        for col in REFERENCE_COLUMNS[loss]:
+        for col in spec.reference_columns:
             v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
             badr = np.flatnonzero(~np.isfinite(v))
             if len(badr):
@@ -105,15 +103,16 @@ def tokenize_examples(df: pd.DataFrame, tokenizer, loss: str, max_len: int, max_
     check_examples(df, loss, where, need_reference)
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; SFT needs it as the last target")
-    cols = SEQUENCE_COLUMNS[loss]
-    prompt_cap = max_len if loss == "sft" or not max_prompt_len else min(max_len, max_prompt_len + 1)
+    spec = loss_spec(loss)
+    cols = spec.sequence_columns
+    prompt_cap = min(max_len, max_prompt_len + 1) if spec.prompt_budget and max_prompt_len else max_len
     seqs, rows = [], []
     dropped: dict[str, list[int]] = {"dropped_prompt_too_long": [], "dropped_empty_response": []}
     truncated: list[int] = []
     records = df.to_dict("records")
     for i, row in enumerate(records):
         # the KL response of KTO is another question's answer; an empty one is allowed (EOS only)
-        if any(not row[c].strip() for c in cols if c != "kl_response"):
+        if any(not row[c].strip() for c in cols if c != spec.kl_column):
             dropped["dropped_empty_response"].append(i)
             continue
         enc = [encode(tokenizer, row["prompt"], row[c], max_len) for c in cols]
@@ -140,9 +139,9 @@ def tokenize_examples(df: pd.DataFrame, tokenizer, loss: str, max_len: int, max_
         seqs=seqs,
         weights=pd.to_numeric(sub["weight"]).to_numpy(dtype=np.float64),
         rows=rows_a,
-        labels=sub["label"].to_numpy(dtype=bool) if loss == "kto" else None,
-        ref=sub[list(REFERENCE_COLUMNS[loss])].to_numpy(dtype=np.float64) if need_reference and loss != "sft"
-        else None,
+        labels=sub[spec.label_column].to_numpy(dtype=bool) if spec.label_column else None,
+        ref=sub[list(spec.reference_columns)].to_numpy(dtype=np.float64)
+        if need_reference and spec.needs_reference else None,
         stats=stats,
     )
 
@@ -240,18 +239,19 @@ def collate(seqs: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.T
 
 
 def micro_batch_tensors(ex: TokenizedExamples, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Everything one micro-batch needs. Sequences are grouped by column: for DPO [chosen_0..m-1, rejected_0..m-1],
-    for KTO `seq` holds the responses and `kl` the KL pairs. Weights (m,), labels (m,), ref (m, k)."""
+    """Everything one micro-batch needs. Sequences are grouped by column: for DPO [chosen_0..m-1, rejected_0..m-1];
+    the KL column (KTO's) goes apart as `kl_input_ids`, `kl_attention_mask`, `kl_loss_mask`. Weights (m,),
+    labels (m,) when the loss has a label column, ref (m, k) when read."""
     m = len(idx)
+    spec = loss_spec(ex.loss)
     out: dict[str, torch.Tensor] = {"weights": torch.tensor(ex.weights[idx], dtype=torch.float32)}
-    if ex.loss == "kto":
-        out.update(collate([ex.seqs[j][0] for j in idx], pad_id))
-        kl = collate([ex.seqs[j][1] for j in idx], pad_id)
+    main = [c for c, col in enumerate(spec.sequence_columns) if col != spec.kl_column]
+    out.update(collate([ex.seqs[j][c] for c in main for j in idx], pad_id))
+    if spec.kl_column:
+        kl = collate([ex.seqs[j][spec.sequence_columns.index(spec.kl_column)] for j in idx], pad_id)
         out.update({f"kl_{k}": v for k, v in kl.items()})
+    if ex.labels is not None:
         out["labels"] = torch.tensor(ex.labels[idx], dtype=torch.bool)
-    else:
-        n_cols = len(ex.seqs[idx[0]])
-        out.update(collate([ex.seqs[j][c] for c in range(n_cols) for j in idx], pad_id))
     if ex.ref is not None:
         out["ref"] = torch.tensor(ex.ref[idx], dtype=torch.float32)
     out["num_examples"] = torch.tensor(m)

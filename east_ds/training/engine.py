@@ -39,10 +39,8 @@ from east_ds.training import batches as td
 from east_ds.config import ModelConfig, TrainConfig, check_batch_sizes
 from east_ds.data.load import check_model_path
 from east_ds.cluster import device_plan as plan
-from east_ds.training.losses import (
-    dpo_loss, kto_loss, kto_reference_point, sequence_logps, sft_loss, weighted_batch_loss,
-)
-from east_ds.schema import REFERENCE_COLUMNS
+from east_ds.training.losses import LOSS_FNS, kto_reference_point, sequence_logps, sft_loss, weighted_batch_loss
+from east_ds.schema import REFERENCE_COLUMNS, loss_spec
 from east_ds.tables import append_jsonl, read_jsonl, read_table, write_json, write_table
 
 log = logging.getLogger(__name__)
@@ -215,18 +213,8 @@ class TrainingEngine:
         return sequence_logps(logits, ids.to(dev), lmask.to(dev))
 
     def example_losses(self, mb: dict, z0: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-example losses (m,) of one micro-batch from batches.micro_batch_tensors."""
-        loss = self.cfg.loss
-        dev = self.engine.device
-        if loss == "sft":
-            return self._logps(mb["input_ids"], mb["attention_mask"], mb["loss_mask"], per_token_mean=True)
-        ref = mb["ref"].to(dev)
-        lp = self._logps(mb["input_ids"], mb["attention_mask"], mb["loss_mask"])
-        if loss == "dpo":
-            m = int(mb["num_examples"])
-            return dpo_loss(lp[:m], lp[m:], ref[:, 0], ref[:, 1], self.cfg.beta)
-        return kto_loss(lp, ref[:, 0], mb["labels"].to(dev), z0.to(dev), self.cfg.beta,
-                        self.cfg.kto_desirable_weight, self.cfg.kto_undesirable_weight)
+        """Per-example losses (m,) of one micro-batch from batches.micro_batch_tensors (losses.LOSS_FNS)."""
+        return LOSS_FNS[self.cfg.loss](self._logps, mb, self.cfg, z0)
 
     def kto_z0(self, micro_batches: list[dict]) -> torch.Tensor:
         """z0 of one global batch: no-grad forward over this rank's KL pairs, summed and all-reduced."""
@@ -250,7 +238,7 @@ class TrainingEngine:
         t0 = time.perf_counter()
         lr = float(self.engine.get_lr()[0])
         B = self.cfg.global_batch_size
-        z0 = self.kto_z0(micro_batches) if self.cfg.loss == "kto" else None
+        z0 = self.kto_z0(micro_batches) if loss_spec(self.cfg.loss).kl_column else None
         own_norm = None
         acc = torch.zeros(4, dtype=torch.float64)  # sum w l, sum l, real tokens, padded positions
         for mb in micro_batches:
@@ -287,7 +275,7 @@ class TrainingEngine:
     @torch.no_grad()
     def eval_losses(self, micro_batches: list[dict]) -> torch.Tensor:
         """Per-example losses of micro-batches without a step (z0 computed from them for KTO)."""
-        z0 = self.kto_z0(micro_batches) if self.cfg.loss == "kto" else None
+        z0 = self.kto_z0(micro_batches) if loss_spec(self.cfg.loss).kl_column else None
         return torch.cat([self.example_losses(mb, z0).detach().cpu() for mb in micro_batches])
 
     # -- checkpoints ------------------------------------------------------------------------------------------
@@ -358,9 +346,9 @@ def reference_logprobs(model_path: str, train_cfg: TrainConfig, model_cfg: Model
     """
     import deepspeed.comm as dist
 
-    loss = "sft" if nll else train_cfg.loss
-    if loss == "sft" and not nll:
-        raise ValueError("SFT needs no reference log-probs (training.loss is 'sft')")
+    if not nll and not loss_spec(train_cfg.loss).needs_reference:
+        raise ValueError(f"training.loss {train_cfg.loss!r} needs no reference log-probs")
+    loss = "sft" if nll else train_cfg.loss  # the nll table is SFT-shaped (prompt, response)
     t0 = time.perf_counter()
     eng = TrainingEngine(model_path, train_cfg, model_cfg, training=False)
     df = read_table(examples_path)
@@ -418,7 +406,7 @@ def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, example
     check_model_path(model_path)
     tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
     ex = td.tokenize_examples(df, tok, train_cfg.loss, train_cfg.max_len, train_cfg.max_prompt_len,
-                              where=str(examples_path), need_reference=train_cfg.loss != "sft")
+                              where=str(examples_path), need_reference=loss_spec(train_cfg.loss).needs_reference)
     lengths = ex.lengths()
     steps = td.plan(lengths, train_cfg.global_batch_size, train_cfg.micro_batch_size, train_cfg.epochs,
                     train_cfg.seed, train_cfg.group_by_length, train_cfg.length_group_size)

@@ -5,12 +5,20 @@ Every loss is computed per example, multiplied by that example's weight w_i, and
 DeepSpeed; the world size and the accumulation steps come in as arguments.
 
 Shapes: B_m = examples in a micro-batch, T = padded sequence length, V = vocabulary.
+
+LOSS_FNS holds one per-example loss per loss of schema.LOSSES, all with one signature, so the engine calls
+`LOSS_FNS[cfg.loss](logps, micro_batch, cfg, z0)` and knows no loss by name; tests/test_config.py checks that
+LOSS_FNS and schema.LOSSES name the same losses.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Protocol
+
 import torch
 import torch.nn.functional as F
+
+from east_ds.config import TrainConfig
 
 
 # Elements (positions x V) of logits cast to float32 at one time by `token_logps`: 2^24 floats = 64 MiB, about 110
@@ -182,3 +190,41 @@ def weighted_batch_loss(
         raise ValueError(f"losses {tuple(losses.shape)} and weights {tuple(weights.shape)} differ in shape")
     scale = world_size * grad_accum_steps / global_batch_size
     return (weights.to(losses.dtype) * losses).sum() * scale
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One per-example loss per loss of schema.LOSSES, on a micro-batch of batches.micro_batch_tensors
+
+
+class Logps(Protocol):
+    """The model's forward: summed response log-probs (B_m,), or with `per_token_mean` the SFT loss (B_m,)."""
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
+                 per_token_mean: bool = False) -> torch.Tensor: ...
+
+
+def sft_example_losses(logps: Logps, mb: dict, cfg: TrainConfig, z0: torch.Tensor | None) -> torch.Tensor:
+    """Mean token NLL of each example's response."""
+    return logps(mb["input_ids"], mb["attention_mask"], mb["loss_mask"], per_token_mean=True)
+
+
+def dpo_example_losses(logps: Logps, mb: dict, cfg: TrainConfig, z0: torch.Tensor | None) -> torch.Tensor:
+    """DPO on the micro-batch's [chosen_0..m-1, rejected_0..m-1] sequences and ref (m, 2)."""
+    lp = logps(mb["input_ids"], mb["attention_mask"], mb["loss_mask"])
+    ref = mb["ref"].to(lp.device)
+    m = int(mb["num_examples"])
+    return dpo_loss(lp[:m], lp[m:], ref[:, 0], ref[:, 1], cfg.beta)
+
+
+def kto_example_losses(logps: Logps, mb: dict, cfg: TrainConfig, z0: torch.Tensor | None) -> torch.Tensor:
+    """KTO on the micro-batch's responses, labels and ref[:, 0], around the global batch's z0 (needed)."""
+    if z0 is None:
+        raise ValueError("KTO needs the global batch's KL reference point z0 (kto_reference_point)")
+    lp = logps(mb["input_ids"], mb["attention_mask"], mb["loss_mask"])
+    ref = mb["ref"].to(lp.device)
+    return kto_loss(lp, ref[:, 0], mb["labels"].to(lp.device), z0.to(lp.device), cfg.beta,
+                    cfg.kto_desirable_weight, cfg.kto_undesirable_weight)
+
+
+ExampleLoss = Callable[[Logps, dict, TrainConfig, "torch.Tensor | None"], torch.Tensor]
+LOSS_FNS: dict[str, ExampleLoss] = {"sft": sft_example_losses, "dpo": dpo_example_losses, "kto": kto_example_losses}

@@ -9,21 +9,53 @@ Pure: imports no Ray, vLLM, DeepSpeed or torch. docs/method.md section 1, steps 
 A question is dropped when every response is wrong (nothing to learn) or every response is correct (h = 0,
 which a < 0 could not raise to a power). The baselines of docs/method.md section 4 use the same normalisation with a
 different uncertainty value: accuracy-based 1 - A(x), rejected-based R(x), perplexity-based mean token NLL.
+VALUES holds them, one row each; config.WeightingConfig.value names the same ones (tests/test_config.py).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-VALUES = ("entropy", "accuracy", "rejected", "perplexity")
-
-
 class WeightingError(ValueError):
     """Rollouts that cannot be weighted; the message names the question or column."""
+
+
+def _column(questions: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in questions.columns:
+        raise WeightingError(f"uncertainty value {name!r} needs a per-question {name!r} column; "
+                             f"found {list(questions.columns)}")
+    return questions[name].to_numpy(dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    """An uncertainty value: what the mapping function raises to the power a, one per kept question."""
+
+    of: Callable[[pd.DataFrame], np.ndarray]  # the kept rows of the questions table -> the values (> 0)
+    needs_trainer: bool = False  # a model scores each question's selected response first: weighting.stage.weigh
+    # calls its `perplexity` argument and stores the scores in the column named like the value
+
+
+# Adding a value: one row here (and its name in config.WeightingConfig.value); tests/test_config.py checks both.
+VALUES: dict[str, ValueSpec] = {
+    "entropy": ValueSpec(lambda q: _column(q, "entropy")),  # h(x) over the answer clusters (EAST)
+    "accuracy": ValueSpec(lambda q: 1.0 - _column(q, "accuracy")),  # 1 - A(x), the share of wrong responses
+    "rejected": ValueSpec(lambda q: _column(q, "rejected")),  # R(x), the largest wrong-answer cluster's share
+    "perplexity": ValueSpec(lambda q: _column(q, "perplexity"), needs_trainer=True),  # mean token NLL of the
+    # selected response under the current policy
+}
+
+
+def value_spec(value: str) -> ValueSpec:
+    """The row of VALUES for `value`; an unknown name is a WeightingError naming the choices."""
+    if value not in VALUES:
+        raise WeightingError(f"unknown uncertainty value {value!r}; choose one of {list(VALUES)}")
+    return VALUES[value]
 
 
 def entropy(cluster_ids: Sequence[int]) -> float:
@@ -103,17 +135,7 @@ def drop_reason(stats: dict) -> str:
 
 def uncertainty(questions: pd.DataFrame, value: str) -> np.ndarray:
     """The per-question value the mapping function raises to the power a (docs/method.md sections 2 and 4)."""
-    if value == "entropy":
-        return questions["entropy"].to_numpy(dtype=np.float64)
-    if value == "accuracy":
-        return 1.0 - questions["accuracy"].to_numpy(dtype=np.float64)
-    if value == "rejected":
-        return questions["rejected"].to_numpy(dtype=np.float64)
-    if value == "perplexity":
-        if "perplexity" not in questions.columns:
-            raise WeightingError("value 'perplexity' needs a per-question `perplexity` column (mean token NLL)")
-        return questions["perplexity"].to_numpy(dtype=np.float64)
-    raise WeightingError(f"unknown uncertainty value {value!r}; choose one of {list(VALUES)}")
+    return value_spec(value).of(questions)
 
 
 def grade_rollouts(

@@ -14,21 +14,12 @@ from typing import Callable
 import pandas as pd
 
 from east_ds.config import WeightingConfig
-from east_ds.weighting.selection import select_examples
+from east_ds.schema import LOSSES
 from east_ds.tables import TableError, read_table, write_table
-from east_ds.weighting.mapping import VALUES, WeightingError, attach_weights, grade_rollouts
+from east_ds.weighting.mapping import VALUES, WeightingError, attach_weights, grade_rollouts, value_spec
+from east_ds.weighting.selection import scored_responses, select_examples
 
 ROLLOUT_REQUIRED = ("question_id", "question", "gold", "response")
-
-
-def scored_responses(examples: pd.DataFrame, loss: str) -> pd.DataFrame:
-    """The response each question is scored by for the perplexity baseline, as an SFT-shaped table: the SFT
-    example(s), the DPO chosen response, the KTO desirable response."""
-    if loss == "dpo":
-        examples = examples.rename(columns={"chosen": "response"})
-    elif loss == "kto":
-        examples = examples[examples["label"]]
-    return examples[["question_id", "prompt", "response"]].assign(weight=1.0).reset_index(drop=True)
 
 
 def weigh(rollouts: pd.DataFrame, cfg: WeightingConfig, loss: str, out_dir: str | Path,
@@ -37,8 +28,10 @@ def weigh(rollouts: pd.DataFrame, cfg: WeightingConfig, loss: str, out_dir: str 
     """Grade, cluster, filter; select `loss` examples; weight them; write the three tables. Returns metrics.
 
     Examples are selected before the weights are computed because the perplexity baseline scores the selected
-    response: `perplexity(table)` takes scored_responses(...) and returns question_id -> mean token NLL.
+    response: `perplexity(table)` takes scored_responses(...) and returns question_id -> mean token NLL. It is
+    called for every value whose VALUES row says `needs_trainer`; the scores become the value's column.
     """
+    value = value_spec(cfg.value)
     t0 = time.perf_counter()
     out = Path(out_dir)
     graded, questions = grade_rollouts(rollouts, cluster_by=cfg.cluster_by, where=where)
@@ -46,13 +39,13 @@ def weigh(rollouts: pd.DataFrame, cfg: WeightingConfig, loss: str, out_dir: str 
     # a = 0 gives every kept question weight 1: a placeholder until the real weights are known
     examples = select_examples(graded, attach_weights(questions, 0.0), loss, seed=cfg.seed,
                                sft_examples=cfg.sft_examples)
-    if cfg.value == "perplexity":
+    if value.needs_trainer:
         if perplexity is None:
-            raise WeightingError("value 'perplexity' needs a model to score the selected responses "
-                                 "(use `east-ds run` with weighting.value=perplexity)")
-        nll = perplexity(scored_responses(examples, loss))
-        questions["perplexity"] = questions["question_id"].map(nll)
-        unscored = questions["kept"] & ~(questions["perplexity"] > 0)
+            raise WeightingError(f"value {cfg.value!r} needs a model to score the selected responses "
+                                 f"(use `east-ds run` with weighting.value={cfg.value})")
+        scores = perplexity(scored_responses(examples, loss))
+        questions[cfg.value] = questions["question_id"].map(scores)
+        unscored = questions["kept"] & ~(questions[cfg.value] > 0)
         questions.loc[unscored, ["kept", "drop_reason"]] = [False, "unscored"]
     questions = attach_weights(questions, cfg.a, cfg.value, cfg.cap_at_most_correct)
     examples = examples[examples["question_id"].isin(questions.loc[questions["kept"], "question_id"])]
@@ -83,8 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("rollouts", help="JSONL or Parquet with question_id, question, gold, response [, sample_index]")
     p.add_argument("--a", type=float, default=1.0, help="exponent of the mapping function (0: vanilla)")
-    p.add_argument("--value", choices=[v for v in VALUES if v != "perplexity"], default="entropy")
-    p.add_argument("--loss", choices=["sft", "dpo", "kto"], default="sft")
+    p.add_argument("--value", choices=[v for v, spec in VALUES.items() if not spec.needs_trainer],
+                   default="entropy")
+    p.add_argument("--loss", choices=list(LOSSES), default="sft")
     p.add_argument("--cluster-by", choices=["equivalent", "exact"], default="equivalent")
     p.add_argument("--sft-examples", choices=["one", "all"], default="one")
     p.add_argument("--seed", type=int, default=0)
