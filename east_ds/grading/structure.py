@@ -189,8 +189,7 @@ def _structure(s: str, depth: int = 0) -> tuple:
     if len(alts) > 1:
         return ("or", tuple(_structure(a, depth + 1) for a in alts))
     if s.count("=") > 1:
-        got = _assignments(s, depth)
-        if got is not None:
+        if (got := _assignments(s, depth)) is not None:
             return got
     parts = _split_top(s, ("=",))
     if len(parts) >= 2:
@@ -213,24 +212,8 @@ def _structure(s: str, depth: int = 0) -> tuple:
             if op in (">", "\\geq"):  # canonical direction: a < b
                 op, lhs, rhs = ("<" if op == ">" else "\\leq"), rhs, lhs
             return ("rel", op, lhs, rhs)
-    parts = _split_top(s, ("\\setminus",))
-    if len(parts) == 2:  # finite sets only: \{1,2\} \setminus \{2\} is \{1\}
-        keep, drop = (_structure(_operand(p), depth + 1) for p in parts)
-        if keep[0] == drop[0] == "list":
-            return ("list", tuple(x for x in keep[1] if x not in drop[1]))
-        return ("leaf", s)
-    parts = _split_top(s, ("\\cap",))
-    if len(parts) > 1:  # finite sets only: \{1,2\} \cap \{2,3\} is \{2\}
-        items = tuple(_structure(_operand(p), depth + 1) for p in parts)
-        if all(t[0] == "list" for t in items):
-            return ("list", tuple(x for x in items[0][1] if all(x in t[1] for t in items[1:])))
-        return ("leaf", s)
-    parts = _split_top(s, ("\\cup",))
-    if len(parts) > 1:
-        items = tuple(_structure(_operand(p), depth + 1) for p in parts)
-        if all(t[0] == "list" for t in items):  # \{1,2\} \cup \{5\} is the finite set \{1,2,5\}
-            return ("list", tuple(dict.fromkeys(x for t in items for x in t[1])))
-        return ("union", items)
+    if (got := _set_algebra(s, depth)) is not None:
+        return got
     if len(s) > 2 and s[0] in "([" and s[-1] in ")]" and s[1:].lstrip().startswith("\\begin{"):
         s = s[1:-1].strip()  # `\left[\begin{array}..\end{array}\right]`: the brackets are the matrix's own
     mm = _MATRIX.fullmatch(s)
@@ -266,6 +249,30 @@ def _structure(s: str, depth: int = 0) -> tuple:
     if "\\pm" in s:
         return ("list", _expand_pm(s, depth))
     return ("leaf", s)
+
+
+def _set_algebra(s: str, depth: int) -> tuple | None:
+    """`\\setminus`, `\\cap` and `\\cup` at the top of s: evaluated for finite sets, a union otherwise; None when
+    s has none of them."""
+    parts = _split_top(s, ("\\setminus",))
+    if len(parts) == 2:  # finite sets only: \{1,2\} \setminus \{2\} is \{1\}
+        keep, drop = (_structure(_operand(p), depth + 1) for p in parts)
+        if keep[0] == drop[0] == "list":
+            return ("list", tuple(x for x in keep[1] if x not in drop[1]))
+        return ("leaf", s)
+    parts = _split_top(s, ("\\cap",))
+    if len(parts) > 1:  # finite sets only: \{1,2\} \cap \{2,3\} is \{2\}
+        items = tuple(_structure(_operand(p), depth + 1) for p in parts)
+        if all(t[0] == "list" for t in items):
+            return ("list", tuple(x for x in items[0][1] if all(x in t[1] for t in items[1:])))
+        return ("leaf", s)
+    parts = _split_top(s, ("\\cup",))
+    if len(parts) > 1:
+        items = tuple(_structure(_operand(p), depth + 1) for p in parts)
+        if all(t[0] == "list" for t in items):  # \{1,2\} \cup \{5\} is the finite set \{1,2,5\}
+            return ("list", tuple(dict.fromkeys(x for t in items for x in t[1])))
+        return ("union", items)
+    return None
 
 
 def _operand(p: str) -> str:
