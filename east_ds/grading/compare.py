@@ -340,7 +340,8 @@ def _resolve(t: tuple) -> tuple:
         return items[0]
     intervals = _as_intervals(("or", items))
     if intervals is not None and (any(x[0] == "rel" for x in items) or any(_is_interval(x) for x in intervals)):
-        return ("union", intervals)  # `x < 1 or x > 2`, `x \in (-\infty, 1) or x \in (2, \infty)`; `(1,4) or (4,1)`: points
+        # `x < 1 or x > 2`, `x \in (-\infty, 1) or x \in (2, \infty)`; but `(1,4) or (4,1)` are points
+        return ("union", intervals)
     return ("list", tuple(y for x in items for y in (x[1] if x[0] == "list" else (x,))))
 
 

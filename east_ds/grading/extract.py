@@ -302,7 +302,8 @@ _SPACE_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 _APPROX_AFTER_VALUE = re.compile(r"[=\d]|\\(?:frac|sqrt|pi)")
 _EMPTY_SQRT = re.compile(r"\\sqrt\s*\{\s*\}")
 # A sentence around a bare answer: "The final answer is", "Answer:", "所以答案是".
-_ANSWER_PREFIX = re.compile(r"(?i)(?:(?:so|thus|therefore|hence),?\s+)?(?:the\s+)?(?:final\s+)?answer(?:\s+is)?(?:\s*[:：]\s*|\s+)"
+_ANSWER_PREFIX = re.compile(r"(?i)(?:(?:so|thus|therefore|hence),?\s+)?(?:the\s+)?(?:final\s+)?answer(?:\s+is)?"
+                            r"(?:\s*[:：]\s*|\s+)"
                             r"|(?:所以|因此|故)?[，,]?(?:最终)?答案(?:是|为|為)?\s*[:：]?\s*")
 
 

@@ -394,7 +394,8 @@ def safe_factorial(v):
 # An integer written right before a proper fraction of integers is a mixed number, as MATH writes them:
 # `2\frac58` and `2\frac{5}{8}` are 21/8, not 2 * 5/8. Not after a digit, letter, `.`, `^`, `_` or `}` (then the
 # integer belongs to something else: `x^2\frac12`, `\sqrt2\frac12`).
-_MIXED = re.compile(r"(?<![\w.^_}])(\d{1,12})\s*\\[dtc]?frac\s*(?:\{\s*(\d{1,12})\s*\}|(\d))\s*(?:\{\s*(\d{1,12})\s*\}|(\d))")
+_MIXED = re.compile(r"(?<![\w.^_}])(\d{1,12})\s*\\[dtc]?frac\s*"
+                    r"(?:\{\s*(\d{1,12})\s*\}|(\d))\s*(?:\{\s*(\d{1,12})\s*\}|(\d))")
 
 
 def _mixed_numbers(text: str) -> str:
