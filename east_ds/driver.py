@@ -40,6 +40,7 @@ from east_ds.metrics import Phases
 from east_ds.rundir import IterDir, RunDir, RunDirError
 from east_ds.schema import REFERENCE_COLUMNS
 from east_ds.tables import TableError, read_table, write_json, write_table
+from east_ds.training.divergence import TrainingDiverged
 from east_ds.weighting.mapping import WeightingError
 from east_ds.weighting.stage import weigh
 
@@ -258,7 +259,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         log = run(cfg)
     except (ConfigError, RunDirError, TableError, WeightingError, FileNotFoundError, SchedulingTimeout,
-            StorageNotShared, NodeLostError, WeightSyncError) as e:
+            StorageNotShared, NodeLostError, WeightSyncError, TrainingDiverged) as e:
         print(f"east-ds run: error: {e}", file=sys.stderr)
         return 2
     for m in log:

@@ -29,6 +29,12 @@ from east_ds.tables import read_jsonl, write_json
 # where metrics go, never what an iteration computes. So a run stopped on one cluster (or with a lost node) goes
 # on with another placement, and a finished run can be extended.
 RESUMABLE_KEYS = ("iterations", "logging", "placement", "rollout.weight_sync")
+# Optimizer settings a resume may also change, but only while the iteration the run stopped in has not finished
+# training (say, after its training diverged: training.divergence): that iteration's partial training (`train/`)
+# is removed and starts again from its starting policy with the new settings. The checkpoints already published
+# keep what they were trained with; each iteration's metrics record it (train.optimizer).
+RETRAIN_KEYS = ("training.lr", "training.warmup_ratio", "training.grad_clip", "training.weight_decay",
+                "training.adam_betas", "training.adam_eps")
 
 
 class RunDirError(RuntimeError):
@@ -78,22 +84,32 @@ class RunDir:
 
     def claim(self) -> None:
         """Write config.yaml, or check that an existing one describes the same run (a resume). Keys under
-        RESUMABLE_KEYS may change on a resume; a directory with no iteration output yet may be claimed by any
-        config."""
+        RESUMABLE_KEYS may change on a resume, and those of RETRAIN_KEYS while the iteration the run stopped in
+        has not finished training (its `train/` is then removed); a directory with no iteration output yet may be
+        claimed by any config."""
         self.path.mkdir(parents=True, exist_ok=True)
         mine = to_dict(self.cfg)
         f = self.path / "config.yaml"
         if f.exists():
             theirs = yaml.safe_load(f.read_text()) or {}
-            diff = _diff(theirs, mine)
-            diff = [d for d in diff if not any(d == k or d.startswith(k + ".") for k in RESUMABLE_KEYS)]
+            diff = [d for d in _diff(theirs, mine) if not _under(d, RESUMABLE_KEYS)]
+            retrain = [d for d in diff if _under(d, RETRAIN_KEYS)]
+            k = self.unfinished_training() if retrain else None
+            if k is not None:
+                diff = [d for d in diff if d not in retrain]
             # A directory in which no phase has written anything holds no run yet (e.g. a start that failed
             # before its first phase): the new config takes its place.
             if diff and any(self.path.glob("iter_*")):
+                why = (f"; {', '.join(retrain)} may change only while the iteration a run stopped in has not "
+                       "finished training" if retrain and k is None else "")
                 raise RunDirError(
-                    f"{self.path} holds a run with a different config (keys {diff}); "
+                    f"{self.path} holds a run with a different config (keys {diff}){why}; "
                     "use another `name=` or `output_dir=`, or delete the directory"
                 )
+            if k is not None and self.iteration(k).train.exists():
+                shutil.rmtree(self.iteration(k).train)
+                print(f"[east-ds] {', '.join(retrain)} changed: iteration {k}'s training starts again from its "
+                      "starting policy", flush=True)
         tmp = f.with_suffix(".yaml.tmp")
         tmp.write_text(yaml.safe_dump(mine, sort_keys=False))
         os.replace(tmp, f)
@@ -108,6 +124,12 @@ class RunDir:
         while self.iteration(k + 1).checkpoint.is_dir():
             k += 1
         return k
+
+    def unfinished_training(self) -> int | None:
+        """The iteration the run stopped in when its training has not finished: the first one without a published
+        checkpoint, if it has begun (its directory exists). None between iterations or after the last."""
+        k = self.last_checkpoint() + 1
+        return k if self.iteration(k).path.is_dir() else None
 
     def publish_checkpoint(self, it: IterDir, exported: Path) -> None:
         """Move the trainer's Hugging Face export into `checkpoint/` in one rename."""
@@ -134,6 +156,18 @@ class RunDir:
 
     def metrics_log(self) -> list[dict]:
         return read_jsonl(self.path / "metrics.jsonl")
+
+
+def iteration_number(path: str | Path) -> int | None:
+    """k when `path` is `iter_<k>` or directly inside it (such as an iteration's `train/`), else None."""
+    for part in (Path(path).name, Path(path).parent.name):
+        if part.startswith("iter_") and part[5:].isdigit():
+            return int(part[5:])
+    return None
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:

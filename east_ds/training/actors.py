@@ -25,6 +25,7 @@ import ray
 from east_ds.cluster.device_plan import rank_thread_env
 from east_ds.cluster.placement import Need, wait_placement_group, wait_scheduled
 from east_ds.config import ModelConfig, TrainConfig, check_batch_sizes
+from east_ds.training.divergence import TrainingDiverged
 
 
 @ray.remote
@@ -210,7 +211,12 @@ class TrainerGroup:
         self.model_path = model_path
 
     def _all(self, method: str, *args) -> dict:
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors])[0]
+        try:
+            return ray.get([getattr(a, method).remote(*args) for a in self.actors])[0]
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, TrainingDiverged):  # the ranks agreed to stop: its message, not a traceback
+                raise e.cause from None
+            raise
 
     def reference_logprobs(self, examples_path: str, out_path: str) -> dict:
         """Score examples with the frozen model at model_path; write them plus REFERENCE_COLUMNS to out_path."""

@@ -17,6 +17,9 @@ Departures and choices, numbered:
 4. The last incomplete global batch of an epoch is dropped; the data order is a function of (seed, epoch), so
    the step number is the whole data-order position saved in the DeepSpeed checkpoint.
 5. The model is reloaded from `model_path` on every call (nothing is kept between iterations).
+6. A step whose loss or gradient norm is not finite stops `fit` on every rank with divergence.TrainingDiverged,
+   before anything of it is saved or exported (DeepSpeed itself skips such a step and goes on).
+The DeepSpeed config is generated in ds_config.py.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -36,7 +38,9 @@ import numpy as np
 import torch
 
 from east_ds.training import batches as td
-from east_ds.config import ModelConfig, TrainConfig, check_batch_sizes
+from east_ds.training import divergence as dv
+from east_ds.training.ds_config import REPO_ROOT, build_ds_config, linear_schedule, resolve_path  # noqa: F401
+from east_ds.config import ModelConfig, TrainConfig
 from east_ds.data.load import check_model_path
 from east_ds.cluster import device_plan as plan
 from east_ds.training.losses import LOSS_FNS, kto_reference_point, sequence_logps, sft_loss, weighted_batch_loss
@@ -44,12 +48,10 @@ from east_ds.schema import REFERENCE_COLUMNS, loss_spec
 from east_ds.tables import append_jsonl, read_jsonl, read_table, write_json, write_table
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[2]
-FORBIDDEN_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                     "optimizer", "scheduler", "gradient_clipping")
+OPTIMIZER_KEYS = ("lr", "warmup_ratio", "grad_clip", "weight_decay", "adam_betas", "adam_eps")  # recorded per call
 
 # ----------------------------------------------------------------------------------------------------------------
-# Distributed setup and DeepSpeed config
+# Distributed setup and model loading
 
 
 def init_distributed(store=None) -> tuple[int, int]:
@@ -80,8 +82,7 @@ def init_distributed(store=None) -> tuple[int, int]:
 
 
 def shutdown_distributed() -> None:
-    """barrier + destroy_process_group: without it a torchrun/deepspeed rank can abort at exit (seen in 1 of 11
-    CPU runs)."""
+    """barrier + destroy_process_group (PLATFORM.md: a rank can abort at exit without it)."""
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -96,64 +97,6 @@ def release_device_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def resolve_path(p: str) -> Path:
-    """A DeepSpeed JSON path as given, else relative to the repository root."""
-    q = Path(p)
-    if q.is_file() or q.is_absolute():
-        return q
-    return REPO_ROOT / q
-
-
-def build_ds_config(train_cfg: TrainConfig, model_cfg: ModelConfig, world_size: int, training: bool = True) -> dict:
-    """The full DeepSpeed config: ZeRO policy from the JSON, everything else generated from the configs."""
-    path = resolve_path(train_cfg.deepspeed_config)
-    if not path.is_file():
-        raise FileNotFoundError(f"DeepSpeed config {train_cfg.deepspeed_config!r} not found (looked at {path})")
-    cfg = json.loads(path.read_text())
-    bad = [k for k in FORBIDDEN_DS_KEYS if k in cfg]
-    if bad:
-        raise ValueError(f"{path}: sets {bad}; batch sizes, optimizer, schedule and clipping come from TrainConfig "
-                         f"(training.*), the JSON holds ZeRO policy only")
-    check_batch_sizes(train_cfg, world_size)
-    m, g, B = train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, train_cfg.global_batch_size
-    want_bf16, want_fp16 = model_cfg.dtype == "bfloat16", model_cfg.dtype == "float16"
-    for key, want in (("bf16", want_bf16), ("fp16", want_fp16)):
-        if key in cfg and bool(cfg[key].get("enabled", False)) != want:
-            raise ValueError(f"{path}: {key}.enabled disagrees with model.dtype={model_cfg.dtype!r}; "
-                             f"leave precision to model.dtype")
-    cfg.update(train_micro_batch_size_per_gpu=m, gradient_accumulation_steps=g, train_batch_size=B)
-    zero = cfg.setdefault("zero_optimization", {"stage": 0})
-    if "data_types" in cfg:
-        raise ValueError(f"{path}: sets data_types; the precision policy comes from model.dtype "
-                         f"(device_plan.precision_sections)")
-    cfg.update(plan.precision_sections(model_cfg.dtype, zero.get("stage", 0) if training else 0))
-    if training:
-        offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
-        cfg["optimizer"] = {"type": "AdamW", "params": {
-            "lr": train_cfg.lr, "betas": list(train_cfg.adam_betas), "eps": train_cfg.adam_eps,
-            "weight_decay": train_cfg.weight_decay,
-            # torch's AdamW needs no compilation; offloaded optimizers need DeepSpeed's CPUAdam
-            **({} if offload else {"torch_adam": True}),
-        }}
-        cfg["gradient_clipping"] = train_cfg.grad_clip
-    elif zero.get("stage", 0) != 3:
-        cfg["zero_optimization"] = {"stage": 0}  # a no-grad forward needs no optimizer sharding
-    return cfg
-
-
-def linear_schedule(total_steps: int, warmup_ratio: float):
-    """LR multiplier: linear warmup over ceil(ratio x total) steps, then linear decay to 0 at total_steps.
-    Step 0 uses (1 / (warmup + 1)) when warming up, 1 when not."""
-    warmup = math.ceil(warmup_ratio * total_steps)
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return f
 
 
 def load_model(model_path: str, model_cfg: ModelConfig, ds_config: dict):
@@ -259,6 +202,8 @@ class TrainingEngine:
         gn = self.engine.get_global_grad_norm()
         if gn is None and self.stage == 0:
             gn = own_norm
+        self.last_grad_norm = float(gn) if gn is not None else None  # None: not computed (nothing to check)
+        self.last_skipped_by_loss_scaling = self.model_cfg.dtype == "float16" and not self.engine.was_step_applied()
         out = {"loss": acc[0].item() / B, "loss_unweighted": acc[1].item() / B, "lr": lr,
                "grad_norm": float(gn) if gn is not None else float("nan"), "step_time": dt,
                "tokens": int(acc[2]), "tokens_per_s": acc[2].item() / dt, "padding_frac": 1 - acc[2].item() /
@@ -266,6 +211,11 @@ class TrainingEngine:
         if z0 is not None:
             out["kto_z0"] = float(z0)
         return out
+
+    def diverged(self, loss: float) -> list[str]:
+        """What is not finite in the last step (divergence.problems), the same on every rank (divergence.agree)."""
+        found = dv.problems(loss, self.last_grad_norm, self.last_skipped_by_loss_scaling)
+        return dv.agree(found, self.engine.device)
 
     @torch.no_grad()
     def _grad_norm(self) -> float:
@@ -342,7 +292,7 @@ def reference_logprobs(model_path: str, train_cfg: TrainConfig, model_cfg: Model
     Every rank scores a strided share of the examples; rank 0 writes `out_path` = the usable rows of the
     examples table (rows dropped by tokenisation are left out and counted) plus the reference columns.
     With `nll`, the table is SFT-shaped (prompt, response) and each row gets `nll`, the mean token NLL of its
-    response: the perplexity-based uncertainty of docs/method.md section 4.
+    response: the perplexity-based uncertainty of EAST.md section 3.
     """
     import deepspeed.comm as dist
 
@@ -421,6 +371,7 @@ def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, example
             log.info("%s: trained and exported earlier (%d steps); nothing to do", out, done["steps"])
             return done
     eng = TrainingEngine(model_path, train_cfg, model_cfg, total_steps=total)
+    _forget_divergence(eng, out, model_path)  # a diverged call's state is never resumed from
     start = 0
     if resume:
         client = eng.load_checkpoint(ckpt_dir)
@@ -432,13 +383,8 @@ def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, example
             log.info("resumed from %s at step %d", ckpt_dir, start)
     seq_lens = [[len(ids) for ids, _ in s] for s in ex.seqs]
     metrics_path = out / "metrics.jsonl"
-    if eng.rank == 0 and metrics_path.is_file():
-        # Steps after the checkpoint we resume from were lost with the crash; their log lines go too, so the
-        # log holds each step once.
-        kept = [r for r in read_jsonl(metrics_path) if int(r.get("step", 0)) <= start]
-        tmp = metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, metrics_path)
+    if eng.rank == 0:
+        _trim_step_log(metrics_path, start)
     bar = None
     if eng.rank == 0 and progress:
         from tqdm.auto import tqdm
@@ -458,6 +404,9 @@ def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, example
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+        if found := eng.diverged(last["loss"]):  # before any checkpoint or export of this step
+            raise _stop_diverged(eng, out, bar, dv.diverged_error(out, examples_path, s + 1, total, found, last["lr"],
+                                                                  train_cfg.lr, last["loss"], eng.last_grad_norm))
         if train_cfg.save_every_steps and (s + 1) % train_cfg.save_every_steps == 0 and s + 1 < stop:
             eng.save_checkpoint(ckpt_dir, s + 1, fingerprint)
     if bar is not None:
@@ -467,10 +416,45 @@ def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, example
     eng.export_hf(out / "hf")
     summary = {"steps": stop, "total_steps": total, "start_step": start, "examples": len(ex), **ex.stats,
                "padding_frac_plan": td.padding_fraction(steps, seq_lens), "seconds": time.perf_counter() - t_start,
-               "world_size": eng.world, "fingerprint": fingerprint, **{f"last_{k}": v for k, v in last.items()}}
+               "world_size": eng.world, "fingerprint": fingerprint, **{f"last_{k}": v for k, v in last.items()},
+               "optimizer": {k: getattr(train_cfg, k) for k in OPTIMIZER_KEYS}}
     if eng.rank == 0:
         write_json(summary, summary_path)
         if stop == total:  # the export and the summary are all a rerun needs; the optimizer state is ~6x the model
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     eng.close()
     return summary
+
+
+def _trim_step_log(metrics_path: Path, start: int) -> None:
+    """Keep the step log's lines up to `start`: steps after the checkpoint a call resumes from were lost with the
+    crash (or diverged), so their lines go too and the log holds each step once."""
+    if metrics_path.is_file():
+        kept = [r for r in read_jsonl(metrics_path) if int(r.get("step", 0)) <= start]
+        tmp = metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, metrics_path)
+
+
+def _forget_divergence(eng: TrainingEngine, out: Path, model_path: str) -> None:
+    """Before training in `out`: rank 0 removes what a diverged earlier call left (divergence.forget); the others
+    wait for it, so none loads a checkpoint being removed."""
+    import deepspeed.comm as dist
+
+    if eng.rank == 0 and dv.forget(out) is not None:
+        log.warning("%s: an earlier call diverged here; training starts again from %s", out, model_path)
+    dist.barrier()
+
+
+def _stop_diverged(eng: TrainingEngine, out: Path, bar, error: dv.TrainingDiverged) -> dv.TrainingDiverged:
+    """Every rank, on a diverged step: rank 0 records it and removes the DeepSpeed checkpoint (divergence.record),
+    then each rank closes its engine. Returns the error to raise."""
+    import deepspeed.comm as dist
+
+    if bar is not None:
+        bar.close()
+    if eng.rank == 0:
+        dv.record(out, error)
+    dist.barrier()
+    eng.close()
+    return error
