@@ -33,7 +33,7 @@ def one_round(model: str, cfg, concurrent: bool) -> float:
     from east_ds.rollout.engine_pool import EnginePool
     from east_ds.training.actors import TrainerGroup
 
-    placement = Placement(cfg, 0)
+    placement = Placement.of(cfg, 0)
     start_pool = lambda: EnginePool(model, placement.rollout_config(cfg.rollout), cfg.model,  # noqa: E731
                                     **placement.engine_options())
     start_group = lambda: TrainerGroup(model, cfg.training, cfg.model, cfg.training.num_ranks,  # noqa: E731

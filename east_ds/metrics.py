@@ -22,7 +22,7 @@ import secrets
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -204,11 +204,38 @@ def make_sink(run_dir: str | Path, rank: int = 0, tensorboard: bool | None = Non
 
 
 class Phases:
-    """Times named phases; a skipped phase (output already there) is recorded as skipped, not as 0 s."""
+    """Times named phases and keeps the metrics they return; a phase whose output was there already is recorded
+    as skipped, not as 0 s. `store(name)`: where a phase's metrics are kept beside its output, so a resumed
+    iteration reports the metrics of the phases it skipped."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Callable[[str], Path] | None = None) -> None:
         self.seconds: dict[str, float] = {}
         self.skipped: list[str] = []
+        self.metrics: dict[str, dict] = {}
+        self.store = store
+
+    def run(self, name: str, done: Path | bool | None, fn: Callable[[], dict | None]) -> dict | None:
+        """The one way the driver runs a phase. `done`: the phase's output (a Path: done when it exists and, with
+        a store, its metrics were kept), True when there is nothing to do here (a loss without a reference, a
+        split placement's sleep: passed over silently), None for a step that always runs. Otherwise `fn()` is
+        timed and the dict it returns kept (and stored)."""
+        from east_ds.tables import write_json
+
+        kept = self.store(name) if self.store else None
+        if done is True:
+            return None
+        if isinstance(done, Path) and done.exists() and (kept is None or kept.exists()):
+            self.skip(name)
+            if kept is not None:
+                self.metrics[name] = json.loads(kept.read_text())
+            return self.metrics.get(name)
+        with self(name):
+            out = fn()
+        if out:
+            self.metrics[name] = out
+            if kept is not None:
+                write_json(out, kept)
+        return out
 
     @contextmanager
     def __call__(self, name: str):

@@ -3,9 +3,10 @@
     runs/<name>/config.yaml            the resolved config (a rerun with a different config is refused)
     runs/<name>/metrics.jsonl          one line per finished iteration, rebuilt from the iterations' metrics.json
     runs/<name>/iter_0/                evaluation of the starting model
-    runs/<name>/iter_<k>/rollouts.parquet, graded.parquet, questions.parquet, examples.parquet,
-                         train/ (DeepSpeed checkpoints, resumable), checkpoint/ (Hugging Face layout),
-                         eval.parquet, metrics.json
+    runs/<name>/iter_<k>/shards/, rollout_stats.json, rollouts.parquet, graded.parquet, questions.parquet,
+                         examples.parquet, diagnosis.parquet, [perplexity_in.parquet, perplexity.parquet],
+                         [reference.parquet], train/ (DeepSpeed checkpoints, resumable), checkpoint/
+                         (Hugging Face layout), eval.parquet, metrics.json   (every one a path of IterDir)
 
 Every file is written atomically (temp file + rename) and `checkpoint/` is renamed into place whole, so "the
 output exists" means "the phase finished": a rerun after a crash skips finished phases and redoes only the rest.
@@ -58,6 +59,38 @@ class IterDir:
         return self.path / "examples.parquet"
 
     @property
+    def shards(self) -> Path:
+        """The rollout's shards, each written as soon as its samples are done (a resumed rollout keeps them)."""
+        return self.path / "shards"
+
+    @property
+    def rollout_stats(self) -> Path:
+        return self.path / "rollout_stats.json"
+
+    @property
+    def graded(self) -> Path:
+        return self.path / "graded.parquet"
+
+    @property
+    def diagnosis(self) -> Path:
+        return self.path / "diagnosis.parquet"
+
+    @property
+    def perplexity_in(self) -> Path:
+        """The perplexity baseline's selected responses, scored by the trainer into `perplexity`."""
+        return self.path / "perplexity_in.parquet"
+
+    @property
+    def perplexity(self) -> Path:
+        return self.path / "perplexity.parquet"
+
+    @property
+    def reference(self) -> Path:
+        """DPO/KTO: the examples the trainer could tokenise, with the starting policy's log-probs (the reference
+        phase's own table; `examples` is never rewritten). What DPO/KTO training reads."""
+        return self.path / "reference.parquet"
+
+    @property
     def train(self) -> Path:
         return self.path / "train"
 
@@ -72,6 +105,11 @@ class IterDir:
     @property
     def metrics(self) -> Path:
         return self.path / "metrics.json"
+
+    def phase_metrics(self, phase: str) -> Path:
+        """What phase `phase` returned, kept beside its output (metrics.Phases), so a resumed iteration's metrics
+        equal an uninterrupted one's."""
+        return self.path / "phases" / f"{phase.replace(' ', '_')}.json"
 
 
 class RunDir:

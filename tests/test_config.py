@@ -77,7 +77,7 @@ def test_placement_on_cpu_and_gpu():
     from east_ds.cluster.placement import Placement
 
     def placement(mode, gpus, *overrides):
-        return Placement(load_config(None, [f"placement.mode={mode}", "rollout.num_engines=2",
+        return Placement.of(load_config(None, [f"placement.mode={mode}", "rollout.num_engines=2",
                                             "training.num_ranks=2", *overrides]), gpus=gpus)
 
     cpu = placement("colocated", 0)  # on CPU both modes alternate: nothing sleeps, no GPUs requested
@@ -99,7 +99,7 @@ def test_placement_fails_at_once_when_the_cluster_is_too_small(capsys):
     from east_ds.cluster.placement import SchedulingTimeout
     from east_ds.cluster.placement import Placement
 
-    p = Placement(load_config(None, ["placement.mode=split", "rollout.num_engines=4"]), gpus=1)
+    p = Placement.of(load_config(None, ["placement.mode=split", "rollout.num_engines=4"]), gpus=1)
     with pytest.raises(SchedulingTimeout, match=r"can never hold this run: rollout engines \+ trainer ranks need "
                                                 r"5 GPUs .*the cluster has 1 in all"):
         p.check_resources({"GPU": 1.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}, wait=False)

@@ -72,6 +72,8 @@ def test_no_warning_when_the_weight_follows_the_questions():
 def test_driver_writes_the_table_prints_the_line_and_warns_once_per_run(tmp_path, capsys):
     """driver.diagnose_iteration on two iterations whose weight sits on near-hopeless questions: a table and a
     line each, and the warning only the first time."""
+    from types import SimpleNamespace
+
     from east_ds.config import RunConfig
     from east_ds.driver import diagnose_iteration
     from east_ds.rundir import RunDir
@@ -81,11 +83,11 @@ def test_driver_writes_the_table_prints_the_line_and_warns_once_per_run(tmp_path
     rd = RunDir(cfg)
     for k, correct in ((1, [1, 2, 4, 12]), (2, [2, 1, 6, 14])):
         write_table(_q(correct, [2.0, 1.8, 1.0, 0.5], [1.6, 1.2, 0.8, 0.4]), rd.iteration(k).path / "questions.parquet")
-    warned = False
+    session = SimpleNamespace(rundir=rd, cfg=cfg, warned=False)  # what diagnose_iteration reads of a Session
     for k in (1, 2):
-        figures = diagnose_iteration(rd, k, cfg, warned)
-        warned = warned or figures["warning"]
-        assert len(read_table(rd.iteration(k).path / "diagnosis.parquet")) == 4
+        figures = diagnose_iteration(session, k)
+        assert len(read_table(rd.iteration(k).diagnosis)) == 4
+    assert session.warned
     out = capsys.readouterr().out
     assert out.count("iteration 1: weight on questions with 1-2/16 correct: 70%") == 1
     assert out.count("WARNING: 70% of the weight") == 1

@@ -33,19 +33,19 @@ def test_broadcast_communicator_device_is_indexed():
 
 
 def test_trainer_broadcaster_builds_its_end_on_the_indexed_device(monkeypatch):
-    """The trainer's end (vllm_engine.TrainerWeightBroadcaster) asks device_plan for its device on a CUDA
+    """The trainer's end (weight_sync.TrainerWeightBroadcaster) asks device_plan for its device on a CUDA
     machine; here CUDA is pretended and the communicator replaced by a recorder (pynccl line 280 as above)."""
-    from east_ds.rollout import vllm_engine
+    from east_ds.cluster import weight_sync
     seen = {}
 
     class Recorder:
         def __init__(self, host, port, rank, world_size, device, listen_socket=None):
             seen.update(rank=rank, device=device)
 
-    monkeypatch.setattr(vllm_engine, "WeightBroadcast", Recorder)
+    monkeypatch.setattr(weight_sync, "WeightBroadcast", Recorder)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    vllm_engine.TrainerWeightBroadcaster("127.0.0.1", 1, 2)
+    weight_sync.TrainerWeightBroadcaster("127.0.0.1", 1, 2)
     assert seen == {"rank": 0, "device": "cuda:1"}
 
 
@@ -286,7 +286,7 @@ def test_broadcast_waits_for_the_device_before_its_communicator_ends(monkeypatch
     here with recorders in place of the communicator, the group and the CUDA stream."""
     import torch
 
-    from east_ds.rollout.vllm_engine import WeightBroadcast
+    from east_ds.cluster.weight_sync import WeightBroadcast
 
     assert plan.broadcast_finish_steps(nccl=True) == ("synchronize stream", "barrier", "destroy communicator")
     assert plan.broadcast_finish_steps(nccl=False) == ("barrier",)
@@ -331,27 +331,25 @@ def test_sleep_level_and_wake_order():
     assert plan.sleep_plan(reload_after_wake=False).level == 1
 
 
-def test_driver_wakes_colocated_engines_in_the_planned_order():
-    """cluster.Placement.after_training applies sleep_plan's order around the weight update."""
+def test_colocated_engines_wake_around_an_update_in_the_planned_order():
+    """cluster.placement.wake_around (the smoke check and bench) follows sleep_plan's order around the weight
+    update; the driver takes the same steps as phases of its loop (test_driver_logic.py checks their order)."""
     from east_ds.config import RunConfig
-    from east_ds.cluster.placement import Placement
+    from east_ds.cluster.placement import Placement, sleep_for_training, wake_around
 
     calls = []
 
     class Pool:
-        placement_group = None
-
         def sleep(self):
             calls.append("sleep")
 
         def wake(self, tags=None):
             calls.append(f"wake {tags}")
 
-    p = Placement(RunConfig(), gpus=2)
-    p.pool = Pool()
-    p.before_training()
-    p.after_training(lambda: calls.append("update"))
+    asleep = sleep_for_training(Pool(), Placement.of(RunConfig(), gpus=2))  # colocated by default
+    wake_around(Pool(), asleep, lambda: calls.append("update"))
     assert calls == ["sleep", "wake ['weights']", "update", "wake ['kv_cache']"]
+    assert plan.sleep_plan().wake_order[1:] == ("wake weights", "update weights", "wake kv_cache")
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
@@ -488,7 +486,7 @@ OFFLOAD_RANKS = textwrap.dedent("""
     cfg = load_config(None, ["placement.mode=split", "training.deepspeed_config=ds_configs/zero2_offload.json",
                              "training.num_ranks=2", "training.global_batch_size=2", "training.micro_batch_size=1",
                              "training.gradient_accumulation_steps=1"])
-    placement = Placement(cfg, 3)
+    placement = Placement.of(cfg, 3)
     group = TrainerGroup("unused", cfg.training, cfg.model, 2, **placement.trainer_options())
     keys = ("local_rank", "gpu_ids", "cuda_visible_devices", "threads", "omp_num_threads", "resources")
     try:

@@ -78,10 +78,10 @@ def test_placement_warns_when_no_node_holds_a_whole_engine():
     cfg = load_config(None, ["placement.mode=split", "rollout.num_engines=2", "rollout.tensor_parallel_size=4"])
     from east_ds.cluster.placement import Placement
 
-    assert Placement(cfg, gpus=8).tp_node_warning({"a": 4, "b": 4}) == ""
-    assert "would run tensor parallel across nodes" in Placement(cfg, gpus=8).tp_node_warning({"a": 2, "b": 6})
-    assert Placement(cfg, gpus=0).tp_node_warning({"a": 2, "b": 6}) == ""
-    assert Placement(RunConfig(), gpus=2).tp_node_warning({"a": 1, "b": 1}) == ""  # TP 1
+    assert Placement.of(cfg, gpus=8).tp_node_warning({"a": 4, "b": 4}) == ""
+    assert "would run tensor parallel across nodes" in Placement.of(cfg, gpus=8).tp_node_warning({"a": 2, "b": 6})
+    assert Placement.of(cfg, gpus=0).tp_node_warning({"a": 2, "b": 6}) == ""
+    assert Placement.of(RunConfig(), gpus=2).tp_node_warning({"a": 1, "b": 1}) == ""  # TP 1
 
 
 def test_engine_actor_uses_the_bundles_it_was_given():

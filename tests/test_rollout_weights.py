@@ -132,18 +132,19 @@ def test_update_from_state_dict_buckets_matches_fresh_engine(dirs, pools, prompt
 def test_update_by_broadcast_matches_fresh_engine(dirs, pools, prompts):
     """Trainer rank 0's broadcast (the TCP-store stand-in for NCCL on CPU): bucket metadata, group ranks, order
     and the lazy reload run for real, and the engine ends up with exactly the checkpoint's weights."""
-    from east_ds.training.actors import TrainRank, broadcast_weights
+    from east_ds.cluster.weight_sync import by_broadcast
+    from east_ds.training.actors import TrainRank
 
     live, fresh = pools
     live.update_weights_from_path(dirs[0])
     old = greedy(live, prompts)
     sender = TrainRank.options(num_cpus=0).remote(0, 1, 0)  # rank 0 without a training process group
     try:
-        info = broadcast_weights(sender, live, dirs[1], bucket_mb=1)
+        info = by_broadcast(live, sender, dirs[1], bucket_mb=1)
         assert info["buckets"] > 1
         assert greedy(live, prompts) == greedy(fresh, prompts) != old
         live.update_weights_from_path(dirs[0])
-        broadcast_weights(sender, live, dirs[1], bucket_mb=1)  # a new group per update
+        by_broadcast(live, sender, dirs[1], bucket_mb=1)  # a new group per update
         assert greedy(live, prompts) == greedy(fresh, prompts)
     finally:
         ray.kill(sender)
@@ -185,7 +186,8 @@ def test_a_failed_broadcast_names_the_participant_and_stops_the_others(dirs, poo
     from safetensors.torch import load_file, save_file
 
     from east_ds.cluster.ray_utils import WeightSyncError
-    from east_ds.training.actors import TrainRank, broadcast_weights
+    from east_ds.cluster.weight_sync import by_broadcast
+    from east_ds.training.actors import TrainRank
 
     live, fresh = pools
     bad = tmp_path / "bad"
@@ -195,7 +197,7 @@ def test_a_failed_broadcast_names_the_participant_and_stops_the_others(dirs, poo
     save_file(weights, str(bad / "model.safetensors"))
     sender = TrainRank.options(num_cpus=0).remote(0, 1, 0)
     with pytest.raises(WeightSyncError, match=r"engine 0 \(receiving\) failed: .*stopped trainer rank 0"):
-        broadcast_weights(sender, live, str(bad), bucket_mb=1, timeout_s=300)
+        by_broadcast(live, sender, str(bad), bucket_mb=1, timeout_s=300)
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(sender.where.remote(), timeout=60)  # killed, not left waiting in the collective
     live.update_weights_from_path(dirs[1])

@@ -77,7 +77,7 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
     """Measure the pipeline of `cfg` (see the module docstring); write out/bench.json and out/bench.md."""
     from east_ds.cluster.placement import free_resources, total_resources
     from east_ds.data.load import load_dataset
-    from east_ds.cluster.placement import Placement
+    from east_ds.cluster.placement import Placement, sleep_for_training, wake_around
     from east_ds.data.load import load_tokenizer
     from east_ds.metrics import Phases
     from east_ds.rollout.engine_pool import EnginePool
@@ -116,10 +116,10 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
         # One pool at the largest count (what `east-ds run` would ask for); each count samples on its first
         # engines, so the engines start once.
         rcfg = dataclasses.replace(cfg.rollout, num_engines=max(engines), shard_size=shard)
-        placement = Placement(dataclasses.replace(cfg, rollout=rcfg), gpus)
+        placement = Placement.of(dataclasses.replace(cfg, rollout=rcfg), gpus)
         placement.check_resources(total_resources(), free_resources(), cfg.placement.wait_for_resources)
-        pool = placement.pool = EnginePool(cfg.model.path, placement.rollout_config(rcfg), cfg.model,
-                                           resources=cfg.placement.engine_resources, **placement.engine_options())
+        pool = EnginePool(cfg.model.path, placement.rollout_config(rcfg), cfg.model,
+                          resources=cfg.placement.engine_resources, **placement.engine_options())
         for e in engines:
             with pool.serve_from(e) as serving:
                 stats = run_rollout(pool, questions, tokenizer, rcfg, work / f"engines_{e}",
@@ -145,11 +145,10 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
         for r in ranks:
             tcfg = dataclasses.replace(t, num_ranks=r, gradient_accumulation_steps=B // (t.micro_batch_size * r),
                                        max_steps=steps, save_every_steps=0)
-            placement = Placement(dataclasses.replace(cfg, rollout=rcfg, training=tcfg), gpus)
-            placement.pool = pool
-            placement.before_training()
+            placement = Placement.of(dataclasses.replace(cfg, rollout=rcfg, training=tcfg), gpus)
+            asleep = sleep_for_training(pool, placement)
             group = TrainerGroup(cfg.model.path, tcfg, cfg.model, r, resources=cfg.placement.trainer_resources,
-                                 **placement.trainer_options())
+                                 **placement.trainer_options(pool.placement_group))
             try:
                 if REFERENCE_COLUMNS[t.loss]:
                     with phases(f"reference_{r}"):
@@ -161,8 +160,8 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
                 group.fit(str(train_input), str(work / f"ranks_{r}"), resume=False)
             finally:
                 group.shutdown()
-                if placement.asleep:  # slept engines discarded their weights (sleep level 2): reload them
-                    placement.after_training(lambda: pool.update_weights_from_path(cfg.model.path))
+                if asleep:  # slept engines discarded their weights (sleep level 2): reload them
+                    wake_around(pool, asleep, lambda: pool.update_weights_from_path(cfg.model.path))
             log = read_jsonl(work / f"ranks_{r}" / "metrics.jsonl")
             tokens, seconds = sum(m["tokens"] for m in log), sum(m["step_time"] for m in log)
             tps = tokens / seconds if seconds else None

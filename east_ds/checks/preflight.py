@@ -268,15 +268,11 @@ def cheap_checks(cfg: RunConfig, report: Report | None = None, gpu_memory_gib: f
     return report
 
 
-def _resources(res) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in sorted(res.items())) or "nothing"
-
-
 def check_cluster(cfg: RunConfig, report: Report) -> None:
     """Ray reachable (or a local one started), the placement's needs against the free resources, and every node
     seeing output_dir and the model directory (east_ds.cluster.placement)."""
     from east_ds.cluster import placement as cluster
-    from east_ds.cluster.storage import check_shared_path
+    from east_ds.cluster.storage import storage_problems
     from east_ds.cluster.ray_utils import cluster_gpus, init_ray
 
     try:
@@ -295,13 +291,11 @@ def check_cluster(cfg: RunConfig, report: Report) -> None:
     for p in short:
         report.problem("cluster", p)
     if needs and not short:
-        asked = "; ".join(f"{n.what} {_resources(n.total())}" for n in needs)
-        report.note("cluster", f"needs {asked}; free {_resources(free)}")
+        asked = "; ".join(f"{n.what} {cluster.fmt_resources(n.total())}" for n in needs)
+        report.note("cluster", f"needs {asked}; free {cluster.fmt_resources(free)}")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shared = [out] + ([Path(cfg.model.path)] if Path(cfg.model.path).exists() else [])  # engines and ranks read it
-    for path in shared:
-        unseen = check_shared_path(path)
+    for path, unseen in storage_problems(out, cfg.model.path).items():  # engines and ranks read the model
         for p in unseen:
             report.problem("cluster", p)
         if not unseen:

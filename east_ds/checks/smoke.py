@@ -27,6 +27,7 @@ from typing import Callable
 
 import pandas as pd
 
+from east_ds.cluster.placement import sleep_for_training, wake_around
 from east_ds.config import RunConfig
 
 PROMPTS = ["What is 2 + 3?", "Count to five.", "Name a prime number.", "What is 7 times 6?"]
@@ -88,12 +89,13 @@ class Smoke:
     def _placement(self, run: RunConfig):
         from east_ds.cluster.placement import Placement
 
-        return Placement(run, self.gpus)
+        return Placement.of(run, self.gpus)
 
     # -- the paths -----------------------------------------------------------------------------------------------
     def split_broadcast(self) -> str:
         from east_ds.cluster.ray_utils import started
-        from east_ds.training.actors import TrainerGroup, broadcast_weights
+        from east_ds.cluster.weight_sync import by_broadcast
+        from east_ds.training.actors import TrainerGroup
 
         run = self._run_cfg("split", weight_sync="broadcast")
         placement = self._placement(run)
@@ -106,7 +108,7 @@ class Smoke:
             if pool is None or group is None:
                 raise (pool_start.exception() or group_start.exception())
             before = self._greedy(pool)
-            sent = broadcast_weights(group.actors[0], pool, str(self.model_b), run.rollout.weight_bucket_mb)
+            sent = by_broadcast(pool, group.sender, str(self.model_b), run.rollout.weight_bucket_mb)
             by_broadcast = self._greedy(pool)
             pool.update_weights_from_path(str(self.model_b))
             by_path = self._greedy(pool)
@@ -129,7 +131,7 @@ class Smoke:
 
         run = self._run_cfg("colocated")
         placement = self._placement(run)
-        pool = placement.pool = self._pool(run, placement, self.model_a)
+        pool = self._pool(run, placement, self.model_a)
         examples = self.work / "sft_examples.parquet"
         write_table(pd.DataFrame({"question_id": [str(i) for i in range(4)], "prompt": PROMPTS,
                                   "response": ["5", "1 2 3 4 5", "7", "42"], "weight": [1.0, 0.5, 2.0, 1.0]}),
@@ -144,9 +146,10 @@ class Smoke:
         try:
             self._greedy(pool)
             note("awake")
-            placement.before_training()
+            asleep = sleep_for_training(pool, placement)
             note("asleep")
-            group = TrainerGroup(str(self.model_a), run.training, run.model, 1, **placement.trainer_options())
+            group = TrainerGroup(str(self.model_a), run.training, run.model, 1,
+                                 **placement.trainer_options(pool.placement_group))
             group.fit(str(examples), str(self.work / "colocated_train"), resume=False)
             note("trained")
 
@@ -154,7 +157,7 @@ class Smoke:
                 note("weights awake")
                 pool.update_weights_from_path(str(self.work / "colocated_train" / "hf"))
 
-            placement.after_training(update)
+            wake_around(pool, asleep, update)
             note("awake again")
             out = self._greedy(pool)
         finally:

@@ -3,6 +3,7 @@ when (Placement). Whether every node sees the run's files: storage.py.
 
     needs = placement_needs(cfg.rollout, cfg.training, cfg.placement, cluster_gpus)
     problems = shortfall(needs, free_resources())        # [] when everything fits
+    note = check_fit(needs, total, free, wait, timeout_s, "this run")   # raises when it can never fit
     wait_placement_group(pg, need, timeout_s)            # SchedulingTimeout instead of waiting for ever
     wait_scheduled(refs, need, timeout_s)                # the same for actors (their first call's refs)
 
@@ -139,6 +140,27 @@ def trainer_rank_cpus(training: TrainConfig, placement: PlacementConfig, cluster
         return plan.trainer_rank_cpus(offloading, configured, nodes)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def cpu_engines(num_engines: int, tensor_parallel_size: int, cores: int | None = None) -> int:
+    """How many vLLM-CPU engines a cluster without GPUs runs: at most one per `tensor_parallel_size` cores of this
+    machine (`cores`, default os.cpu_count()), at least one. The pool, the placement and `east-ds eval` agree."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return min(num_engines, max(1, cores // tensor_parallel_size))
+
+
+def check_fit(needs: Sequence[Need], total: Mapping[str, float], free: Mapping[str, float], wait: bool,
+              timeout_s: float, what: str) -> str:
+    """Raise SchedulingTimeout when the whole cluster (`total`) can never hold `needs`, unless `wait` (an
+    autoscaling cluster). Return the line to print when what is `free` now is short (the placement groups then
+    wait up to `timeout_s`), else "". `what`: "this run", "these engines"."""
+    if not wait and (problems := shortfall(needs, total, have="in all")):
+        raise SchedulingTimeout(f"the cluster can never hold {what}: " + "; ".join(problems)
+                                + " (placement.wait_for_resources=true waits up to "
+                                "placement.schedule_timeout_s for the cluster to grow)")
+    if problems := shortfall(needs, free):
+        return f"[east-ds] waiting up to {timeout_s:g} s for resources: " + "; ".join(problems)
+    return ""
 
 
 def shortfall(needs: Sequence[Need], free: Mapping[str, float], have: str = "free") -> list[str]:
@@ -286,36 +308,35 @@ class Placement:
 
     SHARE = SHARE  # GPU fraction of an engine actor and of a trainer rank when colocated
 
-    def __init__(self, cfg: RunConfig, gpus: float) -> None:
-        self.colocated = cfg.placement.mode == "colocated" and gpus > 0
+    def __init__(self, placement: PlacementConfig, rollout: RolloutConfig, training: TrainConfig,
+                 gpus: float) -> None:
+        self.colocated = placement.mode == "colocated" and gpus > 0
         self.gpus = gpus
-        self.timeout = cfg.placement.schedule_timeout_s
-        self.ranks = cfg.training.num_ranks
-        rollout = cfg.rollout
-        if not gpus:  # the pool runs at most cores // tensor_parallel_size vLLM-CPU engines
-            rollout = dataclasses.replace(rollout, num_engines=min(
-                rollout.num_engines, max(1, (os.cpu_count() or 1) // rollout.tensor_parallel_size)))
-        self.rank_cpus = trainer_rank_cpus(cfg.training, cfg.placement, gpus)
-        self.needs = placement_needs(rollout, cfg.training, cfg.placement, gpus, self.rank_cpus)
+        self.timeout = placement.schedule_timeout_s
+        self.ranks = training.num_ranks
+        if not gpus:
+            rollout = dataclasses.replace(rollout, num_engines=cpu_engines(rollout.num_engines,
+                                                                           rollout.tensor_parallel_size))
+        self.rank_cpus = trainer_rank_cpus(training, placement, gpus)
+        self.needs = placement_needs(rollout, training, placement, gpus, self.rank_cpus)
         self.num_engines, self.tensor_parallel_size = rollout.num_engines, rollout.tensor_parallel_size
-        if cfg.rollout.weight_sync == "broadcast" and self.colocated:
+        if rollout.weight_sync == "broadcast" and self.colocated:
             raise ConfigError("rollout.weight_sync=broadcast needs placement.mode=split on a cluster with GPUs: "
                               "NCCL cannot put two ranks (trainer rank 0 and an engine) on one shared GPU")
-        self.pool = None
-        self.asleep = False
+
+    @classmethod
+    def of(cls, cfg: RunConfig, gpus: float) -> "Placement":
+        """The placement of a whole run config (its placement, rollout and training sections)."""
+        return cls(cfg.placement, cfg.rollout, cfg.training, gpus)
 
     def check_resources(self, total: dict, free: dict, wait: bool) -> bool:
         """Fail at once when the whole cluster (`total`) can never hold the run, unless `wait` (an autoscaling
         cluster); say so when what is `free` now is short (the placement groups then wait up to the timeout).
         Returns whether what is free now holds the whole run (engines and trainer ranks at once)."""
-        if not wait and (problems := shortfall(self.needs, total, have="in all")):
-            raise SchedulingTimeout("the cluster can never hold this run: " + "; ".join(problems)
-                                    + " (placement.wait_for_resources=true waits up to "
-                                    "placement.schedule_timeout_s for the cluster to grow)")
         if warning := self.tp_node_warning():
             print(f"[east-ds] warning: {warning}", flush=True)
-        if problems := shortfall(self.needs, free):
-            print(f"[east-ds] waiting up to {self.timeout:g} s for resources: " + "; ".join(problems), flush=True)
+        if note := check_fit(self.needs, total, free, wait, self.timeout, "this run"):
+            print(note, flush=True)
             return False
         return True
 
@@ -343,28 +364,31 @@ class Placement:
         return {"gpu_share": self.SHARE if self.colocated else 1.0, "need": self.needs[0] if self.gpus else None,
                 "schedule_timeout_s": self.timeout}
 
-    def trainer_options(self) -> dict:
-        """TrainerGroup keyword arguments."""
+    def trainer_options(self, engines_placement_group: Any = None) -> dict:
+        """TrainerGroup keyword arguments; colocated ranks sit on the engines' placement group (given)."""
         if self.colocated:
             shared = Need("trainer ranks (on the engines' bundles)",
                           [{"GPU": self.SHARE, "CPU": float(self.rank_cpus)}] * self.ranks, "")
-            return {"num_gpus_per_rank": self.SHARE, "placement_group": self.pool.placement_group, "need": shared,
+            return {"num_gpus_per_rank": self.SHARE, "placement_group": engines_placement_group, "need": shared,
                     "schedule_timeout_s": self.timeout, "num_cpus_per_rank": self.rank_cpus}
         return {"num_gpus_per_rank": 1 if self.gpus else 0, "need": self.needs[-1],
                 "schedule_timeout_s": self.timeout, "num_cpus_per_rank": self.rank_cpus}
 
-    def before_training(self) -> None:
-        if self.colocated and not self.asleep:
-            self.pool.sleep()
-            self.asleep = True
 
-    def after_training(self, update: Callable[[], object]) -> None:
-        """Run `update` (load weights into the engines); engines that slept wake around it: the weights' memory
-        first, the KV cache once the new weights are in (device_plan.sleep_plan)."""
-        if not self.asleep:
-            update()
-            return
-        self.pool.wake(["weights"])
-        update()
-        self.pool.wake(["kv_cache"])
-        self.asleep = False
+
+def sleep_for_training(engines, placement: Placement) -> bool:
+    """Colocated engines free their GPUs for the trainer (device_plan.sleep_plan's level); True when they slept.
+    (The driver takes these steps one by one, visibly, in its loop; the smoke check and bench use these.)"""
+    if placement.colocated:
+        engines.sleep()
+    return placement.colocated
+
+
+def wake_around(engines, asleep: bool, update: Callable[[], object]) -> None:
+    """Run `update` (load weights into the engines); engines that slept wake around it in device_plan.sleep_plan's
+    order: the weights' memory first, the KV cache once the new weights are in."""
+    if asleep:
+        engines.wake(["weights"])
+    update()
+    if asleep:
+        engines.wake(["kv_cache"])

@@ -97,3 +97,20 @@ def check_shared_path(path: str | Path, timeout_s: float = 60.0, token: bool = T
             except OSError:
                 pass
     return problems
+
+
+def storage_problems(run_dir: str | Path, model_path: str) -> dict[Path, list[str]]:
+    """What each node fails to see, per path: the run (or output) directory, and the model when it is a local
+    path (read only: the nodes compare what they see with the driver's view). Used by `east-ds run` (which stops)
+    and `east-ds check` (which lists)."""
+    out = {Path(run_dir): check_shared_path(run_dir)}
+    if Path(model_path).exists():
+        out[Path(model_path)] = check_shared_path(model_path, token=False)
+    return out
+
+
+def check_storage(run_dir: str | Path, model_path: str) -> None:
+    """StorageNotShared naming each node and path that fails `storage_problems`."""
+    problems = [p for found in storage_problems(run_dir, model_path).values() for p in found]
+    if problems:
+        raise StorageNotShared("\n".join(problems))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -102,13 +101,12 @@ def engine_need(rollout, placement, gpus: float, cores: int | None = None):
     own placement group of num_engines x tensor_parallel_size bundles {GPU: 1, CPU: 1, **engine_resources}, PACK,
     on a cluster with GPUs; without GPUs one-CPU actors, at most `cores // tensor_parallel_size` of them, as the
     pool caps them; `cores` defaults to this machine's). Pure: no Ray."""
-    from east_ds.cluster.placement import placement_needs
+    from east_ds.cluster.placement import cpu_engines, placement_needs
     from east_ds.config import TrainConfig
 
     if not gpus:
-        cores = cores if cores is not None else (os.cpu_count() or 1)
-        rollout = dataclasses.replace(rollout, num_engines=min(
-            rollout.num_engines, max(1, cores // rollout.tensor_parallel_size)))
+        rollout = dataclasses.replace(rollout, num_engines=cpu_engines(rollout.num_engines,
+                                                                       rollout.tensor_parallel_size, cores))
     split = dataclasses.replace(placement, mode="split")  # the engines only: no trainer shares their bundles
     return placement_needs(rollout, TrainConfig(), split, gpus)[0]
 
@@ -117,15 +115,9 @@ def check_engines_fit(need, total: dict, free: dict, wait: bool, timeout_s: floa
     """Raise cluster.SchedulingTimeout when the whole cluster (`total`) can never hold the engines, unless `wait`
     (an autoscaling cluster). Return the one-line note to print when what is `free` now is short (the placement
     group then waits up to `timeout_s`), else ""."""
-    from east_ds.cluster.placement import SchedulingTimeout, shortfall
+    from east_ds.cluster.placement import check_fit
 
-    if not wait and (problems := shortfall([need], total, have="in all")):
-        raise SchedulingTimeout("the cluster can never hold these engines: " + "; ".join(problems)
-                                + " (placement.wait_for_resources=true waits up to "
-                                "placement.schedule_timeout_s for the cluster to grow)")
-    if problems := shortfall([need], free):
-        return f"[east-ds] waiting up to {timeout_s:g} s for resources: " + "; ".join(problems)
-    return ""
+    return check_fit([need], total, free, wait, timeout_s, "these engines")
 
 
 def _start(model, rollout, placement):
@@ -134,7 +126,8 @@ def _start(model, rollout, placement):
     from transformers import AutoTokenizer
 
     from east_ds.cluster.placement import free_resources, total_resources
-    from east_ds.rollout.engine_pool import EnginePool, check_model_path
+    from east_ds.data.load import check_model_path
+    from east_ds.rollout.engine_pool import EnginePool
     from east_ds.cluster.ray_utils import cluster_gpus, init_ray
 
     check_model_path(model.path)

@@ -30,9 +30,9 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from east_ds.cluster.placement import Need, SchedulingTimeout, wait_placement_group, wait_scheduled
+from east_ds.cluster.placement import Need, SchedulingTimeout, cpu_engines, wait_placement_group, wait_scheduled
 from east_ds.config import ModelConfig, RolloutConfig
-from east_ds.data.load import check_model_path  # noqa: F401  (re-exported: the rollout CLI checks first)
+from east_ds.data.load import check_model_path
 from east_ds.cluster.ray_utils import NodeLostError
 from east_ds.cluster.weight_sync import iter_buckets
 
@@ -92,8 +92,7 @@ class EnginePool:
         self.gpu_bundles = ray.cluster_resources().get("GPU", 0) > 0
         n = cfg.num_engines
         if not self.gpu_bundles:  # a core per engine, and per TP worker of an engine
-            cores = max(1, (os.cpu_count() or 1) // cfg.tensor_parallel_size)
-            if n > cores:
+            if n > (cores := cpu_engines(n, cfg.tensor_parallel_size)):
                 log.warning("num_engines=%d x tensor_parallel_size=%d > %d cores: using %d vLLM-CPU engines", n,
                             cfg.tensor_parallel_size, os.cpu_count() or 1, cores)
                 n = cores

@@ -54,6 +54,8 @@ class EastWorkerExtension:
 
     def east_init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
         """Join the trainer's weight-broadcast group as rank `rank_offset + worker rank` (trainer rank 0 is 0)."""
+        from east_ds.cluster.weight_sync import WeightBroadcast
+
         self._east_weight_comm = WeightBroadcast(host, port, rank_offset + self.rank, world_size, self.device)
 
     def east_reload_from_broadcast(self, buckets_meta: list) -> None:
@@ -77,95 +79,6 @@ class EastWorkerExtension:
         from east_ds.cluster.placement import device_memory
 
         return device_memory()
-
-
-class WeightBroadcast:
-    """One end of the weight-broadcast group: trainer rank 0 (group rank 0) sends, every engine worker receives.
-
-    The group is vLLM's StatelessProcessGroup (a TCP store at rank 0's host:port, apart from any
-    torch.distributed state). Tensors go over NCCL (PyNcclCommunicator) when this process's device is a CUDA
-    GPU; without CUDA a stand-in sends them through the group's TCP store, so the protocol (group ranks, bucket
-    metadata, order, the lazy reload) runs on CPU machines. Both ends must be of the same kind: rank 0 announces
-    its kind, and a receiver of the other kind fails instead of hanging.
-    """
-
-    def __init__(self, host: str, port: int, rank: int, world_size: int, device, listen_socket=None):
-        """`listen_socket` (rank 0): a socket already bound and listening at host:port, so no other process can
-        take the port between its pick and the store's start; the store takes it over."""
-        import torch
-        from vllm.distributed.utils import StatelessProcessGroup
-
-        self.device = torch.device(device)
-        self.group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size,
-                                                  listen_socket=listen_socket)
-        kind = "nccl" if self.device.type == "cuda" else "tcp-store"
-        sender = self.group.broadcast_obj(kind if rank == 0 else None, src=0)
-        if sender != kind:
-            raise RuntimeError(f"weight broadcast: rank 0 sends over {sender} but rank {rank} ({self.device}) "
-                               f"receives over {kind}; trainer rank 0 and the engines need the same kind of device")
-        self.comm = None
-        if kind == "nccl":
-            from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-
-            self.comm = PyNcclCommunicator(self.group, device=self.device)
-
-    def broadcast(self, t):
-        """Send `t` (rank 0) or receive into `t` (the others); returns `t`."""
-        import torch
-
-        if self.comm is not None:
-            self.comm.broadcast(t, src=0, stream=torch.cuda.current_stream())
-        else:
-            received = self.group.broadcast(t, src=0)
-            if received is not t:
-                t.copy_(received)
-        return t
-
-    def finish(self) -> None:
-        """Every rank, after the last bucket, in device_plan.broadcast_finish_steps' order: wait until the
-        device has run every enqueued collective (NCCL calls only enqueue them on the stream), then a barrier
-        (rank 0 keeps the group's store up until all have read it), then destroy the NCCL communicator: a group
-        is formed per update, and PyNcclCommunicator frees its buffers, proxy thread and sockets only in
-        destroy() (it has no __del__). Destroying it with collectives still queued could cut off the last
-        buckets silently."""
-        import torch
-
-        from east_ds.cluster.device_plan import broadcast_finish_steps
-
-        for step in broadcast_finish_steps(self.comm is not None):
-            if step == "synchronize stream":
-                torch.cuda.current_stream(self.device).synchronize()
-            elif step == "barrier":
-                self.group.barrier(timeout=3600)
-            elif step == "destroy communicator":
-                self.comm.destroy()
-                self.comm = None
-
-
-class TrainerWeightBroadcaster:
-    """Trainer rank 0's end of the weight-broadcast group (see WeightBroadcast).
-
-    Rank 0 of the group is the trainer; engine e's worker w is rank 1 + e * tp + w. Create it on the trainer while
-    the engines call `init_weight_group` (both sides block until everyone has joined), then
-    `pool.update_weights_broadcast(metas)` on the engines (async) and `broadcast(bucket)` here for each bucket in order.
-    """
-
-    def __init__(self, host: str, port: int, world_size: int, device=None, listen_socket=None):
-        import torch
-
-        from east_ds.cluster.device_plan import communicator_device
-
-        if device is None:
-            cuda = torch.cuda.is_available()
-            device = communicator_device(cuda, torch.cuda.current_device() if cuda else 0)
-        self.comm = WeightBroadcast(host, port, 0, world_size, device, listen_socket)
-
-    def broadcast(self, bucket) -> None:
-        for _, t in bucket:
-            self.comm.broadcast(t.to(self.comm.device))
-
-    def finish(self) -> None:
-        self.comm.finish()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -131,8 +131,7 @@ class TrainRank:
 
     def send_weights(self, host: str, port: int, world_size: int, checkpoint: str, bucket_bytes: int) -> float:
         """Be rank 0 of the weight-broadcast group at host:port and broadcast the checkpoint bucket by bucket."""
-        from east_ds.rollout.vllm_engine import TrainerWeightBroadcaster
-        from east_ds.cluster.weight_sync import checkpoint_tensors, iter_buckets
+        from east_ds.cluster.weight_sync import TrainerWeightBroadcaster, checkpoint_tensors, iter_buckets
 
         t0 = time.perf_counter()
         listen, self._weight_socket = self._weight_socket, None  # the group's store takes the socket over
@@ -234,9 +233,10 @@ class TrainerGroup:
         return self._all("fit", self.model_path, self.train_cfg, self.model_cfg, str(examples_path), str(out_dir),
                          resume)
 
-    def broadcast_weights(self, pool, checkpoint: str, bucket_mb: int) -> dict:
-        """Rank 0 broadcasts `checkpoint` to every engine of `pool` (see `broadcast_weights`)."""
-        return broadcast_weights(self.actors[0], pool, checkpoint, bucket_mb)
+    @property
+    def sender(self):
+        """Trainer rank 0's actor: the sending end of a weight broadcast (cluster.weight_sync.by_broadcast)."""
+        return self.actors[0]
 
     def device_memory(self) -> list[dict]:
         """Each rank's GPU memory in bytes (cluster.device_memory); empty dicts without CUDA."""
@@ -263,58 +263,3 @@ class TrainerGroup:
 
             remove_placement_group(self._own_pg)
             self._own_pg = None
-
-
-def broadcast_weights(sender, pool, checkpoint: str, bucket_mb: int, timeout_s: float = 3600.0) -> dict:
-    """`sender` (a TrainRank actor: trainer rank 0) reads `checkpoint` (its own export) and broadcasts it to every
-    engine of `pool` in buckets of at most `bucket_mb` MiB, through a group formed for this update (NCCL between
-    GPUs, the TCP-store stand-in without CUDA; docs/rollout.md). Returns seconds and bucket count.
-
-    The participants are watched one completion at a time: as soon as one fails, the others (blocked in a
-    collective that will never complete) are killed and WeightSyncError names the one that failed and its error.
-    Not all finished within `timeout_s` (a hang, not a failure): WeightSyncError naming those still pending."""
-    from east_ds.cluster.ray_utils import WeightSyncError
-
-    t0 = time.perf_counter()
-    nbytes = bucket_mb * 2**20
-    host, port = ray.get(sender.master.remote())
-    metas = ray.get(sender.weight_metas.remote(str(checkpoint), nbytes))
-    joined, world = pool.init_weight_group(host, port)
-    sent = sender.send_weights.remote(host, port, world, str(checkpoint), nbytes)
-    received = pool.update_weights_broadcast(metas, str(checkpoint))
-    who = {sent: ("trainer rank 0 (sending)", sender)}
-    for i, (j, r) in enumerate(zip(joined, received)):
-        who[j] = (f"engine {i} (joining the group)", pool.engines[i])
-        who[r] = (f"engine {i} (receiving)", pool.engines[i])
-    pending = list(who)
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-        if not done:
-            _stop(who, pending)
-            raise WeightSyncError(
-                f"weight broadcast of {checkpoint} not finished within {timeout_s:g} s; still waiting for: "
-                + ", ".join(who[r][0] for r in pending) + "; they were stopped. " + _RERUN)
-        try:
-            ray.get(done[0])
-        except Exception as e:
-            _stop(who, pending)
-            cause = getattr(e, "cause", None) or e
-            first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1][:300]
-            others = sorted({who[r][0].split(" (")[0] for r in pending})
-            raise WeightSyncError(
-                f"weight broadcast of {checkpoint}: {who[done[0]][0]} failed: {type(cause).__name__}: {first}"
-                + (f"; stopped {', '.join(others)}" if others else "") + ". " + _RERUN) from e
-    return {"seconds": time.perf_counter() - t0, "buckets": len(metas)}
-
-
-_RERUN = "Rerun the same command: a new run's engines load the published checkpoint from its path."
-
-
-def _stop(who: dict, pending: list) -> None:
-    """Kill the actors of the pending participants: they wait in a collective that will not complete."""
-    for actor in {id(who[r][1]): who[r][1] for r in pending}.values():
-        try:
-            ray.kill(actor)
-        except Exception:
-            pass

@@ -82,7 +82,8 @@ def init_distributed(store=None) -> tuple[int, int]:
 
 
 def shutdown_distributed() -> None:
-    """barrier + destroy_process_group (PLATFORM.md: a rank can abort at exit without it)."""
+    """barrier + destroy_process_group: without it a torchrun/deepspeed rank can abort at exit (seen in 1 of 11
+    CPU runs)."""
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -292,7 +293,7 @@ def reference_logprobs(model_path: str, train_cfg: TrainConfig, model_cfg: Model
     Every rank scores a strided share of the examples; rank 0 writes `out_path` = the usable rows of the
     examples table (rows dropped by tokenisation are left out and counted) plus the reference columns.
     With `nll`, the table is SFT-shaped (prompt, response) and each row gets `nll`, the mean token NLL of its
-    response: the perplexity-based uncertainty of EAST.md section 3.
+    response: the perplexity-based uncertainty of docs/method.md section 4.
     """
     import deepspeed.comm as dist
 

@@ -66,6 +66,7 @@ def _pair(q: KeptQuestion) -> tuple[str, str]:
 
 
 def select_sft(kept: list[KeptQuestion], sft_examples: str) -> list[dict]:
+    """A random correct response per question, or (sft_examples="all") each distinct correct one."""
     rows = []
     for q in kept:
         if sft_examples == "all":
@@ -78,6 +79,7 @@ def select_sft(kept: list[KeptQuestion], sft_examples: str) -> list[dict]:
 
 
 def select_dpo(kept: list[KeptQuestion], sft_examples: str) -> list[dict]:
+    """One (chosen, rejected) pair per question (`_pair`)."""
     rows = []
     for q in kept:
         chosen, rejected = _pair(q)
@@ -87,6 +89,7 @@ def select_dpo(kept: list[KeptQuestion], sft_examples: str) -> list[dict]:
 
 
 def select_kto(kept: list[KeptQuestion], sft_examples: str) -> list[dict]:
+    """The DPO pair as a desirable and an undesirable example, each with another question's KL response."""
     rows = []
     for q in kept:
         chosen, rejected = _pair(q)
