@@ -54,10 +54,10 @@ from east_ds.config import ConfigError, RunConfig, load_config, to_dict
 from east_ds.data.load import load_dataset, load_tokenizer
 from east_ds.metrics import Phases
 from east_ds.rundir import IterDir, RunDir, RunDirError
-from east_ds.schema import REFERENCE_COLUMNS
+from east_ds.schema import LOSSES
 from east_ds.tables import TableError, read_table, write_json, write_table
 from east_ds.training.divergence import TrainingDiverged
-from east_ds.weighting.mapping import WeightingError
+from east_ds.weighting.mapping import VALUES, WeightingError
 from east_ds.weighting.stage import weigh
 
 
@@ -277,7 +277,7 @@ def rollout(s: Session, it: IterDir) -> dict:
 def weigh_iteration(s: Session, it: IterDir, policy: str) -> dict:
     """Grade, cluster, weigh, select (weighting.stage.weigh). The perplexity baseline scores the selected responses
     with the trainer, which it starts (and for which colocated engines sleep) when that value is chosen."""
-    scorer = partial(score_perplexity, s, it, policy) if s.cfg.weighting.value == "perplexity" else None
+    scorer = partial(score_perplexity, s, it, policy) if VALUES[s.cfg.weighting.value].needs_trainer else None
     return weigh(read_table(it.rollouts), s.cfg.weighting, s.cfg.training.loss, it.path, perplexity=scorer)
 
 
@@ -339,7 +339,7 @@ def start_trainer(s: Session, policy: str) -> dict:
 
 
 def needs_reference(cfg: RunConfig) -> bool:
-    return bool(REFERENCE_COLUMNS[cfg.training.loss])
+    return LOSSES[cfg.training.loss].needs_reference
 
 
 def train(s: Session, it: IterDir) -> dict:
