@@ -95,3 +95,16 @@ def test_engine_actor_uses_the_bundles_it_was_given():
     assert plan.engine_actor_plan(3, 1, True, 1.0, {}, bundles=[7]).bundle_index == 7
     with pytest.raises(ValueError, match="1 bundles for tensor_parallel_size 2"):
         plan.engine_actor_plan(0, 2, True, 0.5, {}, bundles=[0])
+
+
+def test_an_engine_core_process_joins_the_actors_own_ray_cluster():
+    """Audit A3. With TP > 1 the engine core calls initialize_ray_cluster, which does ray.init(address=None)
+    when Ray is not initialised in that process (vllm/v1/executor/ray_utils.py:553-570); vLLM sets RAY_ADDRESS
+    for the spawned engine core only in _maybe_force_spawn, which returns early when VLLM_WORKER_MULTIPROC_METHOD
+    is already "spawn" (vllm/utils/system_utils.py:122-136). Inside an actor of a local ray.init() cluster there
+    is no address file to find, so a second Ray would start. OpenRLHF sets RAY_ADDRESS in its engine actor
+    (openrlhf/trainer/ray/vllm_engine.py:102-105); so does east_ds, unless the environment has one."""
+    env = plan.engine_process_env(True, {}, "10.0.0.1:6379")
+    assert env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "RAY_ADDRESS": "10.0.0.1:6379"}
+    assert "RAY_ADDRESS" not in plan.engine_process_env(True, {"RAY_ADDRESS": "auto"}, "10.0.0.1:6379")
+    assert "RAY_ADDRESS" not in plan.engine_process_env(False, {}, "10.0.0.1:6379")  # CPU: no Ray executor

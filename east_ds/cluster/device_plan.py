@@ -190,14 +190,20 @@ def engine_kwargs(model_path: str, seed: int, dtype: str, max_model_len: int, te
     return kw
 
 
-def engine_process_env(on_gpu: bool, env: Mapping[str, str]) -> dict[str, str]:
+def engine_process_env(on_gpu: bool, env: Mapping[str, str], gcs_address: str = "") -> dict[str, str]:
     """Environment the engine actor sets for itself before building vLLM, once it knows its own device.
 
     GPU: the engine core in a process of its own (VLLM_ENABLE_V1_MULTIPROCESSING=1, vLLM's default), so
-    scheduling and output handling overlap the model's forward. CPU: whatever the environment says (east_ds's
-    Makefile and tests use 0: an engine builds in 2 s instead of 13 s)."""
+    scheduling and output handling overlap the model's forward; and RAY_ADDRESS set to the actor's own cluster
+    (`gcs_address`) when the environment has none: with tensor parallelism that process calls ray.init(), and
+    inside a Ray actor of a local `ray.init()` cluster there is no address to find, so it would start a second
+    Ray without the engine's placement group. CPU: whatever the environment says (east_ds's Makefile and tests use
+    0: an engine builds in 2 s instead of 13 s)."""
     if on_gpu:
-        return {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+        out = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+        if gcs_address and not env.get("RAY_ADDRESS"):
+            out["RAY_ADDRESS"] = gcs_address
+        return out
     return {"VLLM_ENABLE_V1_MULTIPROCESSING": env.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0")}
 
 

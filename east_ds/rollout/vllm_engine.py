@@ -131,7 +131,7 @@ class LLMEngine:
         from east_ds.cluster import device_plan as plan
         self.engine_index = engine_index
         self.on_gpu = _has_cuda()
-        os.environ.update(plan.engine_process_env(self.on_gpu, os.environ))  # read by vLLM as it builds
+        os.environ.update(plan.engine_process_env(self.on_gpu, os.environ, _gcs_address()))  # read by vLLM
         self.engine_core_in_process = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
         defaults = plan.rollout_defaults(self.on_gpu, colocated, enforce_eager, gpu_memory_utilization)
         kwargs = plan.engine_kwargs(model_path, seed, dtype, max_model_len, tensor_parallel_size,
@@ -268,6 +268,16 @@ class LLMEngine:
     def device_memory(self) -> list[dict]:
         """GPU memory of each worker (cluster.device_memory, through the worker extension); {} without CUDA."""
         return list(self.llm.collective_rpc("east_device_memory"))
+
+
+def _gcs_address() -> str:
+    """The address of the Ray cluster this actor runs in ('' outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().gcs_address if ray.is_initialized() else ""
+    except Exception:
+        return ""
 
 
 def _has_cuda() -> bool:
