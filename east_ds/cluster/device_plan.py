@@ -41,7 +41,7 @@ def actor_env(driver_env: Mapping[str, str], joining_cluster: bool, job_env: Map
     (GLOO_SOCKET_IFNAME): the GPU nodes of one cluster are alike, the driver's shell is where a user sets them
     for a run, and a wrong interface fails at once in NCCL's bootstrap where a dropped one fails silently (NCCL
     picks another interface, slow or stuck). A cluster whose nodes differ sets them at each node's `ray start`
-    and not in the driver's shell. CUDA_VISIBLE_DEVICES and Ray's RAY_* never travel (Ray sets them per actor).
+    and not in the driver's shell. CUDA_VISIBLE_DEVICES (Ray sets it per actor) and Ray's own flags never travel.
     Joining a running cluster, values that describe the driver's own node stay home: its IP as
     vLLM sees it (vLLM itself refuses to copy VLLM_HOST_IP to its workers), its core binding, a DeepSpeed
     accelerator forced to the CPU, a build directory inside its venv, its thread count, NCCL's host identity and
