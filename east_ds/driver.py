@@ -201,7 +201,7 @@ def start(cfg: RunConfig, rd: RunDir, backends: Backends, sink=None) -> Session:
     print("[east-ds] rollout engines on " + ", ".join(f"{w.get('node_ip', 'local')} (node {w.get('node_id', '?')})"
                                                       for w in engines.locations), flush=True)
     write_json(located, rd.path / "placement.json")
-    sink = sink or make_sink(rd.path, rank=0, jsonl=False,  # metrics.jsonl is rebuilt by RunDir
+    sink = sink or make_sink(rd.path, rank=0,  # metrics.jsonl is rebuilt by RunDir
                              logging=cfg.logging, name=cfg.name, run_config=to_dict(cfg))
     return Session(cfg, rd, backends, placement, train_q, test_q, tokenizer, engines, sink, located, trainer_start)
 

@@ -1,13 +1,12 @@
 """Metrics sinks: where the driver's per-phase metric dicts go. Only the driver logs, on rank 0.
 
-    sink = make_sink(run_dir, rank)      # JSONL (+ TensorBoard if installed) on rank 0, a no-op elsewhere
+    sink = make_sink(run_dir, rank)      # TensorBoard (if installed) on rank 0, a no-op elsewhere
     sink = make_sink(run_dir, 0, logging=cfg.logging, name=..., run_config=...)   # + W&B when logging.wandb
     sink.log({"iteration": k, "eval_accuracy": 0.41, "phase_seconds": {...}}, step=k)
     sink.close()
 
-`JsonlSink` appends one JSON object per call. The driver does not use it (`make_sink(..., jsonl=False)`): it
-rebuilds `run_dir/metrics.jsonl`, the file `east-ds report` reads, from the iterations' metrics.json, so a
-resumed run never logs an iteration twice. It stays for callers that pass their own sink to `driver.run`.
+There is no JSONL sink: the run directory rebuilds `run_dir/metrics.jsonl`, the file `east-ds report` reads, from
+the iterations' metrics.json (rundir.RunDir), so a resumed run never logs an iteration twice.
 `TensorBoardSink` flattens nested dicts to `a/b` scalar tags and skips values that are not numbers; `WandbSink`
 logs the same scalars to Weights & Biases, offline (files under run_dir/wandb, `wandb sync` later) when no
 credentials are found, and resumes the same W&B run when the run directory is resumed.
@@ -40,43 +39,6 @@ class NullSink:
 
     def close(self) -> None:
         pass
-
-
-class JsonlSink:
-    """Appends one JSON line per `log` call. The line is written with a single `write` on an O_APPEND file and
-    flushed to disk, so a crash leaves at most one torn final line (which `tables.read_jsonl` skips); a later
-    append (a resumed run) first ends such a torn line, so it never swallows the new record.
-
-    `step` is stored under "step" unless the metrics already carry that key.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(self, metrics: dict, step: int) -> None:
-        record = {"step": step, **metrics}
-        line = (json.dumps(record, default=_json_default, allow_nan=True) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line  # end a torn last line left by a crash
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def close(self) -> None:
-        pass
-
-
-def _json_default(v: Any) -> Any:
-    """numpy scalars, Paths and the like: a number if it is one, else its string."""
-    try:
-        return float(v) if hasattr(v, "__float__") and not isinstance(v, str) else str(v)
-    except (TypeError, ValueError):
-        return str(v)
 
 
 def flatten_scalars(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -182,10 +144,9 @@ class MultiSink:
             s.close()
 
 
-def make_sink(run_dir: str | Path, rank: int = 0, tensorboard: bool | None = None, jsonl: bool = True,
+def make_sink(run_dir: str | Path, rank: int = 0, tensorboard: bool | None = None,
               logging=None, name: str = "", run_config: dict | None = None) -> Sink:
-    """Rank 0: JSONL at run_dir/metrics.jsonl (unless `jsonl=False`: the driver rebuilds that file itself), plus
-    TensorBoard at run_dir/tensorboard when it is installed (`tensorboard=None`) or asked for (`True`: an
+    """Rank 0: TensorBoard at run_dir/tensorboard when it is installed (`tensorboard=None`) or asked for (`True`: an
     ImportError if it is not installed), plus W&B when `logging` (a config.LoggingConfig, whose `tensorboard`
     then replaces the argument) asks for it; `name` and `run_config` describe the W&B run. Other ranks:
     NullSink."""
@@ -194,7 +155,7 @@ def make_sink(run_dir: str | Path, rank: int = 0, tensorboard: bool | None = Non
     run_dir = Path(run_dir)
     if logging is not None:
         tensorboard = logging.tensorboard
-    sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl")] if jsonl else []
+    sinks: list[Sink] = []
     if tensorboard or (tensorboard is None and tensorboard_available()):
         sinks.append(TensorBoardSink(run_dir / "tensorboard"))
     if logging is not None and logging.wandb:

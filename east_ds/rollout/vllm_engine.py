@@ -247,9 +247,6 @@ class LLMEngine:
         unlinks its shared-memory queues, which prints `KeyError: '/psm_...'` from the relaunched tracker."""
         self.llm.llm_engine.engine_core.shutdown()
 
-    def reset_prefix_cache(self) -> bool:
-        return bool(self.llm.reset_prefix_cache())
-
     # -- sharing GPUs with the trainer (device_plan.sleep_plan) ---------------------------------------------------
 
     def sleep(self) -> None:
