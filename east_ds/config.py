@@ -68,7 +68,7 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class WeightingConfig:
     a: float = 1.0  # exponent of the mapping function f(h; a) = h^a N / sum_j h_j^a; 0 is vanilla self-training
-    value: Literal["entropy", "accuracy", "rejected", "perplexity"] = "entropy"  # the uncertainty measure
+    value: Literal["entropy", "accuracy", "rejected", "perplexity", "learnability", "band"] = "entropy"  # v of f
     cluster_by: Literal["equivalent", "exact"] = "equivalent"  # how answers are grouped into clusters
     sft_examples: Literal["one", "all"] = "one"  # one random correct response, or all distinct correct ones
     seed: int = 0  # example selection is deterministic under this seed

@@ -164,3 +164,38 @@ def test_cap_keeps_near_hopeless_questions_at_or_below_one():
 def test_everything_dropped_is_an_error():
     with pytest.raises(WeightingError, match="every question was dropped"):
         attach_weights(_questions([0.0, 0.0], [False, False]), a=1.0)
+
+
+def test_learnability_hand_values():
+    """p(1 - p), p = n_correct / n. n = 16 with 8, 4 and 1 correct: p(1-p) = 1/4, 3/16, 15/256. Their sum is
+    64/256 + 48/256 + 15/256 = 127/256, so a = 1 gives 3 * (64, 48, 15) / 127; a = -1 (the easier-looking
+    extremes up-weighted): 1/v = 4, 16/3, 256/15, sum 1588/60 -> 3 * (240, 320, 1024) / 1584."""
+    q = _questions([1.0, 1.0, 1.0], [True, True, True])
+    q["n"], q["n_correct"] = 16, [8, 4, 1]
+    np.testing.assert_allclose(attach_weights(q, 1.0, "learnability")["weight"],
+                               [3 * 64 / 127, 3 * 48 / 127, 3 * 15 / 127])
+    np.testing.assert_allclose(attach_weights(q, -1.0, "learnability")["weight"],
+                               [3 * 240 / 1584, 3 * 320 / 1584, 3 * 1024 / 1584])
+    assert attach_weights(q, 0.0, "learnability")["weight"].tolist() == [1.0, 1.0, 1.0]
+    # one right answer among 16 with 15 distinct wrong ones: the highest entropy (log 16), learnability 15/256
+    q1 = _questions([math.log(16)], [True])
+    q1["n"], q1["n_correct"] = 16, 1
+    assert attach_weights(q1, 1.0, "learnability")["weight"].tolist() == [1.0]
+
+
+def test_band_hand_values():
+    """The band indicator: 1 when 0.25 <= p <= 0.75 (4 to 12 of 16 correct, both ends in), else 0. Kept questions
+    with 1, 4, 8, 12, 13 correct: 3 inside, so f = 5/3 for those and 0 for the others, for any a > 0; a = 0 is
+    vanilla; a < 0 (0^a) and a set with nobody inside are refused, naming the value."""
+    q = _questions([1.0] * 5 + [0.0], [True] * 5 + [False])
+    q["n"], q["n_correct"] = 16, [1, 4, 8, 12, 13, 16]
+    for a in (1.0, 2.5):
+        w = attach_weights(q, a, "band")["weight"]
+        np.testing.assert_allclose(w[:5], [0.0, 5 / 3, 5 / 3, 5 / 3, 0.0])
+        assert math.isnan(w.iloc[5]) and w[:5].sum() == pytest.approx(5.0)
+    assert attach_weights(q, 0.0, "band")["weight"][:5].tolist() == [1.0] * 5
+    with pytest.raises(WeightingError, match=r"weighting.value=band is a 0/1 indicator.*a=-1"):
+        attach_weights(q, -1.0, "band")
+    q["n_correct"] = [1, 2, 3, 14, 15, 16]
+    with pytest.raises(WeightingError, match="band: no kept question"):
+        attach_weights(q, 1.0, "band")

@@ -44,6 +44,8 @@ ARMS: dict[str, tuple[str, float, str, tuple[str, ...]]] = {
     "dpo_east_a1": ("entropy", 1.0, "dpo", ("training.lr=3.0e-5",)),
     # tests the diagnosis: EAST's weights, but a question with <= 2 of 16 correct never rises above weight 1
     "east_a1_cap2": ("entropy", 1.0, "sft", ("weighting.cap_at_most_correct=2",)),
+    # learnability p(1 - p) (p = share of correct samples): weight to questions solved about half the time
+    "learn_a1": ("learnability", 1.0, "sft", ()),
 }
 FULL_ARMS = ("vanilla", "east_a1", "east_a2", "east_a-1", "accuracy", "rejected")
 

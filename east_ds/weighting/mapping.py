@@ -8,7 +8,8 @@ Pure: imports no Ray, vLLM, DeepSpeed or torch. docs/method.md section 1, steps 
 
 A question is dropped when every response is wrong (nothing to learn) or every response is correct (h = 0,
 which a < 0 could not raise to a power). The baselines of docs/method.md section 4 use the same normalisation with a
-different uncertainty value: accuracy-based 1 - A(x), rejected-based R(x), perplexity-based mean token NLL.
+different uncertainty value: accuracy-based 1 - A(x), rejected-based R(x), perplexity-based mean token NLL,
+learnability p(1 - p) and the mid-difficulty band indicator (p = share of correct samples).
 VALUES holds them, one row each; config.WeightingConfig.value names the same ones (tests/test_config.py).
 """
 
@@ -32,6 +33,21 @@ def _column(questions: pd.DataFrame, name: str) -> np.ndarray:
     return questions[name].to_numpy(dtype=np.float64)
 
 
+def _learnability(questions: pd.DataFrame) -> np.ndarray:
+    """p(1 - p) with p = n_correct / n, the variance of a question's 0/1 reward (docs/method.md section 4)."""
+    p = _column(questions, "n_correct") / _column(questions, "n")
+    return p * (1.0 - p)
+
+
+BAND = (0.25, 0.75)  # the `band` value's share of correct samples, both ends included (4 to 12 of 16)
+
+
+def _band(questions: pd.DataFrame) -> np.ndarray:
+    """1.0 for a question whose share of correct samples p lies in BAND, else 0.0 (docs/method.md section 4)."""
+    p = _column(questions, "n_correct") / _column(questions, "n")
+    return ((p >= BAND[0]) & (p <= BAND[1])).astype(np.float64)
+
+
 @dataclass(frozen=True)
 class ValueSpec:
     """An uncertainty value: what the mapping function raises to the power a, one per kept question."""
@@ -39,6 +55,8 @@ class ValueSpec:
     of: Callable[[pd.DataFrame], np.ndarray]  # the kept rows of the questions table -> the values (> 0)
     needs_trainer: bool = False  # a model scores each question's selected response first: weighting.stage.weigh
     # calls its `perplexity` argument and stores the scores in the column named like the value
+    indicator: bool = False  # values are 0 or 1: with a > 0, 0^a = 0, so a question outside the set gets weight
+    # 0 and the others N / (questions inside); a = 0 is vanilla; a < 0 (0^a undefined) is refused
 
 
 # Adding a value: one row here (and its name in config.WeightingConfig.value); tests/test_config.py checks both.
@@ -48,6 +66,10 @@ VALUES: dict[str, ValueSpec] = {
     "rejected": ValueSpec(lambda q: _column(q, "rejected")),  # R(x), the largest wrong-answer cluster's share
     "perplexity": ValueSpec(lambda q: _column(q, "perplexity"), needs_trainer=True),  # mean token NLL of the
     # selected response under the current policy
+    "learnability": ValueSpec(lambda q: _learnability(q)),  # p(1 - p), p = n_correct / n (LILO; balanced
+    # online difficulty filtering): highest for questions solved half the time
+    "band": ValueSpec(lambda q: _band(q), indicator=True),  # 1 when BAND[0] <= p <= BAND[1], else 0: train only
+    # on mid-difficulty questions (balanced online difficulty filtering's filter, as a weight)
 }
 
 
@@ -85,6 +107,21 @@ def mapping_weights(values: Sequence[float], a: float) -> np.ndarray:
     z -= z.max()
     w = np.exp(z)
     return w * (len(v) / w.sum())
+
+
+def indicator_weights(values: np.ndarray, a: float, value: str) -> np.ndarray:
+    """f(v; a) = v^a N / sum_j v_j^a for 0/1 values: 0^a = 0 for a > 0, so the N_in questions with v = 1 get
+    N / N_in each and the others 0; a = 0 gives every question 1 (0^0 = 1: vanilla). a < 0 and a set with no
+    question inside are WeightingErrors naming the value."""
+    if a < 0:
+        raise WeightingError(f"weighting.value={value} is a 0/1 indicator: 0^a is undefined for a < 0 (a={a:g}); "
+                             "use a > 0 (or a = 0, vanilla)")
+    if a == 0:
+        return np.ones_like(values)
+    inside = values > 0
+    if not inside.any():
+        raise WeightingError(f"weighting.value={value}: no kept question has value 1, nothing to train on")
+    return np.where(inside, len(values) / inside.sum(), 0.0)
 
 
 def grade_question(
@@ -210,7 +247,8 @@ def attach_weights(questions: pd.DataFrame, a: float, value: str = "entropy",
     out = questions.copy()
     out["weight"] = np.nan
     values = uncertainty(out.loc[kept], value)
-    out.loc[kept, "weight"] = mapping_weights(values, a)
+    out.loc[kept, "weight"] = (indicator_weights(values, a, value) if value_spec(value).indicator
+                               else mapping_weights(values, a))
     if cap_at_most_correct is not None:
         low = kept & (out["n_correct"].to_numpy() <= cap_at_most_correct)
         out.loc[low, "weight"] = np.minimum(out.loc[low, "weight"], 1.0)
