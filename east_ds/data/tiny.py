@@ -59,10 +59,14 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 512, extra_corpus: li
     return fast
 
 
-def build_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, vocab_size: int = 512) -> Path:
+def build_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, vocab_size: int = 512,
+                     tie_word_embeddings: bool = False) -> Path:
     """Write a randomly initialised Llama-shaped model and its tokenizer to `out_dir`; return the path.
 
-    The same (size, seed, vocab_size) gives the same weights, so two builds can be compared bit for bit.
+    The same (size, seed, vocab_size, tie_word_embeddings) gives the same weights, so two builds can be compared
+    bit for bit. `tie_word_embeddings`: the output layer shares the input embedding matrix, as in Llama-3.2-1B/3B;
+    the checkpoint then holds `model.embed_tokens.weight` only (save_pretrained drops the tied `lm_head.weight`),
+    which is what every weight sync and the trainer's export must cope with.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -84,7 +88,7 @@ def build_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, voc
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
         torch_dtype="float32",
     )
     torch.manual_seed(seed)
@@ -92,5 +96,6 @@ def build_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, voc
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(str(out))
-    (out / "east_ds_tiny.json").write_text(json.dumps({"size": size, "seed": seed}))
+    meta = {"size": size, "seed": seed, **({"tie_word_embeddings": True} if tie_word_embeddings else {})}
+    (out / "east_ds_tiny.json").write_text(json.dumps(meta))
     return out
