@@ -39,7 +39,7 @@ import math
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -152,7 +152,6 @@ class Session:
     trainer: TrainerLike | None = None
     asleep: bool = False  # colocated engines gave their GPUs to the trainer
     warned: bool = False  # the near-hopeless-weight warning, once per run
-    extra: dict = field(default_factory=dict)
 
     def policy(self, k: int) -> str:
         """The model iteration k starts from: the previous iteration's checkpoint, or the starting model."""
@@ -252,9 +251,8 @@ def run_iteration(s: Session, k: int) -> None:
     ph.run("diagnosis", None, lambda: diagnose_iteration(s, k))
     ph.run("sleep engines", trained or not s.placement.colocated, lambda: sleep_engines(s))
     ph.run("start trainer", trained, lambda: start_trainer(s, policy))
-    ph.run("reference", not needs_reference(cfg) or it.reference, lambda: s.trainer.reference_logprobs(
-        str(it.examples), str(it.reference)))
-    ph.run("train", it.checkpoint, lambda: train(s, it))
+    ph.run("reference", not needs_reference(cfg) or it.reference, lambda: reference(s, it, policy))
+    ph.run("train", it.checkpoint, lambda: train(s, it, policy))
     ph.run("wake weights", not s.asleep, lambda: wake_engines(s, ["weights"]))
     ph.run("update_weights", None, lambda: sync_weights(cfg.rollout.weight_sync, s.engines, sender(s, policy),
                                                          str(it.checkpoint), cfg.rollout.weight_bucket_mb))
@@ -342,9 +340,16 @@ def needs_reference(cfg: RunConfig) -> bool:
     return LOSSES[cfg.training.loss].needs_reference
 
 
-def train(s: Session, it: IterDir) -> dict:
+def reference(s: Session, it: IterDir, policy: str) -> dict:
+    """The starting policy's log-probs of the examples, written as the reference phase's own table."""
+    start_trainer(s, policy)  # started already, unless a resume found training done but this phase not
+    return s.trainer.reference_logprobs(str(it.examples), str(it.reference))
+
+
+def train(s: Session, it: IterDir, policy: str) -> dict:
     """Train on the examples (DPO/KTO: the reference phase's table) and publish the export as the checkpoint in
     one rename; `fit` leaves no optimizer state behind (training.engine.fit)."""
+    start_trainer(s, policy)
     examples = it.reference if needs_reference(s.cfg) else it.examples
     out = s.trainer.fit(str(examples), str(it.train), resume=True)
     write_json(out, it.phase_metrics("train"))  # before the checkpoint appears: "done" needs both
