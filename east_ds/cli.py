@@ -2,6 +2,7 @@
 so `east-ds grade` never loads vLLM, Ray or DeepSpeed.
 
     east-ds run CONFIG.yaml [key=value ...]   the iterative EAST driver
+    east-ds compare CONFIG.yaml --arms ...    weightings as arms of one config, paired on a shared rollout
     east-ds rollout / grade / weight / train / eval / report   the stages one at a time
     east-ds demo                               the CPU demo (vanilla against EAST on a tiny model)
     east-ds data gsm8k|math|math500            write the data files the shipped configs read
@@ -18,6 +19,7 @@ import sys
 # subcommand -> (module, function that adds its parser). The module is imported only for that subcommand.
 COMMANDS = {
     "run": ("east_ds.driver", "add_parser"),
+    "compare": ("east_ds.compare", "add_parser"),
     "rollout": ("east_ds.rollout.cli", "add_rollout_parser"),
     "eval": ("east_ds.rollout.cli", "add_eval_parser"),
     "grade": ("east_ds.grading.cli", "add_parser"),

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "east_ds"
 LAYERS = ["base", "grading", "data", "cluster", "rollout", "weighting", "training", "checks", "driver", "commands"]
 TOP = {"config": "base", "schema": "base", "tables": "base", "metrics": "base", "rundir": "base",
-       "driver": "driver", "report": "driver", "preflight": "checks",
+       "driver": "driver", "report": "driver", "compare": "driver", "preflight": "checks",
        "cli": "commands", "demo": "commands", "train": "commands", "__init__": "base"}
 HEAVY = ("vllm", "deepspeed", "ray")
 
