@@ -144,11 +144,16 @@ def arm_configs(config: str | Path | None, overrides: list[str], arms: list[Arm]
 
 
 def share_from(first: RunConfig, other: RunConfig) -> list[str]:
-    """Copy what `first` has of SHARED into `other`'s run directory where missing (each file atomically: a temp
-    copy renamed into place). Returns the files copied."""
+    """Copy what `first` has of SHARED into `other`'s run directory where missing. Returns the files copied."""
+    return copy_shared(first.run_dir, other.run_dir)
+
+
+def copy_shared(src_run: Path, dst_run: Path) -> list[str]:
+    """Copy the SHARED files run directory `src_run` has into `dst_run` where missing (each atomically: a temp
+    copy renamed into place), kept metrics before outputs. Returns the files copied, relative to the run."""
     copied = []
     for k, rel in SHARED:
-        src, dst = RunDir(first).iteration(k).path / rel, RunDir(other).iteration(k).path / rel
+        src, dst = Path(src_run) / f"iter_{k}" / rel, Path(dst_run) / f"iter_{k}" / rel
         if src.is_file() and not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             tmp = dst.with_name(dst.name + ".copy")

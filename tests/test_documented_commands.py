@@ -117,6 +117,16 @@ def _flag(args: list[str], name: str) -> str | None:
     return None
 
 
+def _without_arms(args: list[str]) -> list[str]:
+    """The arguments without the values of `--arms` (`east-ds compare`'s NAME=k=v arm specs, not overrides)."""
+    out, in_arms = [], False
+    for a in args:
+        in_arms = a == "--arms" or (in_arms and not a.startswith("-"))
+        if not in_arms:
+            out.append(a)
+    return out
+
+
 def _placeholder(path: str) -> bool:
     stem = Path(path).name.split(".")[0]
     return "<" in path or path.startswith("$") or path.strip(".") == "" or stem.replace("_", "").isupper()
@@ -157,7 +167,8 @@ def problems(cmd: Command) -> list[str]:
         if (config is None and not launcher) or (config and (_placeholder(config) or not (ROOT / config).is_file())):
             continue  # nothing to load; a launcher without a config trains with the defaults
         try:
-            cfg = load_config(ROOT / config if config else None, [a for a in args if OVERRIDE.match(a)])
+            cfg = load_config(ROOT / config if config else None,
+                              [a for a in _without_arms(args) if OVERRIDE.match(a)])
             world = _world(program, env, args, cfg.training.num_ranks)
             if world is not None:
                 check_batch_sizes(cfg.training, world)

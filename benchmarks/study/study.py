@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 import traceback
@@ -115,19 +114,19 @@ def run_config(cfg: StudyConfig, seed: int, arm: str, start: Path, train: Path, 
 
 
 def share_first_rollouts(cfg: StudyConfig, seed: int, arm: str) -> bool:
-    """Copy iteration 1's rollouts from another arm of the seed (same start model, same rollout config and seed;
-    the loss and weighting act later) into this arm's run directory, where the driver then skips the rollout.
-    True if copied."""
+    """Copy iteration 1's rollouts (and iteration 0's evaluation, with the metrics the driver keeps beside them)
+    from another arm of the seed (same start model, same rollout config and seed; the loss and weighting act
+    later) into this arm's run directory, where the driver then skips those phases: `east-ds compare`'s sharing
+    (east_ds.compare.copy_shared). True if the rollouts were copied."""
+    from east_ds.compare import copy_shared
+
     mine = cfg.out / f"seed_{seed}" / arm / "iter_1" / "rollouts.parquet"
     if mine.is_file():
         return False
     for other in ARMS:  # any arm of the seed, also one run by an earlier command with other --arms
-        theirs = cfg.out / f"seed_{seed}" / other / "iter_1" / "rollouts.parquet"
-        if other != arm and theirs.is_file():
-            mine.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(theirs, mine.with_suffix(".tmp"))
-            mine.with_suffix(".tmp").rename(mine)
-            return True
+        theirs = cfg.out / f"seed_{seed}" / other
+        if other != arm and (theirs / "iter_1" / "rollouts.parquet").is_file():
+            return "iter_1/rollouts.parquet" in copy_shared(theirs, mine.parent.parent)
     return False
 
 
