@@ -283,9 +283,10 @@ def markdown(arms: list[str], seeds: list, acc: pd.DataFrame, paired: pd.DataFra
     for r in paired.itertuples():
         lines.append(f"| {r.arm} | {r.iteration} | {r.seeds} | {_pts(r.mean)} | [{_pts(r.t_lo)}, {_pts(r.t_hi)}] "
                      f"| {r.positive} of {r.seeds} |")
-    lines += ["", "## Where the weight went (share of the weight per band of correct samples, %, mean over seeds)",
-              "", "Iteration 1's questions are the same for every arm (shared rollout); `questions` is the share "
-              "of the kept questions in each band, which is also vanilla's weight share.", ""]
+    lines += ["", "## Where the weight went (per band of correct samples, %, mean over seeds)", "",
+              "Each cell: the share of the arm's weight on the band (in brackets: the share of its kept questions "
+              "there, which is where vanilla's weight goes). At iteration 1 every arm has the same questions "
+              "(the shared rollout).", ""]
     lines += _band_lines(arms, bands)
     one = spent["one_run"]
     lines += ["", "## Cost", "",
@@ -293,7 +294,8 @@ def markdown(arms: list[str], seeds: list, acc: pd.DataFrame, paired: pd.DataFra
               f"{spent['trainings']} trainings, {spent['evaluations_run']} evaluations run and "
               f"{spent['evaluations_shared']} shared; one run of the config costs {one['rollouts']} rollout(s), "
               f"{one['trainings']} training(s) and {one['evaluations']} evaluation(s). Iterations took "
-              f"{spent['iteration_seconds']:.0f} s in all; this command {spent['seconds']:.0f} s.", ""]
+              f"{spent['iteration_seconds']:.0f} s in all" + ("" if math.isnan(spent["seconds"]) else
+                                                                f"; this command {spent['seconds']:.0f} s") + ".", ""]
     return "\n".join(lines)
 
 
@@ -302,14 +304,13 @@ def _band_lines(arms: list[str], bands: pd.DataFrame) -> list[str]:
         return ["(no diagnosis tables yet)"]
     labels = list(dict.fromkeys(bands.sort_values("lo")["band"]))
     out = ["| arm | iteration | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
-    w = bands.groupby(["arm", "iteration", "band"])["weight_share"].mean()
-    q = bands.groupby(["iteration", "band"])["question_share"].mean()
+    mean = bands.groupby(["arm", "iteration", "band"])[["weight_share", "question_share"]].mean()
     for k in sorted(bands["iteration"].unique()):
-        out.append(f"| questions | {k} | " + " | ".join(_pct(q.get((k, b), math.nan)) for b in labels) + " |")
         for arm in arms:
-            if (arm, k) in w.index.droplevel("band"):
-                out.append(f"| {arm} | {k} | " + " | ".join(_pct(w.get((arm, k, b), math.nan)) for b in labels)
-                           + " |")
+            cells = [f"{_pct(mean.loc[(arm, k, b), 'weight_share'])} ({_pct(mean.loc[(arm, k, b), 'question_share'])})"
+                     if (arm, k, b) in mean.index else "-" for b in labels]
+            if any(c != "-" for c in cells):
+                out.append(f"| {arm} | {k} | " + " | ".join(cells) + " |")
     return out
 
 
