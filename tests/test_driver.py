@@ -196,9 +196,10 @@ def test_kto_with_the_perplexity_baseline(tmp_path, warm_model, ray_session):
     it = cfg.run_dir / "iter_1"
     m = log[-1]
     assert m["iteration"] == 1 and "reference" in m["phase_seconds"]
-    ex = pd.read_parquet(it / "examples.parquet")
+    ex = pd.read_parquet(it / "reference.parquet")  # the reference phase's own table; examples stay as written
     for col in ("ref_logp", "ref_kl_logp"):
         assert ex[col].notna().all() and (ex[col] < 0).all()  # summed log-probs of real responses
+        assert col not in pd.read_parquet(it / "examples.parquet").columns
     q = pd.read_parquet(it / "questions.parquet")
     kept = q[q["kept"]]
     assert abs(kept["weight"].mean() - 1.0) < 1e-9

@@ -66,7 +66,7 @@ def test_colocated_dpo_on_logical_gpus(logical_gpu_head, tmp_path, warm_model):
         it = run_dir / f"iter_{k}"
         assert (it / "checkpoint" / "config.json").is_file()
         assert "reference" in json.loads((it / "metrics.json").read_text())["phase_seconds"]
-        ex = pd.read_parquet(it / "examples.parquet")
+        ex = pd.read_parquet(it / "reference.parquet")  # the reference phase's own table
         for col in ("ref_chosen_logp", "ref_rejected_logp"):
             assert ex[col].notna().all() and (ex[col] < 0).all()  # summed log-probs of real responses
         kept = pd.read_parquet(it / "questions.parquet").query("kept")
