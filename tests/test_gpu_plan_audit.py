@@ -108,3 +108,17 @@ def test_an_engine_core_process_joins_the_actors_own_ray_cluster():
     assert env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "RAY_ADDRESS": "10.0.0.1:6379"}
     assert "RAY_ADDRESS" not in plan.engine_process_env(True, {"RAY_ADDRESS": "auto"}, "10.0.0.1:6379")
     assert "RAY_ADDRESS" not in plan.engine_process_env(False, {}, "10.0.0.1:6379")  # CPU: no Ray executor
+
+
+def test_a_tp1_engine_builds_on_the_gpu_ray_assigned_when_ray_leaves_devices_visible():
+    """With RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES Ray does not narrow CUDA_VISIBLE_DEVICES per actor
+    (ray/_private/accelerators/nvidia_gpu.py:109-117), so every TP 1 engine of a node would take cuda:0; OpenRLHF
+    sets CUDA_VISIBLE_DEVICES to the assigned id in its engine actor (openrlhf/trainer/ray/vllm_engine.py:79-83).
+    TP > 1: vLLM's Ray executor gives its own workers their devices (vllm/v1/executor/ray_executor_v2.py:265)."""
+    noset = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
+    assert plan.engine_visible_devices(noset, ["5"], 1) == {"CUDA_VISIBLE_DEVICES": "5"}
+    assert plan.engine_visible_devices({**noset, "CUDA_VISIBLE_DEVICES": "3,5,6"}, ["5"], 1) == {
+        "CUDA_VISIBLE_DEVICES": "5"}
+    assert plan.engine_visible_devices(noset, ["5"], 2) == {}
+    assert plan.engine_visible_devices({"CUDA_VISIBLE_DEVICES": "0"}, ["0"], 1) == {}  # Ray narrowed it
+    assert plan.engine_visible_devices(noset, [], 1) == {}  # a CPU engine

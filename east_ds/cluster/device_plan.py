@@ -104,6 +104,22 @@ def trainer_local_rank(env: Mapping[str, str], gpu_ids: Sequence[str | int], def
     return devices.index(ids[0])
 
 
+def engine_visible_devices(env: Mapping[str, str], gpu_ids: Sequence[str | int],
+                           tensor_parallel_size: int) -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES for a TP 1 engine actor that Ray gave one GPU (`ray.get_gpu_ids()`), set before vLLM
+    or torch touches CUDA: with RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES Ray leaves the node's devices
+    visible, and every engine of the node would build on cuda:0. The device is the one trainer_local_rank
+    resolves (an entry of the node's CUDA_VISIBLE_DEVICES, or the id itself). TP > 1: nothing; vLLM's Ray
+    executor gives its own workers their devices. Without the flag: nothing (Ray narrowed it already)."""
+    if tensor_parallel_size != 1 or env.get(NOSET_CUDA_VISIBLE_DEVICES, "").lower() not in ("1", "true") \
+            or not gpu_ids:
+        return {}
+    ids = sorted({str(g) for g in gpu_ids})
+    visible = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    index = trainer_local_rank(env, ids[:1])
+    return {"CUDA_VISIBLE_DEVICES": visible[index] if visible else str(index)}
+
+
 def optimizer_offloaded(ds_config: Mapping[str, Any]) -> bool:
     """Whether a DeepSpeed config (its JSON) offloads the optimizer (to the CPU or NVMe): then DeepSpeed's CPUAdam
     takes each step on the CPU (training.engine.build_ds_config reads the same key)."""

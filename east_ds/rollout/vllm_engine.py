@@ -130,6 +130,8 @@ class LLMEngine:
         (device_plan.rollout_defaults). `colocated`: trainer ranks share this engine's GPUs."""
         from east_ds.cluster import device_plan as plan
         self.engine_index = engine_index
+        # before anything touches CUDA: under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, this actor's own GPU
+        os.environ.update(plan.engine_visible_devices(os.environ, _ray_gpu_ids(), tensor_parallel_size))
         self.on_gpu = _has_cuda()
         os.environ.update(plan.engine_process_env(self.on_gpu, os.environ, _gcs_address()))  # read by vLLM
         self.engine_core_in_process = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
@@ -265,6 +267,16 @@ class LLMEngine:
     def device_memory(self) -> list[dict]:
         """GPU memory of each worker (cluster.device_memory, through the worker extension); {} without CUDA."""
         return list(self.llm.collective_rpc("east_device_memory"))
+
+
+def _ray_gpu_ids() -> list:
+    """The GPU ids Ray assigned this actor ([] outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_gpu_ids() if ray.is_initialized() else []
+    except Exception:
+        return []
 
 
 def _gcs_address() -> str:
