@@ -180,6 +180,29 @@ def tier_accuracy_table(evals: pd.DataFrame, arms: list[str], last: int) -> pd.D
     return pd.DataFrame(rows) if (arms[0], 0) in mean.index else pd.DataFrame()
 
 
+def weight_band_table(questions: pd.DataFrame, arms: list[str], iteration: int = 1) -> pd.DataFrame:
+    """Per arm, the mean over seeds of its weight share in each diagnosis band at `iteration`, in %; first row
+    `questions`, the share of the kept questions (vanilla's weight share)."""
+    from east_ds.weighting.diagnosis import band_table
+
+    q = questions[questions["iteration"] == iteration]
+    rows = []
+    for (arm, seed), g in q.groupby(["arm", "seed"]):
+        t = band_table(g)
+        rows += [{"arm": arm, "seed": seed, "band": r.band, "lo": r.lo, "weight": 100 * r.weight_share,
+                  "questions": 100 * r.question_share} for r in t.itertuples()]
+    if not rows:
+        return pd.DataFrame()
+    b = pd.DataFrame(rows)
+    labels = list(dict.fromkeys(b.sort_values("lo")["band"]))
+    share = b.groupby(["arm", "band"])[["weight", "questions"]].mean()
+    first = b["arm"].iloc[0]
+    table = [{"arm": "questions", **{lab: f"{share.loc[(first, lab), 'questions']:.1f}" for lab in labels}}]
+    table += [{"arm": arm, **{lab: f"{share.loc[(arm, lab), 'weight']:.1f}" for lab in labels}}
+              for arm in arms if arm in share.index.get_level_values("arm")]
+    return pd.DataFrame(table)
+
+
 def mechanism_table(mech: pd.DataFrame) -> pd.DataFrame:
     # an arm whose weights are all equal (dpo_vanilla against vanilla) has no slope: nothing to predict with
     mech = mech.dropna(subset=["slope"])
@@ -339,6 +362,20 @@ def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = N
                   "of 16 correct samples (`weighting.cap_at_most_correct=2`, a departure from the paper); the "
                   "same paired difference as above, against east_a1 instead of vanilla.", "",
                   _md(diff_table(vs)), ""]
+    learn = df[(df["iteration"] > 0) & df["arm"].isin(["learn_a1", "east_a1"])]
+    if set(learn["arm"]) == {"learn_a1", "east_a1"}:  # learnability against EAST itself
+        vs = paired_differences(learn, "east_a1").assign(against="east_a1")
+        parts += ["### Learnability against east_a1, per iteration", "",
+                  "learn_a1 weighs each kept question by p(1 - p), p its share of correct samples (docs/method.md "
+                  "section 4); the same paired difference as above, against east_a1 instead of vanilla.", "",
+                  _md(diff_table(vs)), ""]
+    bands = weight_band_table(questions, arms) if not questions.empty else pd.DataFrame()
+    if not bands.empty:
+        parts += ["### Where the weight went at iteration 1 (%, mean over seeds)", "",
+                  "Share of each arm's training weight on the kept questions with 1-2, 3-5, 6-10 and 11-15 correct "
+                  "samples of 16 (weighting.diagnosis bands); `questions` is the share of the kept questions, "
+                  "which is vanilla's weight share. Iteration 1's rollouts are shared, so every arm weighs the "
+                  "same questions.", "", _md(bands), ""]
     gains = gain_table(df, last)
     if not gains.empty:
         parts += [f"### Gain over the warm start (iteration 0 -> {last})", "", _md(gains), ""]
