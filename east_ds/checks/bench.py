@@ -25,11 +25,16 @@ import dataclasses
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from east_ds.config import ConfigError, RunConfig, load_config
+from east_ds.config import ConfigError, RolloutConfig, RunConfig, TrainConfig, load_config
 from east_ds.tables import TableError, read_jsonl, read_table, write_json, write_table
+
+if TYPE_CHECKING:
+    from east_ds.metrics import Phases
+    from east_ds.rollout.engine_pool import EnginePool
 
 # Dense bf16 tensor-core peak per GPU, TFLOP/s, by Ray's accelerator type (vendor data sheets).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
@@ -72,29 +77,34 @@ def _fill(examples: Path, rows: int, out: Path) -> tuple[Path, int]:
     return write_table(df, out), len(df)
 
 
+@dataclasses.dataclass
+class _Bench:
+    """What the measured parts share: the config and its rollout section as benched (the largest engine count,
+    the bench's shard size), the scratch folder, the cluster's GPUs, the model's parameter count, the peak FLOP/s
+    per GPU (None on CPUs), the phase timers, and the engine pool once it is up."""
+
+    cfg: RunConfig
+    rcfg: RolloutConfig
+    work: Path
+    gpus: float
+    params: int | None
+    peak: float | None
+    phases: Phases
+    pool: EnginePool | None = None
+
+
 def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, engines: list[int] | None = None,
           ranks: list[int] | None = None, peak_tflops: float | None = None) -> dict:
     """Measure the pipeline of `cfg` (see the module docstring); write out/bench.json and out/bench.md."""
-    from east_ds.cluster.placement import free_resources, total_resources
-    from east_ds.data.load import load_dataset
-    from east_ds.cluster.placement import Placement, sleep_for_training, wake_around
-    from east_ds.data.load import load_tokenizer
-    from east_ds.metrics import Phases
-    from east_ds.rollout.engine_pool import EnginePool
     from east_ds.checks.preflight import check_before_run
     from east_ds.cluster.ray_utils import cluster_gpus, init_ray
-    from east_ds.rollout.stage import run_rollout
+    from east_ds.data.load import load_dataset, load_tokenizer
+    from east_ds.metrics import Phases
     from east_ds.schema import REFERENCE_COLUMNS
-    from east_ds.training.actors import TrainerGroup
-    from east_ds.weighting.stage import weigh
 
     out = Path(out)
     engines, ranks = engines or [cfg.rollout.num_engines], ranks or [cfg.training.num_ranks]
-    t, B = cfg.training, cfg.training.global_batch_size
-    for r in ranks:  # the global batch is kept: accumulation = B / (micro x ranks) must be a whole number
-        if B % (t.micro_batch_size * r):
-            raise ConfigError(f"--ranks {r}: global_batch_size ({B}) is not a multiple of micro_batch_size "
-                              f"({t.micro_batch_size}) x {r} ranks")
+    _check_ranks(cfg.training, ranks)
     params = check_before_run(cfg).params
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -103,79 +113,133 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
     init_ray(cfg.placement.ray_address)
     device, peak = device_peak(peak_tflops)
     gpus = cluster_gpus()
-    tp = cfg.rollout.tensor_parallel_size
     # At least two shards per engine at the largest engine count, and the same shards (so the same per-request
     # seeds and samples) at every count.
     shard = max(1, min(cfg.rollout.shard_size, -(-len(questions) // (2 * max(engines)))))
-    phases = Phases()
+    rcfg = dataclasses.replace(cfg.rollout, num_engines=max(engines), shard_size=shard)
+    b = _Bench(cfg, rcfg, work, gpus, params, peak, Phases())
     result: dict = {"config": cfg.name, "model": cfg.model.path, "params": params, "device": device,
                     "peak_flops_per_gpu": peak, "prompts": len(questions), "samples_per_prompt": cfg.rollout.n,
-                    "max_new_tokens": cfg.rollout.max_new_tokens, "loss": t.loss, "steps": steps}
-    rollout_rows, train_rows, pool = [], [], None
+                    "max_new_tokens": cfg.rollout.max_new_tokens, "loss": cfg.training.loss, "steps": steps}
     try:
-        # One pool at the largest count (what `east-ds run` would ask for); each count samples on its first
-        # engines, so the engines start once.
-        rcfg = dataclasses.replace(cfg.rollout, num_engines=max(engines), shard_size=shard)
-        placement = Placement.of(dataclasses.replace(cfg, rollout=rcfg), gpus)
-        placement.check_resources(total_resources(), free_resources(), cfg.placement.wait_for_resources)
-        pool = EnginePool(cfg.model.path, placement.rollout_config(rcfg), cfg.model,
-                          resources=cfg.placement.engine_resources, **placement.engine_options())
-        for e in engines:
-            with pool.serve_from(e) as serving:
-                stats = run_rollout(pool, questions, tokenizer, rcfg, work / f"engines_{e}",
-                                    cfg.data.system_prompt).attrs["stats"]
-            tps = stats["num_tokens"] / stats["seconds"]
-            rollout_rows.append({"engines": serving, "tokens": stats["num_tokens"], "seconds": stats["seconds"],
-                                 "tokens_per_s": tps, "tokens_per_s_per_engine": tps / serving,
-                                 "mfu": mfu(tps, 2 * (params or 0), serving * tp, peak)})
-        scaling(rollout_rows, "engines", "tokens_per_s")
-
-        rollouts = read_table(work / f"engines_{engines[0]}" / "rollouts.parquet")
-        with phases("weigh"):
-            w = weigh(rollouts, cfg.weighting, t.loss, work / "weigh")
-        result["grade_responses_per_s"] = len(rollouts) / w["grade_seconds"]
-        result["weigh_seconds"] = w["weigh_seconds"]
-        if not w["examples"]:
-            raise TableError(f"{work / 'weigh'}: the rollouts gave no training example (every question's samples "
-                             f"agree: {w['dropped_all_correct']} all right, {w['dropped_all_wrong']} all wrong); "
-                             "raise --prompts")
-        examples, n_examples = _fill(work / "weigh" / "examples.parquet", steps * B, work / "examples_bench.parquet")
-        result["examples"] = {"selected": w["examples"], "used": n_examples}
-
+        b.pool = _start_engines(b)
+        rollout_rows = _bench_rollout(b, questions, tokenizer, engines)
+        examples = _bench_weigh(b, work / f"engines_{engines[0]}" / "rollouts.parquet", steps, result)
+        train_rows = []
         for r in ranks:
-            tcfg = dataclasses.replace(t, num_ranks=r, gradient_accumulation_steps=B // (t.micro_batch_size * r),
-                                       max_steps=steps, save_every_steps=0)
-            placement = Placement.of(dataclasses.replace(cfg, rollout=rcfg, training=tcfg), gpus)
-            asleep = sleep_for_training(pool, placement)
-            group = TrainerGroup(cfg.model.path, tcfg, cfg.model, r, resources=cfg.placement.trainer_resources,
-                                 **placement.trainer_options(pool.placement_group))
-            try:
-                if REFERENCE_COLUMNS[t.loss]:
-                    with phases(f"reference_{r}"):
-                        group.reference_logprobs(str(examples), str(work / f"reference_{r}.parquet"))
-                    train_input = work / f"reference_{r}.parquet"
-                    result.setdefault("reference_s", phases.seconds[f"reference_{r}"])
-                else:
-                    train_input = examples
-                group.fit(str(train_input), str(work / f"ranks_{r}"), resume=False)
-            finally:
-                group.shutdown()
-                if asleep:  # slept engines discarded their weights (sleep level 2): reload them
-                    wake_around(pool, asleep, lambda: pool.update_weights_from_path(cfg.model.path))
-            log = read_jsonl(work / f"ranks_{r}" / "metrics.jsonl")
-            tokens, seconds = sum(m["tokens"] for m in log), sum(m["step_time"] for m in log)
-            tps = tokens / seconds if seconds else None
-            train_rows.append({"ranks": r, "steps": len(log), "tokens": tokens, "seconds": seconds,
-                               "tokens_per_s": tps, "tokens_per_s_per_rank": tps / r if tps else None,
-                               "mfu": mfu(tps, 6 * (params or 0), r, peak)})
+            train_rows.append(_bench_train(b, r, steps, examples))
+            if REFERENCE_COLUMNS[cfg.training.loss]:
+                result.setdefault("reference_s", b.phases.seconds[f"reference_{r}"])
         scaling(train_rows, "ranks", "tokens_per_s")
 
-        with phases("update_weights"):
-            pool.update_weights_from_path(str(work / f"ranks_{ranks[0]}" / "hf"))
-        result["weight_update_s"] = phases.seconds["update_weights"]
+        with b.phases("update_weights"):
+            b.pool.update_weights_from_path(str(work / f"ranks_{ranks[0]}" / "hf"))
+        result["weight_update_s"] = b.phases.seconds["update_weights"]
     finally:
-        if pool is not None:
-            pool.shutdown()
+        if b.pool is not None:
+            b.pool.shutdown()
+    _report(result, rollout_rows, train_rows, peak, out)
+    return result
+
+
+def _check_ranks(t: TrainConfig, ranks: list[int]) -> None:
+    """The global batch is kept at every rank count: accumulation = B / (micro x ranks) must be a whole number."""
+    B = t.global_batch_size
+    for r in ranks:
+        if B % (t.micro_batch_size * r):
+            raise ConfigError(f"--ranks {r}: global_batch_size ({B}) is not a multiple of micro_batch_size "
+                              f"({t.micro_batch_size}) x {r} ranks")
+
+
+def _start_engines(b: _Bench) -> EnginePool:
+    """One pool at the largest count (what `east-ds run` would ask for), its resources checked first; each count
+    samples on its first engines, so the engines start once."""
+    from east_ds.cluster.placement import Placement, free_resources, total_resources
+    from east_ds.rollout.engine_pool import EnginePool
+
+    cfg = b.cfg
+    placement = Placement.of(dataclasses.replace(cfg, rollout=b.rcfg), b.gpus)
+    placement.check_resources(total_resources(), free_resources(), cfg.placement.wait_for_resources)
+    return EnginePool(cfg.model.path, placement.rollout_config(b.rcfg), cfg.model,
+                      resources=cfg.placement.engine_resources, **placement.engine_options())
+
+
+def _bench_rollout(b: _Bench, questions: pd.DataFrame, tokenizer, engines: list[int]) -> list[dict]:
+    """Roll the questions out once per engine count into work/engines_<k>: a row per count with its tokens,
+    seconds, throughput (in all and per engine), MFU and scaling efficiency."""
+    from east_ds.rollout.stage import run_rollout
+
+    rows = []
+    for e in engines:
+        with b.pool.serve_from(e) as serving:
+            stats = run_rollout(b.pool, questions, tokenizer, b.rcfg, b.work / f"engines_{e}",
+                                b.cfg.data.system_prompt).attrs["stats"]
+        tps = stats["num_tokens"] / stats["seconds"]
+        rows.append({"engines": serving, "tokens": stats["num_tokens"], "seconds": stats["seconds"],
+                     "tokens_per_s": tps, "tokens_per_s_per_engine": tps / serving,
+                     "mfu": mfu(tps, 2 * (b.params or 0), serving * b.cfg.rollout.tensor_parallel_size, b.peak)})
+    scaling(rows, "engines", "tokens_per_s")
+    return rows
+
+
+def _bench_weigh(b: _Bench, rollouts_path: Path, steps: int, result: dict) -> Path:
+    """Weigh the first rollout (timed as `weigh`) into work/weigh; adds the grading and weighing figures and the
+    example counts to `result`. Returns the examples table, repeated to fill `steps` global batches."""
+    from east_ds.weighting.stage import weigh
+
+    t, work = b.cfg.training, b.work
+    rollouts = read_table(rollouts_path)
+    with b.phases("weigh"):
+        w = weigh(rollouts, b.cfg.weighting, t.loss, work / "weigh")
+    result["grade_responses_per_s"] = len(rollouts) / w["grade_seconds"]
+    result["weigh_seconds"] = w["weigh_seconds"]
+    if not w["examples"]:
+        raise TableError(f"{work / 'weigh'}: the rollouts gave no training example (every question's samples "
+                         f"agree: {w['dropped_all_correct']} all right, {w['dropped_all_wrong']} all wrong); "
+                         "raise --prompts")
+    examples, n_examples = _fill(work / "weigh" / "examples.parquet", steps * t.global_batch_size,
+                                 work / "examples_bench.parquet")
+    result["examples"] = {"selected": w["examples"], "used": n_examples}
+    return examples
+
+
+def _bench_train(b: _Bench, r: int, steps: int, examples: Path) -> dict:
+    """Train `steps` steps on `r` ranks into work/ranks_<r> (the global batch kept), the engines asleep meanwhile
+    when they share the GPUs (woken with the starting weights after); DPO/KTO first score the reference (timed as
+    reference_<r>). Returns the count's row: steps, tokens, seconds, throughput (in all and per rank), MFU."""
+    from east_ds.cluster.placement import Placement, sleep_for_training, wake_around
+    from east_ds.schema import REFERENCE_COLUMNS
+    from east_ds.training.actors import TrainerGroup
+
+    cfg, t, work, pool = b.cfg, b.cfg.training, b.work, b.pool
+    B = t.global_batch_size  # kept: the accumulation absorbs the rank count (_check_ranks)
+    tcfg = dataclasses.replace(t, num_ranks=r, gradient_accumulation_steps=B // (t.micro_batch_size * r),
+                               max_steps=steps, save_every_steps=0)
+    placement = Placement.of(dataclasses.replace(cfg, rollout=b.rcfg, training=tcfg), b.gpus)
+    asleep = sleep_for_training(pool, placement)
+    group = TrainerGroup(cfg.model.path, tcfg, cfg.model, r, resources=cfg.placement.trainer_resources,
+                         **placement.trainer_options(pool.placement_group))
+    try:
+        train_input = examples
+        if REFERENCE_COLUMNS[t.loss]:
+            with b.phases(f"reference_{r}"):
+                group.reference_logprobs(str(examples), str(work / f"reference_{r}.parquet"))
+            train_input = work / f"reference_{r}.parquet"
+        group.fit(str(train_input), str(work / f"ranks_{r}"), resume=False)
+    finally:
+        group.shutdown()
+        if asleep:  # slept engines discarded their weights (sleep level 2): reload them
+            wake_around(pool, asleep, lambda: pool.update_weights_from_path(cfg.model.path))
+    log = read_jsonl(work / f"ranks_{r}" / "metrics.jsonl")
+    tokens, seconds = sum(m["tokens"] for m in log), sum(m["step_time"] for m in log)
+    tps = tokens / seconds if seconds else None
+    return {"ranks": r, "steps": len(log), "tokens": tokens, "seconds": seconds, "tokens_per_s": tps,
+            "tokens_per_s_per_rank": tps / r if tps else None, "mfu": mfu(tps, 6 * (b.params or 0), r, b.peak)}
+
+
+def _report(result: dict, rollout_rows: list[dict], train_rows: list[dict], peak: float | None, out: Path) -> None:
+    """Add the per-count rows and the headline figures (those of the first engine and rank counts) to `result`;
+    write out/bench.json and out/bench.md."""
     result.update(rollout=rollout_rows, train=train_rows,
                   rollout_tokens_per_s=rollout_rows[0]["tokens_per_s"],
                   rollout_tokens_per_s_per_engine=rollout_rows[0]["tokens_per_s_per_engine"],
@@ -184,7 +248,6 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
                   mfu={"rollout": rollout_rows[0]["mfu"], "train": train_rows[0]["mfu"]} if peak else None)
     write_json(result, out / "bench.json")
     (out / "bench.md").write_text(to_markdown(result))
-    return result
 
 
 def _fmt(v, spec: str = ".1f") -> str:

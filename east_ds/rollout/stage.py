@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -61,6 +63,26 @@ def _shard_path(out_dir: Path, k: int) -> Path:
     return out_dir / "shards" / f"shard_{k:05d}.parquet"
 
 
+@dataclass
+class _Shards:
+    """What writing a shard's table needs: per question (in question order) its record, rendered prompt and vLLM
+    seed; the shard size and samples per question; and, filled by _shard_requests, the questions skipped as too
+    long (with the reason) and those sent to an engine, per shard in request order."""
+
+    out_dir: Path
+    size: int
+    n: int
+    records: list[dict]
+    prompts: list[str]
+    seeds: list[int | None]
+    skipped: dict[int, str] = field(default_factory=dict)
+    sent: dict[int, list[int]] = field(default_factory=dict)
+
+    def questions(self, k: int) -> range:
+        """The question positions of shard k."""
+        return range(k * self.size, min((k + 1) * self.size, len(self.records)))
+
+
 def run_rollout(
     pool: EnginePool,
     questions: pd.DataFrame,
@@ -81,12 +103,35 @@ def run_rollout(
     sampling = Sampling(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     size = max(1, cfg.shard_size)
     num_shards = (len(questions) + size - 1) // size
+    _check_manifest(out_dir, _manifest(questions, cfg, size, num_shards, system_prompt))
 
-    manifest = {
+    prompts, ids = _prompts(questions, tokenizer, system_prompt)
+    records = questions.to_dict("records")
+    missing = [k for k in range(num_shards) if not _shard_path(out_dir, k).is_file()]
+    seeded = rollout_defaults(pool.on_gpu, False, seed_per_request=cfg.seed_per_request).seed_per_request
+    seeds = [request_seed(cfg.seed, j // size, j % size) if seeded else None for j in range(len(questions))]
+    shards = _Shards(out_dir, size, cfg.n, records, prompts, seeds)
+    requests = _shard_requests(pool, shards, ids, missing, sampling)
+
+    for k, reqs in requests:
+        if not reqs:  # every question of the shard skipped
+            _write_shard(shards, k, [])
+    pool.run_shards([(k, r) for k, r in requests if r], on_done=partial(_write_shard, shards), desc="rollout")
+    return _consolidate(out_dir, questions, cfg.n, num_shards, missing, t0)
+
+
+def _manifest(questions: pd.DataFrame, cfg: RolloutConfig, size: int, num_shards: int, system_prompt: str) -> dict:
+    """The settings and question ids (hashed) that decide a rollout's shards: what shards/manifest.json holds."""
+    return {
         "n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
         "seed": cfg.seed, "shard_size": size, "system_prompt": system_prompt, "num_shards": num_shards,
         "question_ids": hashlib.sha256("\n".join(questions["question_id"].astype(str)).encode()).hexdigest(),
     }
+
+
+def _check_manifest(out_dir: Path, manifest: dict) -> None:
+    """Write out_dir/shards/manifest.json on the first call; on a rerun, refuse shards that were made with other
+    settings or questions (a silent mix of two rollouts otherwise), naming the keys that differ."""
     manifest_path = out_dir / "shards" / "manifest.json"
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
@@ -97,55 +142,53 @@ def run_rollout(
     else:
         write_json(manifest, manifest_path)
 
-    prompts, ids = _prompts(questions, tokenizer, system_prompt)
-    records = questions.to_dict("records")
-    missing = [k for k in range(num_shards) if not _shard_path(out_dir, k).is_file()]
-    seeded = rollout_defaults(pool.on_gpu, False, seed_per_request=cfg.seed_per_request).seed_per_request
 
-    def seed_of(k: int, j: int) -> int | None:
-        return request_seed(cfg.seed, k, j - k * size) if seeded else None
-
-    # Requests of the missing shards; prompts too long to fit are recorded as skipped without an engine call.
-    shards, skipped = [], {}
+def _shard_requests(pool: EnginePool, shards: _Shards, ids: list[list[int]], missing: list[int],
+                    sampling: Sampling) -> list[tuple[int, list[dict]]]:
+    """The engine requests of each missing shard, as (shard, requests). A prompt too long to fit is recorded in
+    `shards.skipped` without an engine call; the questions sent are recorded per shard in `shards.sent`."""
+    out = []
     for k in missing:
-        reqs, slots = [], []
-        for j in range(k * size, min((k + 1) * size, len(questions))):
-            seed = seed_of(k, j)
+        reqs, sent = [], []
+        for j in shards.questions(k):
             reason = pool.fits(len(ids[j]), sampling.max_new_tokens)
             if reason:
-                skipped[j] = reason
+                shards.skipped[j] = reason
             else:
-                reqs.append(pool.request(ids[j], sampling, seed))
-                slots.append(j)
-        shards.append((k, reqs, slots))
-    slots_of = {k: slots for k, _, slots in shards}
+                reqs.append(pool.request(ids[j], sampling, shards.seeds[j]))
+                sent.append(j)
+        out.append((k, reqs))
+        shards.sent[k] = sent
+    return out
 
-    def write_shard(k: int, results: list[list[dict]]) -> None:
-        by_q = dict(zip(slots_of[k], results))
-        rows = []
-        for j in range(k * size, min((k + 1) * size, len(questions))):
-            seed = seed_of(k, j)
-            if j in skipped:
-                samples = [skip_record(skipped[j]) for _ in range(cfg.n)]
-            else:
-                samples = by_q[j]
-            rows += _rows(records[j], prompts[j], samples, seed)
-        write_table(pd.DataFrame(rows, columns=list(ROLLOUT_COLUMNS + EXTRA_COLUMNS)), _shard_path(out_dir, k))
 
-    empty = [(k, r) for k, r, _ in shards if not r]
-    for k, _ in empty:  # every question of the shard skipped
-        write_shard(k, [])
-    pool.run_shards([(k, r) for k, r, _ in shards if r], on_done=write_shard, desc="rollout")
+def _write_shard(shards: _Shards, k: int, results: list[list[dict]]) -> None:
+    """Write shard k's table (every question's samples, skipped ones as skip records) from the engine's results
+    for the questions it was sent; run_shards calls it as each shard finishes."""
+    by_q = dict(zip(shards.sent[k], results))
+    rows = []
+    for j in shards.questions(k):
+        if j in shards.skipped:
+            samples = [skip_record(shards.skipped[j]) for _ in range(shards.n)]
+        else:
+            samples = by_q[j]
+        rows += _rows(shards.records[j], shards.prompts[j], samples, shards.seeds[j])
+    write_table(pd.DataFrame(rows, columns=list(ROLLOUT_COLUMNS + EXTRA_COLUMNS)), _shard_path(shards.out_dir, k))
 
+
+def _consolidate(out_dir: Path, questions: pd.DataFrame, n: int, num_shards: int, missing: list[int],
+                 t0: float) -> pd.DataFrame:
+    """Join the shard tables into out_dir/rollouts.parquet (checked complete and in order), then count shards,
+    rows, skipped questions, tokens and seconds since `t0` into out_dir/rollout_stats.json and attrs["stats"]."""
     df = pd.concat([read_table(_shard_path(out_dir, k)) for k in range(num_shards)], ignore_index=True)
-    _check_complete(df, questions, cfg.n)
+    _check_complete(df, questions, n)
     write_table(df, out_dir / "rollouts.parquet")
     gen = df[df["finish_reason"] != "skipped"]
     seconds = time.perf_counter() - t0
     stats = {
         "shards_total": num_shards, "shards_generated": len(missing), "shards_reused": num_shards - len(missing),
         "generated_shard_ids": missing, "rows": len(df), "skipped_questions": int((df["finish_reason"] == "skipped")
-                                                                                  .sum() // max(cfg.n, 1)),
+                                                                                  .sum() // max(n, 1)),
         "num_tokens": int(gen["num_tokens"].sum()), "seconds": seconds,
     }
     write_json(stats, out_dir / "rollout_stats.json")

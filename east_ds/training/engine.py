@@ -33,6 +33,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -338,6 +339,16 @@ def reference_logprobs(model_path: str, train_cfg: TrainConfig, model_cfg: Model
     return metrics
 
 
+class _Schedule(NamedTuple):
+    """A call's examples, step plan, stop and the fingerprint a summary or DeepSpeed checkpoint must match."""
+
+    ex: td.TokenizedExamples
+    steps: list[list[list[int]]]  # per step, per micro-batch, example indices
+    total: int
+    stop: int
+    fingerprint: dict
+
+
 def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, examples_path: str, out_dir: str,
         resume: bool = True, progress: bool = True) -> dict:
     """Train on examples_path; HF export in out_dir/hf, per-step metrics in out_dir/metrics.jsonl, summary in
@@ -351,49 +362,87 @@ def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, example
     t_start = time.perf_counter()
     out = Path(out_dir)
     ckpt_dir = out / "ds_checkpoint"
-    df = read_table(examples_path)
-    from transformers import AutoTokenizer  # tokenise before building the engine: bad input fails fast
+    ex, steps, total, stop, fingerprint = sched = _schedule(model_path, train_cfg, model_cfg, examples_path)
+    if resume and (done := _finished(out, fingerprint, stop)) is not None:
+        return done
+    eng = TrainingEngine(model_path, train_cfg, model_cfg, total_steps=total)
+    _forget_divergence(eng, out, model_path)  # a diverged call's state is never resumed from
+    start = _resume_step(eng, ckpt_dir, fingerprint) if resume else 0
+    last = _train_steps(eng, sched, start, out, examples_path, progress)
+    if stop < total and stop > start:  # a later call continues this schedule: it needs the optimizer state
+        eng.save_checkpoint(ckpt_dir, stop, fingerprint)
+    eng.export_hf(out / "hf")
+    seq_lens = [[len(ids) for ids, _ in s] for s in ex.seqs]
+    summary = {"steps": stop, "total_steps": total, "start_step": start, "examples": len(ex), **ex.stats,
+               "padding_frac_plan": td.padding_fraction(steps, seq_lens), "seconds": time.perf_counter() - t_start,
+               "world_size": eng.world, "fingerprint": fingerprint, **{f"last_{k}": v for k, v in last.items()},
+               "optimizer": {k: getattr(train_cfg, k) for k in OPTIMIZER_KEYS}}
+    if eng.rank == 0:
+        write_json(summary, out / "train_summary.json")
+        if stop == total:  # the export and the summary are all a rerun needs; the optimizer state is ~6x the model
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    eng.close()
+    return summary
 
+
+def _schedule(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, examples_path: str) -> _Schedule:
+    """Tokenise the examples and plan the steps, before any engine is built, so bad input fails fast."""
+    from transformers import AutoTokenizer
+
+    df = read_table(examples_path)
     check_model_path(model_path)
     tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
     ex = td.tokenize_examples(df, tok, train_cfg.loss, train_cfg.max_len, train_cfg.max_prompt_len,
                               where=str(examples_path), need_reference=loss_spec(train_cfg.loss).needs_reference)
-    lengths = ex.lengths()
-    steps = td.plan(lengths, train_cfg.global_batch_size, train_cfg.micro_batch_size, train_cfg.epochs,
+    steps = td.plan(ex.lengths(), train_cfg.global_batch_size, train_cfg.micro_batch_size, train_cfg.epochs,
                     train_cfg.seed, train_cfg.group_by_length, train_cfg.length_group_size)
     total = len(steps)
     stop = min(total, train_cfg.max_steps) if train_cfg.max_steps > 0 else total
     fingerprint = {"examples": len(ex), "global_batch_size": train_cfg.global_batch_size, "seed": train_cfg.seed,
                    "epochs": train_cfg.epochs, "total_steps": total}
+    return _Schedule(ex, steps, total, stop, fingerprint)
+
+
+def _finished(out: Path, fingerprint: dict, stop: int) -> dict | None:
+    """The summary of an earlier call that trained this schedule (same fingerprint) up to `stop` and exported it
+    (out/hf present), or None when there is training to do."""
     summary_path = out / "train_summary.json"
-    if resume and (out / "hf").is_dir() and summary_path.is_file():
-        done = json.loads(summary_path.read_text())
-        if done.get("fingerprint") == fingerprint and done.get("steps", 0) >= stop:
-            log.info("%s: trained and exported earlier (%d steps); nothing to do", out, done["steps"])
-            return done
-    eng = TrainingEngine(model_path, train_cfg, model_cfg, total_steps=total)
-    _forget_divergence(eng, out, model_path)  # a diverged call's state is never resumed from
-    start = 0
-    if resume:
-        client = eng.load_checkpoint(ckpt_dir)
-        if client is not None:
-            got = {k: client.get(k) for k in fingerprint}
-            if got != fingerprint:
-                raise ValueError(f"{ckpt_dir}: checkpoint was made for {got}, this run is {fingerprint}")
-            start = int(client["step"])
-            log.info("resumed from %s at step %d", ckpt_dir, start)
-    seq_lens = [[len(ids) for ids, _ in s] for s in ex.seqs]
-    metrics_path = out / "metrics.jsonl"
+    done = json.loads(summary_path.read_text()) if (out / "hf").is_dir() and summary_path.is_file() else {}
+    if done.get("fingerprint") == fingerprint and done.get("steps", 0) >= stop:
+        log.info("%s: trained and exported earlier (%d steps); nothing to do", out, done["steps"])
+        return done
+    return None
+
+
+def _resume_step(eng: TrainingEngine, ckpt_dir: Path, fingerprint: dict) -> int:
+    """The step to continue from: that of the latest DeepSpeed checkpoint in ckpt_dir (loaded into the engine),
+    which must have been made for this schedule, or 0 without one."""
+    client = eng.load_checkpoint(ckpt_dir)
+    if client is None:
+        return 0
+    if (got := {k: client.get(k) for k in fingerprint}) != fingerprint:
+        raise ValueError(f"{ckpt_dir}: checkpoint was made for {got}, this run is {fingerprint}")
+    log.info("resumed from %s at step %d", ckpt_dir, int(client["step"]))
+    return int(client["step"])
+
+
+def _train_steps(eng: TrainingEngine, sched: _Schedule, start: int, out: Path, examples_path: str,
+                 progress: bool) -> dict:
+    """Steps start..stop of the schedule (eng.cfg: the call's TrainConfig): rank 0 logs each to out/metrics.jsonl
+    (trimmed to `start` first) and the progress bar; a diverged step stops every rank before it is saved; a
+    DeepSpeed checkpoint every save_every_steps steps before the stop. Returns the last step's metrics."""
+    cfg, ex, steps = eng.cfg, sched.ex, sched.steps
+    ckpt_dir, metrics_path = out / "ds_checkpoint", out / "metrics.jsonl"
     if eng.rank == 0:
         _trim_step_log(metrics_path, start)
     bar = None
     if eng.rank == 0 and progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=stop, initial=start, desc=f"train {train_cfg.loss}", unit="step")
+        bar = tqdm(total=sched.stop, initial=start, desc=f"train {cfg.loss}", unit="step")
     last: dict = {}
-    spe = total // train_cfg.epochs
-    for s in range(start, stop):
+    spe = sched.total // cfg.epochs
+    for s in range(start, sched.stop):
         mbs = [td.micro_batch_tensors(ex, idx, eng.pad_id) for idx in td.rank_micro_batches(steps[s], eng.rank,
                                                                                              eng.world)]
         last = eng.train_step(mbs)
@@ -406,25 +455,13 @@ def fit(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, example
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
         if found := eng.diverged(last["loss"]):  # before any checkpoint or export of this step
-            raise _stop_diverged(eng, out, bar, dv.diverged_error(out, examples_path, s + 1, total, found, last["lr"],
-                                                                  train_cfg.lr, last["loss"], eng.last_grad_norm))
-        if train_cfg.save_every_steps and (s + 1) % train_cfg.save_every_steps == 0 and s + 1 < stop:
-            eng.save_checkpoint(ckpt_dir, s + 1, fingerprint)
+            raise _stop_diverged(eng, out, bar, dv.diverged_error(out, examples_path, s + 1, sched.total, found,
+                                                                  last["lr"], cfg.lr, last["loss"], eng.last_grad_norm))
+        if cfg.save_every_steps and (s + 1) % cfg.save_every_steps == 0 and s + 1 < sched.stop:
+            eng.save_checkpoint(ckpt_dir, s + 1, sched.fingerprint)
     if bar is not None:
         bar.close()
-    if stop < total and stop > start:  # a later call continues this schedule: it needs the optimizer state
-        eng.save_checkpoint(ckpt_dir, stop, fingerprint)
-    eng.export_hf(out / "hf")
-    summary = {"steps": stop, "total_steps": total, "start_step": start, "examples": len(ex), **ex.stats,
-               "padding_frac_plan": td.padding_fraction(steps, seq_lens), "seconds": time.perf_counter() - t_start,
-               "world_size": eng.world, "fingerprint": fingerprint, **{f"last_{k}": v for k, v in last.items()},
-               "optimizer": {k: getattr(train_cfg, k) for k in OPTIMIZER_KEYS}}
-    if eng.rank == 0:
-        write_json(summary, summary_path)
-        if stop == total:  # the export and the summary are all a rerun needs; the optimizer state is ~6x the model
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-    eng.close()
-    return summary
+    return last
 
 
 def _trim_step_log(metrics_path: Path, start: int) -> None:
