@@ -74,6 +74,25 @@ def test_no_stage_imports_one_above_it():
     assert not bad, "\n".join(bad)
 
 
+def test_training_and_rollout_do_not_import_each_other():
+    """They meet only through the layers below (cluster.weight_sync holds both ends of a weight update)."""
+    known = modules()
+    bad = [f"{m} imports {i}" for m, f in known.items() for i in imports(f, known)
+           if {layer(m), layer(i)} == {"training", "rollout"}]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_function_over_80_lines():
+    long = {}
+    for f in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    long[f"{f.relative_to(ROOT)}:{node.lineno} {node.name}"] = n
+    assert not long, long
+
+
 def test_no_import_cycles_between_modules():
     known = modules()
     graph = {m: {i for i in imports(f, known) if i != m and not m.startswith(i + ".")} for m, f in known.items()}
