@@ -73,8 +73,9 @@ def test_sleep_label_and_wake_order_come_from_the_engine_log():
 
     log = ev("sleep level 2", "wake weights", "update_weights path", "wake kv_cache")
     assert sleep_label(log, sleep_mode=True) == "sleep level 2"  # the engine's words, not the driver's
-    assert sleep_label(ev("sleep"), sleep_mode=False) == (
-        "sleep: needs CUDA: not checked (the engine reports no sleep mode)")
+    for words in ("sleep", "sleep skipped"):
+        assert sleep_label(ev(words), sleep_mode=False) == (
+            "sleep: needs CUDA: not checked (the engine reports no sleep mode)")
     with pytest.raises(AssertionError, match="no sleep"):
         sleep_label(ev("wake weights"), sleep_mode=True)
     check_wake_order(log)

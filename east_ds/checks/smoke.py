@@ -64,7 +64,7 @@ def sleep_label(events: list[dict], sleep_mode: bool) -> str:
     slept = [e["event"] for e in events if e["event"].startswith("sleep")]
     if not slept:
         raise AssertionError("the engine recorded no sleep")
-    return slept[0] if sleep_mode else f"{slept[0]}: needs CUDA: not checked (the engine reports no sleep mode)"
+    return slept[0] if sleep_mode else "sleep: needs CUDA: not checked (the engine reports no sleep mode)"
 
 
 def check_wake_order(events: list[dict], method: str = "path") -> None:
