@@ -162,7 +162,8 @@ def test_export_reproduces_engine_loss_in_transformers_and_vllm(setup):
     for s in steps[:2]:
         eng.train_step([td.micro_batch_tensors(ex, idx, eng.pad_id) for idx in s])
     probe = [td.micro_batch_tensors(ex, idx, eng.pad_id) for idx in steps[2]]
-    engine_losses = eng.eval_losses(probe)
+    with torch.no_grad():  # the engine's own per-example SFT losses, without a step
+        engine_losses = torch.cat([eng.example_losses(mb, None).detach().cpu() for mb in probe])
     out = setup["root"] / "export_hf"
     eng.export_hf(out)
     eng.close()

@@ -225,11 +225,6 @@ class TrainingEngine:
         return float(torch.stack(grads).sum().sqrt()) if grads else float("nan")
 
     @torch.no_grad()
-    def eval_losses(self, micro_batches: list[dict]) -> torch.Tensor:
-        """Per-example losses of micro-batches without a step (z0 computed from them for KTO)."""
-        z0 = self.kto_z0(micro_batches) if loss_spec(self.cfg.loss).kl_column else None
-        return torch.cat([self.example_losses(mb, z0).detach().cpu() for mb in micro_batches])
-
     # -- checkpoints ------------------------------------------------------------------------------------------
     def save_checkpoint(self, ckpt_dir: Path, step: int, client_state: dict) -> None:
         """DeepSpeed checkpoint `step_<n>` (all ranks), then rank 0 removes older ones."""
