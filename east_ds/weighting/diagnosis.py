@@ -111,5 +111,6 @@ def warning(figures: dict, a: float, value: str) -> str:
             f"samples (vanilla would put {figures['low_question_share']:.0%} there): on this model and data "
             f"{value} marks questions the model guesses at rather than ones it can learn. Options the config "
             f"already has: a lower weighting.a (now {a:g}; 0 is vanilla), weighting.value=accuracy or "
-            f"weighting.value=rejected (the paper's baselines), or weighting.cap_at_most_correct=K (a departure "
-            f"from the paper). benchmarks/STUDY.md shows what each did on the study's task.")
+            f"weighting.value=rejected (the paper's baselines), weighting.value=learnability (p(1-p): questions "
+            f"solved about half the time), or weighting.cap_at_most_correct=K (a departure from the paper). "
+            f"benchmarks/STUDY.md shows what each did on the study's task; `east-ds compare` tries them on yours.")
