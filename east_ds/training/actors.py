@@ -129,8 +129,9 @@ class TrainRank:
 
         return checkpoint_metas(checkpoint, bucket_bytes)
 
-    def send_weights(self, host: str, port: int, world_size: int, checkpoint: str, bucket_bytes: int) -> float:
-        """Be rank 0 of the weight-broadcast group at host:port and broadcast the checkpoint bucket by bucket."""
+    def send_weights(self, host: str, port: int, world_size: int, checkpoint: str, bucket_bytes: int) -> dict:
+        """Be rank 0 of the weight-broadcast group at host:port and broadcast the checkpoint bucket by bucket;
+        returns the seconds and the transport the group used ("nccl" or "tcp-store")."""
         from east_ds.cluster.weight_sync import TrainerWeightBroadcaster, checkpoint_tensors, iter_buckets
 
         t0 = time.perf_counter()
@@ -139,7 +140,7 @@ class TrainRank:
         for bucket in iter_buckets(checkpoint_tensors(checkpoint), bucket_bytes):
             sender.broadcast(bucket)
         sender.finish()
-        return time.perf_counter() - t0
+        return {"seconds": time.perf_counter() - t0, "kind": sender.comm.kind}
 
     def close(self) -> None:
         from east_ds.training import engine as te
