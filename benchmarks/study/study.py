@@ -264,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="key=value overrides for every run")
     ap.add_argument("--analyze-only", action="store_true", help="only tables, plots and STUDY.md's results")
     ap.add_argument("--no-analysis", action="store_true", help="skip tables, plots and STUDY.md")
-    ap.add_argument("--study-md", type=Path, default=REPO / "benchmarks" / "STUDY.md",
-                    help="the file whose generated results block is rewritten (needs its markers)")
+    ap.add_argument("--study-md", type=Path,
+                    help="the file whose generated results block is rewritten (needs its markers); default "
+                         "benchmarks/STUDY.md when --results is the default, none otherwise")
     args = ap.parse_args(argv)
 
     cfg = StudyConfig(**(QUICK if args.quick else {}))
@@ -290,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         # vanilla stays the reference when a later command adds arms (e.g. --arms dpo_vanilla dpo_east_a1)
         arms_recorded = {arm for arm, _, _ in recorded(cfg.results)}
         reference = "vanilla" if "vanilla" in arms_recorded else cfg.arms[0]
-        analyze(cfg.results, reference=reference, study_md=None if args.quick else args.study_md)
+        default_md = REPO / "benchmarks" / "STUDY.md" if cfg.results == StudyConfig().results else None
+        analyze(cfg.results, reference=reference, study_md=None if args.quick else (args.study_md or default_md))
     if failed:
         print(f"[study] {failed} run(s) failed; rerun the same command to resume them", file=sys.stderr)
     return 1 if failed else 0

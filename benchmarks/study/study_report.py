@@ -406,6 +406,31 @@ def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = N
     return text
 
 
+def learn_a1_section(results: Path) -> str:
+    """STUDY.md's learnability block: learn_a1 against vanilla and east_a1 re-run on the same rebuilt warm starts
+    (recorded apart in `results`), over the seeds with all three arms through the last iteration."""
+    from east_ds.weighting.paired import paired_differences as paired_diffs
+
+    arms = ["vanilla", "east_a1", "learn_a1"]
+    df = load_results(results)
+    seeds = complete_seeds(df[df["arm"].isin(arms)], arms)
+    df = df[df["seed"].isin(seeds) & df["arm"].isin(arms)]
+    q, ev = (_load_parquets(results / sub) for sub in ("questions", "eval"))
+    q, ev = q[q["seed"].isin(seeds)], ev[ev["seed"].isin(seeds)]
+    d = df[df["iteration"] > 0]
+    vs_v = paired_diffs(d, "vanilla").assign(against="vanilla")
+    vs_e = paired_diffs(d[d["arm"] != "vanilla"], "east_a1").assign(against="east_a1")
+    last = int(df["iteration"].max())
+    return "\n".join([
+        f"Seeds with all three arms through iteration {last}: {', '.join(map(str, seeds))} ({len(seeds)} of 5).", "",
+        "Test accuracy (%), mean over those seeds [bootstrap interval]:", "", _md(accuracy_table(df, arms)), "",
+        "Paired differences (points; the t 95% interval needs at least 2 seeds):", "",
+        _md(diff_table(pd.concat([vs_v, vs_e], ignore_index=True))), "",
+        "Where the weight went at iteration 1 (% of each arm's weight per band of correct samples of 16; the three "
+        "arms weigh the same questions):", "", _md(weight_band_table(q, arms)), "",
+        *mde_lines(ev, vs_v, "vanilla", last, len(seeds))])
+
+
 def write_block(path: Path, text: str) -> None:
     """Replace what lies between BEGIN and END in `path` with `text`."""
     doc = path.read_text()
