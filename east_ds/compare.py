@@ -163,11 +163,11 @@ def copy_shared(src_run: Path, dst_run: Path) -> list[str]:
     return copied
 
 
-def run_compare(base: RunConfig, runs: dict[tuple[str, int], RunConfig], backends=None, run=None) -> dict:
+def run_compare(base: RunConfig, runs: dict[tuple[str, int], RunConfig], backends=None) -> dict:
     """Run (or resume) every (arm, seed): per seed the first arm, then the others on its shared tables; then
-    write the report. Returns the report's figures. `run`: the driver's run (tests pass their own)."""
-    if run is None:
-        from east_ds.driver import run
+    write the report. Returns the report's figures. `backends`: the driver's (None: Ray, vLLM, DeepSpeed)."""
+    from east_ds.driver import run
+
     arms = list(dict.fromkeys(a for a, _ in runs))
     seeds = list(dict.fromkeys(s for _, s in runs))
     t0 = time.perf_counter()
@@ -179,8 +179,7 @@ def run_compare(base: RunConfig, runs: dict[tuple[str, int], RunConfig], backend
             print(f"[compare] === arm {arm}, seed {seed}" + (f" (shared from {arms[0]}: {', '.join(copied)})"
                                                              if copied else "") + " ===", flush=True)
             run(cfg, backends=backends)
-    figures = write_compare_report(base, runs, seconds=time.perf_counter() - t0)
-    return figures
+    return write_compare_report(base, runs, seconds=time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
