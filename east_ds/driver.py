@@ -236,9 +236,9 @@ def run(cfg: RunConfig, sink=None, backends: Backends | None = None) -> list[dic
 
 def run_baseline(s: Session) -> None:
     """Iteration 0: the starting model's accuracy, the baseline every later iteration is compared with."""
-    it, ph = s.rundir.iteration(0), Phases(store=s.rundir.iteration(0).phase_metrics)
+    it, ph, t0 = s.rundir.iteration(0), Phases(store=s.rundir.iteration(0).phase_metrics), time.perf_counter()
     ph.run("evaluate", it.eval, lambda: evaluate(s, it))
-    finish_iteration(s, 0, it, ph, time.perf_counter())
+    finish_iteration(s, 0, it, ph, t0)
 
 
 def run_iteration(s: Session, k: int) -> None:
