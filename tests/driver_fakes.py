@@ -186,6 +186,18 @@ class FakeBackends:
         return FakeTrainer(policy, self.diverge)
 
 
+def tiny_task(root: Path, train_seed: int, test_seed: int) -> tuple[Path, dict[str, str]]:
+    """A tiny model and a synthetic task under `root` (train.jsonl: 12 questions, test.jsonl: 6); returns the
+    model directory and every question's gold answer (what FakeEngines answers from)."""
+    from east_ds.data.synthetic import make_problems, to_gsm8k_rows
+    from east_ds.data.tiny import build_tiny_model
+
+    model = build_tiny_model(root / "model")
+    write_table(pd.DataFrame(to_gsm8k_rows(make_problems(12, seed=train_seed, prefix="tr"))), root / "train.jsonl")
+    write_table(pd.DataFrame(to_gsm8k_rows(make_problems(6, seed=test_seed, prefix="te"))), root / "test.jsonl")
+    return model, golds_of(root / "train.jsonl") | golds_of(root / "test.jsonl")
+
+
 def golds_of(path: str | Path) -> dict[str, str]:
     """question text -> gold answer of a GSM8K-format JSONL file."""
     from east_ds.data.load import load_dataset

@@ -13,7 +13,6 @@ import signal
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import driver_fakes as fakes
@@ -29,15 +28,8 @@ SEEDS = [0, 1]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from east_ds.data.synthetic import make_problems, to_gsm8k_rows
-    from east_ds.data.tiny import build_tiny_model
-    from east_ds.tables import write_table
-
     root = tmp_path_factory.mktemp("compare")
-    model = build_tiny_model(root / "model")
-    write_table(pd.DataFrame(to_gsm8k_rows(make_problems(12, seed=21, prefix="tr"))), root / "train.jsonl")
-    write_table(pd.DataFrame(to_gsm8k_rows(make_problems(6, seed=22, prefix="te"))), root / "test.jsonl")
-    golds = fakes.golds_of(root / "train.jsonl") | fakes.golds_of(root / "test.jsonl")
+    model, golds = fakes.tiny_task(root, train_seed=21, test_seed=22)
     config(root, model, "base", mode="split")  # writes root/base.yaml
     return root, golds
 

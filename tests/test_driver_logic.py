@@ -16,16 +16,13 @@ import shutil
 import signal
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
 import driver_fakes as fakes
 from east_ds import driver
 from east_ds.config import load_config
-from east_ds.data.synthetic import make_problems, to_gsm8k_rows
 from east_ds.metrics import Phases
-from east_ds.tables import write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 ITERATION = ["rollout", "weigh", "diagnosis", "sleep engines", "start trainer", "reference", "train",
@@ -36,13 +33,8 @@ WITH_OUTPUT = ("rollout", "weigh", "reference", "train", "evaluate")  # skipped 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from east_ds.data.tiny import build_tiny_model
-
     root = tmp_path_factory.mktemp("driver_logic")
-    model = build_tiny_model(root / "model")
-    write_table(pd.DataFrame(to_gsm8k_rows(make_problems(12, seed=11, prefix="tr"))), root / "train.jsonl")
-    write_table(pd.DataFrame(to_gsm8k_rows(make_problems(6, seed=12, prefix="te"))), root / "test.jsonl")
-    golds = fakes.golds_of(root / "train.jsonl") | fakes.golds_of(root / "test.jsonl")
+    model, golds = fakes.tiny_task(root, train_seed=11, test_seed=12)
     return root, model, golds
 
 
