@@ -55,6 +55,11 @@ class RolloutConfig:
     # on the engine or batch (reproducible); it costs throughput (vLLM samples seeded requests one at a time;
     # benchmarks/RESULTS.md). null: true on CPU engines, false on GPU engines
     shard_size: int = 64  # prompts per rollout shard written to disk (the unit of resume and retry)
+    feed: Literal["continuous", "shard"] = "continuous"  # how shards reach an engine: "continuous" adds the next
+    # shards to its running batch while the stragglers of earlier ones decode, so the batch stays full until the
+    # last shard; "shard" runs one blocking generate per shard (the batch drains at the end of every shard)
+    max_num_seqs: int | None = None  # sequences an engine decodes per step (vLLM's max_num_seqs); null: vLLM's
+    # default for the device. The pool keeps at least two steps' worth of samples queued on each engine
     enable_prefix_caching: bool = True  # vLLM reuses KV of shared prompt prefixes; reset after each weight update
     enable_sleep: bool = False  # GPU only: build engines with sleep mode so sleep()/wake() free GPU memory
     max_shard_retries: int = 2  # a shard whose engine actor dies is retried this many times on a new actor
@@ -76,6 +81,23 @@ class WeightingConfig:
     # most k correct samples of n keeps its weight at or below 1 (min(f, 1)); the others keep EAST's weights, so
     # the mean weight falls below 1. Tests the diagnosis that entropy sends weight to questions the model only
     # guesses at (benchmarks/STUDY.md, arm east_a1_cap2)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA (peft) for the policy: the base weights stay frozen and only low-rank adapters train; each checkpoint
+    is the adapter, and weight sync moves only the adapter's tensors. Off while r is 0 (`training.lora.r=8` turns
+    it on)."""
+
+    r: int = 0  # adapter rank; 0: full fine-tuning (no LoRA)
+    alpha: float = 16.0  # scaling alpha / r (peft's lora_alpha)
+    dropout: float = 0.0  # dropout on the adapter's input (peft's lora_dropout)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                       "down_proj")  # every linear layer of a Llama/Qwen decoder layer
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0
 
 
 @dataclass(frozen=True)
@@ -106,6 +128,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 0  # stop this call after k optimizer steps in total (0: all epochs); the schedule spans all epochs
     length_group_size: int = 16  # length grouping sorts within windows of this many global batches
+    lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA adapters instead of full fine-tuning
 
 
 def check_batch_sizes(cfg: TrainConfig, world_size: int) -> None:
@@ -206,6 +229,10 @@ def _check(value: Any, tp: Any, key: str) -> Any:
         return {_check(k, kt, f"{key} key"): _check(v, vt, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list of any length
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+            return tuple(_check(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_check(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))

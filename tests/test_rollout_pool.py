@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 
 import pandas as pd
 import pytest
@@ -126,6 +127,8 @@ def test_too_long_prompt_is_skipped(pool, tokenizer, tmp_path):
 
 
 def test_dead_engine_shard_is_retried(pool, tokenizer, tmp_path):
+    # One blocking generate per shard (rollout.feed "shard"): engine 0 is killed while a shard is queued on it.
+    pool.cfg = dataclasses.replace(CFG, feed="shard")
     qs = questions(8)
     reference = run_rollout(pool, qs, tokenizer, CFG, tmp_path / "ref")
     old_pid = ray.get(pool.engines[0].info.remote())["pid"]
@@ -145,6 +148,7 @@ def test_dead_engine_shard_is_retried(pool, tokenizer, tmp_path):
         df = run_rollout(pool, qs, tokenizer, CFG, tmp_path / "killed")
     finally:
         del pool.run_shards
+        pool.cfg = CFG
     assert killed
     assert ray.get(pool.engines[0].info.remote())["pid"] != old_pid  # a replacement actor
     assert not df.duplicated(["question_id", "sample_index"]).any() and len(df) == len(qs) * CFG.n
@@ -160,3 +164,76 @@ def test_seeded_batch_larger_than_one_prefill_step(pool, tokenizer):
     sampling = Sampling(n=2, temperature=1.0, max_new_tokens=12)
     res = pool.run_shards([(0, [pool.request(x, sampling, 100 + 7 * i) for i, x in enumerate(ids)])])[0]
     assert len(res) == 24 and all(len(r) == 2 and r[0]["num_tokens"] > 0 for r in res)
+
+
+def _ids(tokenizer, texts):
+    return [tokenizer.encode(f"<|bos|><|user|>{t}<|end|><|assistant|>", add_special_tokens=False) for t in texts]
+
+
+def test_an_engine_decodes_later_shards_beside_an_earlier_ones_stragglers(pool, tokenizer):
+    # Shard "long" asks for 40 tokens per sample, shard "short" for 4 (fixed lengths: ignore_eos). Fed together to
+    # one engine, they share its batch, so "short" finishes first although it was queued second; one blocking
+    # generate per shard would finish them in queue order.
+    sampling = Sampling(n=2, temperature=1.0, max_new_tokens=40)
+    long_ids, short_ids = _ids(tokenizer, ["Ava has 3 apples.", "Ben has 5 pens."])
+    long_req = dict(pool.request(long_ids, sampling, 11), ignore_eos=True)
+    short_req = dict(pool.request(short_ids, sampling, 12), ignore_eos=True, max_tokens=4)
+    engine = pool.engines[0]
+    first = ray.get(engine.feed.remote([("long", [long_req]), ("short", [short_req])]))
+    assert [key for key, _, _ in first] == ["short"]
+    assert [s["num_tokens"] for s in first[0][1][0]] == [4, 4]
+    rest = ray.get(engine.feed.remote([]))  # nothing new: the engine steps on until "long" is done
+    assert [key for key, _, _ in rest] == ["long"] and [s["num_tokens"] for s in rest[0][1][0]] == [40, 40]
+    # Seeded: the same requests alone, in one blocking call, give the same samples.
+    alone, _ = ray.get(engine.generate.remote([long_req, short_req]))
+    assert [[s["response"] for s in r] for r in alone] == [[s["response"] for s in rest[0][1][0]],
+                                                           [s["response"] for s in first[0][1][0]]]
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"shards \['a'\] are already in the batch"):
+        ray.get(engine.feed.remote([("a", [short_req]), ("a", [short_req])]))
+    assert ray.get(engine.abort.remote()) == []  # refused before anything was queued
+    ray.get(engine.feed.remote([("b", [long_req]), ("c", [short_req])]))  # "c" done, "b" still in the batch
+    assert ray.get(engine.abort.remote()) == ["b"]
+    assert [key for key, _, _ in ray.get(engine.feed.remote([("d", [short_req])]))] == ["d"]
+
+
+def test_rollout_tables_do_not_depend_on_how_shards_were_fed(pool, tokenizer, tmp_path):
+    # 12 questions in shards of 2 on two engines: fed continuously (several shards in one batch, in whatever
+    # order engines free up), by shard, and from engine 0 alone, the seeded rollout tables are one table.
+    qs = questions(12)
+    cols = ["question_id", "sample_index", "response", "num_tokens", "finish_reason", "seed"]
+    tables = {}
+    for name, feed, engines in [("continuous", "continuous", 2), ("shard", "shard", 2), ("alone", "continuous", 1)]:
+        pool.cfg = dataclasses.replace(CFG, feed=feed)
+        try:
+            with pool.serve_from(engines):
+                tables[name] = run_rollout(pool, qs, tokenizer, pool.cfg, tmp_path / name)[cols]
+        finally:
+            pool.cfg = CFG
+    pd.testing.assert_frame_equal(tables["continuous"], tables["shard"])
+    pd.testing.assert_frame_equal(tables["continuous"], tables["alone"])
+
+
+def test_an_engine_killed_with_shards_in_its_batch_has_them_retried(pool, tokenizer):
+    # Fed continuously, engine 0 holds shard 0 (60 tokens a sample) beside short shards (4 tokens). Whichever short
+    # shard finishes first, engine 0 is killed then, with shard 0 still in its batch: it must be rerun on a
+    # replacement and give the same seeded samples as a run without the kill.
+    sampling = Sampling(n=2, temperature=1.0, max_new_tokens=60)
+    ids = _ids(tokenizer, [f"Ava has {k} apples." for k in range(6)])
+    shards = [(k, [dict(pool.request(x, sampling, 50 + k), ignore_eos=True, max_tokens=60 if k == 0 else 4)])
+              for k, x in enumerate(ids)]
+    reference = pool.run_shards(shards)
+    assert {r[0][0]["engine"] for r in reference.values()} == {0, 1}
+    old_pid = ray.get(pool.engines[0].info.remote())["pid"]
+    killed = []
+
+    def kill_engine_0(key, results):
+        if not killed:
+            killed.append(key)
+            ray.kill(pool.engines[0])
+
+    out = pool.run_shards(shards, on_done=kill_engine_0)
+    assert killed and killed[0] != 0
+    assert ray.get(pool.engines[0].info.remote())["pid"] != old_pid
+    assert out[0][0][0]["num_tokens"] == 60
+    assert {k: [[s["response"] for s in r] for r in v] for k, v in out.items()} == \
+        {k: [[s["response"] for s in r] for r in v] for k, v in reference.items()}

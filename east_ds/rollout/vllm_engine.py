@@ -22,6 +22,8 @@ import time
 
 from vllm import LLM, SamplingParams
 
+from east_ds.rollout.adapters import AdapterEngineMethods, AdapterWorkerMethods
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Methods run inside vLLM workers. vLLM mixes `EastWorkerExtension` into its worker class (engine argument
@@ -30,7 +32,7 @@ from vllm import LLM, SamplingParams
 # unless VLLM_ALLOW_INSECURE_SERIALIZATION=1).
 
 
-class EastWorkerExtension:
+class EastWorkerExtension(AdapterWorkerMethods):
     """Weight-update methods of a vLLM worker (`self` is the worker: `self.rank`, `self.device`,
     `self.reload_weights`)."""
 
@@ -121,7 +123,7 @@ def cpu_thread_binding(cores: list[int], tensor_parallel_size: int) -> str:
     return "|".join(",".join(str(c) for c in cores[r * per:(r + 1) * per]) for r in range(tensor_parallel_size))
 
 
-class LLMEngine:
+class LLMEngine(AdapterEngineMethods):
     """Holds one `vllm.LLM`. Engine `engine_index` uses `seed` (already offset by the pool: base seed + index).
 
     Tensor parallel. On GPU machines vLLM runs the TP workers as Ray actors inside the placement group this actor
@@ -147,9 +149,12 @@ class LLMEngine:
         enable_sleep: bool = False,
         trust_remote_code: bool = False,
         colocated: bool = False,
+        max_num_seqs: int | None = None,
+        lora_rank: int = 0,
     ):
         """None for `gpu_memory_utilization` and `enforce_eager`: chosen by this engine's device and placement
-        (device_plan.rollout_defaults). `colocated`: trainer ranks share this engine's GPUs."""
+        (device_plan.rollout_defaults). `colocated`: trainer ranks share this engine's GPUs. `lora_rank` > 0
+        (training.lora.r): LoRA enabled; requests go through the adapter `load_adapter*` loaded last."""
         from east_ds.cluster import device_plan as plan
         self.engine_index = engine_index
         # before anything touches CUDA: under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, this actor's own GPU
@@ -160,15 +165,18 @@ class LLMEngine:
         defaults = plan.rollout_defaults(self.on_gpu, colocated, enforce_eager, gpu_memory_utilization)
         kwargs = plan.engine_kwargs(model_path, seed, dtype, max_model_len, tensor_parallel_size,
                                     enable_prefix_caching, trust_remote_code, self.on_gpu, defaults.enforce_eager,
-                                    defaults.gpu_memory_utilization, enable_sleep)
+                                    defaults.gpu_memory_utilization, enable_sleep, max_num_seqs, lora_rank)
         if not self.on_gpu and tensor_parallel_size > 1:
             if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") == "auto":
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(
                     sorted(os.sched_getaffinity(0)), tensor_parallel_size)
         self.enable_sleep = enable_sleep and self.on_gpu
-        self.sleep_plan = plan.sleep_plan(reload_after_wake=True)
+        self.sleep_plan = plan.sleep_plan(reload_after_wake=True, adapter_only=lora_rank > 0)
         self.refs_in_actor = plan.refs_fetched_in_actor(tensor_parallel_size, self.engine_core_in_process)
         self.engine_kwargs = kwargs
+        self.lora_request = None  # the adapter rollout and evaluation go through; None: the base weights
+        self._open: dict = {}  # feed: shard key -> {size, results by request position, t0}
+        self._owner: dict[str, tuple] = {}  # feed: vLLM request name -> (shard key, request position)
         self.llm = LLM(**kwargs)
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
@@ -186,35 +194,88 @@ class LLMEngine:
         return out
 
     def generate(self, requests: list[dict]) -> tuple[list[list[dict]], float]:
-        """Generate for a list of requests; return per-request sample records and the wall seconds taken.
+        """Generate for a list of requests in one blocking call; return per-request sample records and the wall
+        seconds taken. Not to be mixed with `feed` while shards are open (this call steps the same engine).
 
         A request is `{prompt_token_ids, n, temperature, top_p, max_tokens, seed}` (seed None: the engine's
-        generator; an int: that request's samples depend only on it, not on the engine or the batch).
-        A sample record is `{response, num_tokens, finish_reason}`; temperature 0 is greedy.
+        generator; an int: that request's samples depend only on it, not on the engine or the batch), optionally
+        `ignore_eos` (benchmarks: a fixed answer length). A sample record is `{response, num_tokens,
+        finish_reason}`; temperature 0 is greedy.
         """
         if not requests:
             return [], 0.0
         t0 = time.perf_counter()
-        prompts = [{"prompt_token_ids": list(r["prompt_token_ids"])} for r in requests]
-        params = [
-            SamplingParams(
-                n=r["n"],
-                temperature=r["temperature"],
-                top_p=r["top_p"] if r["temperature"] > 0 else 1.0,
-                max_tokens=r["max_tokens"],
-                seed=r.get("seed"),
-            )
-            for r in requests
-        ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        results = [
-            [
-                {"response": c.text, "num_tokens": len(c.token_ids), "finish_reason": str(c.finish_reason)}
-                for c in sorted(out.outputs, key=lambda c: c.index)
-            ]
-            for out in outputs
-        ]
-        return results, time.perf_counter() - t0
+        outputs = self.llm.generate(_prompts(requests), _sampling_params(requests), use_tqdm=False,
+                                    lora_request=self.lora_request)
+        return [_records(out) for out in outputs], time.perf_counter() - t0
+
+    def feed(self, shards: list[tuple]) -> list[tuple]:
+        """Add `(key, requests)` shards to the engine's running batch, then step the engine until at least one of
+        the shards it holds (these or earlier ones) has finished; return the finished ones as
+        `(key, per-request sample records, seconds since the shard was added)`.
+
+        The pool calls this again, with the next shards, as soon as it returns, so the engine's batch takes new
+        requests while the stragglers of older shards decode: the batch stays full until the rollout's last shard
+        (EnginePool.run_shards). Requests are as in `generate`; a seeded request's samples do not depend on what
+        runs beside it."""
+        keys = [key for key, _ in shards]
+        if repeated := sorted({str(k) for k in keys if keys.count(k) > 1 or k in self._open}):
+            raise ValueError(f"engine {self.engine_index}: shards {repeated} are already in the batch")
+        try:
+            for key, requests in shards:
+                self._enqueue(key, requests)
+            done = self._step_until_a_shard_is_done([key for key, requests in shards if not requests])
+        except BaseException:
+            self.abort()  # nothing half-fed stays behind to surface in a later call
+            raise
+        finished = []
+        for key in done:
+            shard = self._open.pop(key)
+            results = [shard["results"][i] for i in range(shard["size"])]
+            finished.append((key, results, time.perf_counter() - shard["t0"]))
+        return finished
+
+    def _step_until_a_shard_is_done(self, done: list) -> list:
+        """Step vLLM until at least one open shard has all its outputs (`done` may already name some)."""
+        engine = self.llm.llm_engine
+        while not done:
+            if not engine.has_unfinished_requests():
+                raise RuntimeError(f"engine {self.engine_index}: no request left to step, but shards "
+                                   f"{sorted(map(str, self._open))} are unfinished")
+            for out in engine.step():
+                if out.finished:
+                    key, position = self._owner.pop(out.request_id)
+                    shard = self._open[key]
+                    shard["results"][position] = _records(out)
+                    if len(shard["results"]) == shard["size"]:
+                        done.append(key)
+        return done
+
+    def abort(self) -> list:
+        """Drop every shard `feed` holds (their requests are aborted in vLLM); returns their keys. The pool calls
+        it when a rollout fails, so no request of it finishes inside a later one."""
+        if self._owner:
+            self.llm.llm_engine.abort_request(list(self._owner), internal=False)
+        keys = list(self._open)
+        self._open, self._owner = {}, {}
+        return keys
+
+    def _enqueue(self, key, requests: list[dict]) -> None:
+        """Add one shard's requests to vLLM's queue and remember which output belongs to which request. vLLM
+        names a request `str(next(LLM.request_counter))` and its finished output carries that name
+        (vllm/entrypoints/common/offline.py, `_add_request`; the internal id `enqueue` returns has a random
+        suffix, vllm/v1/engine/input_processor.py, `assign_request_id`)."""
+        first = self.llm.request_counter.counter
+        if requests:
+            self.llm.enqueue(_prompts(requests), _sampling_params(requests), use_tqdm=False,
+                             lora_request=self.lora_request)
+        names = [str(first + i) for i in range(len(requests))]
+        if self.llm.request_counter.counter != first + len(requests):
+            raise RuntimeError("vLLM's request counter did not advance once per request: this vLLM names its "
+                               "requests differently from what LLMEngine.feed expects")
+        self._open[key] = {"size": len(requests), "results": {}, "t0": time.perf_counter()}
+        for position, name in enumerate(names):
+            self._owner[name] = (key, position)
 
     # -- weight updates ------------------------------------------------------------------------------------------
 
@@ -291,6 +352,25 @@ class LLMEngine:
         return list(self.llm.collective_rpc("east_device_memory"))
 
 
+def _prompts(requests: list[dict]) -> list[dict]:
+    return [{"prompt_token_ids": list(r["prompt_token_ids"])} for r in requests]
+
+
+def _sampling_params(requests: list[dict]) -> list[SamplingParams]:
+    """One SamplingParams per request (top_p only when sampling: greedy ignores it)."""
+    return [
+        SamplingParams(n=r["n"], temperature=r["temperature"], top_p=r["top_p"] if r["temperature"] > 0 else 1.0,
+                       max_tokens=r["max_tokens"], seed=r.get("seed"), ignore_eos=bool(r.get("ignore_eos")))
+        for r in requests
+    ]
+
+
+def _records(output) -> list[dict]:
+    """A finished vLLM RequestOutput as sample records, in sample order."""
+    return [{"response": c.text, "num_tokens": len(c.token_ids), "finish_reason": str(c.finish_reason)}
+            for c in sorted(output.outputs, key=lambda c: c.index)]
+
+
 def _ray_gpu_ids() -> list:
     """The GPU ids Ray assigned this actor ([] outside Ray)."""
     try:
@@ -345,6 +425,7 @@ class PlacedLLMEngine(LLMEngine):
                 "engine_core_in_process": self.engine_core_in_process,
                 "enforce_eager": self.engine_kwargs["enforce_eager"],
                 "gpu_memory_utilization": self.engine_kwargs.get("gpu_memory_utilization"),
+                "max_num_seqs": int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs),
                 "started_at": self.started_at, "ready_at": time.time()}
 
     def _event(self, name: str) -> None:
