@@ -17,6 +17,13 @@ as on GPUs, or tensor-parallel workers), tensors cannot ride on vLLM's `collecti
 msgpack-encoded and a tensor arrives as a plain list. The actor then hands buckets over as safetensors files in
 a directory both sides can read (`write_bucket_files`, `read_bucket_files`); only their paths cross the boundary.
 
+A LoRA run (training.lora) exports a peft adapter as its checkpoint (`adapter_config.json` and
+`adapter_model.safetensors`: `is_adapter_checkpoint`). The engines keep their base weights and only the adapter
+moves, by the same three transports: `path` has every engine load the adapter directory; `object_store` and
+`broadcast` send the adapter's tensors (and its config as a small dict), and the engine side writes them as a
+peft directory on its own node (`write_adapter_dir`) for vLLM's adapter loader. The figures name the tensors and
+bytes that moved.
+
 Both ends of the broadcast live here (`WeightBroadcast`, `TrainerWeightBroadcaster`), so that the rollout and
 training stages share the protocol without importing each other. This module imports torch at the top; Ray
 and vLLM's process-group classes only inside the functions that use them (the broadcast group is vLLM's, the
@@ -113,6 +120,41 @@ def _meta_bytes(meta: tuple[str, str, tuple[int, ...]]) -> int:
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
                        "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
                        "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+ADAPTER_CONFIG = "adapter_config.json"  # peft's names (peft.utils.constants CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def is_adapter_checkpoint(path: str | Path) -> bool:
+    """Whether a checkpoint is a peft adapter (a LoRA run's export) rather than a whole model."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_config(path: str | Path) -> dict:
+    """The adapter's peft config (adapter_config.json) as a dict: what travels with its tensors."""
+    import json
+
+    return json.loads((Path(path) / ADAPTER_CONFIG).read_text())
+
+
+def write_adapter_dir(named_tensors: Iterable[tuple[str, torch.Tensor]], config: dict, directory: str | Path) -> str:
+    """Write an adapter's tensors and config as a peft directory (the layout vLLM's adapter loader reads); returns
+    its path. The adapter is small (megabytes), so its tensors are gathered into one file."""
+    import json
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({name: t.detach().to("cpu").contiguous() for name, t in named_tensors}, str(directory / ADAPTER_WEIGHTS))
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(config))
+    return str(directory)
+
+
+def moved(metas: list[list[tuple[str, str, tuple[int, ...]]]]) -> dict:
+    """The tensors and bytes that buckets described by `metas` (checkpoint_metas) hold."""
+    return {"tensors": sum(len(m) for m in metas), "bytes": sum(_meta_bytes(x) for m in metas for x in m)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,6 +300,8 @@ def sync_weights(method: str, pool, sender, checkpoint: str, bucket_mb: int) -> 
         raise ValueError(f"rollout.weight_sync={method!r}: expected one of {', '.join(TRANSPORTS)}")
     if method == "broadcast":
         return by_broadcast(pool, sender, checkpoint, bucket_mb)
+    if is_adapter_checkpoint(checkpoint):
+        return ADAPTER_TRANSPORTS[method](pool, checkpoint, bucket_mb)
     return TRANSPORTS[method](pool, checkpoint, bucket_mb)
 
 
@@ -270,6 +314,16 @@ def by_object_store(pool, checkpoint: str, bucket_mb: int) -> dict:
     """The driver reads the checkpoint one tensor at a time and puts it in Ray's object store in buckets of at
     most `bucket_mb` MiB; the engines need no shared storage."""
     return pool.update_weights_from_state_dict(checkpoint_tensors(checkpoint), bucket_mb)
+
+
+def adapter_by_path(pool, checkpoint: str, bucket_mb: int = 0) -> dict:
+    """LoRA: every engine loads the adapter directory in place of its current adapter (vLLM's `load_inplace`)."""
+    return {**pool.load_adapter(str(checkpoint)), **moved(checkpoint_metas(checkpoint, 2**62))}
+
+
+def adapter_by_object_store(pool, checkpoint: str, bucket_mb: int) -> dict:
+    """LoRA: the driver puts the adapter's tensors, in buckets, and its config in Ray's object store."""
+    return pool.load_adapter_from_state_dict(checkpoint_tensors(checkpoint), adapter_config(checkpoint), bucket_mb)
 
 
 def by_broadcast(pool, sender, checkpoint: str, bucket_mb: int, timeout_s: float = 3600.0) -> dict:
@@ -290,7 +344,8 @@ def by_broadcast(pool, sender, checkpoint: str, bucket_mb: int, timeout_s: float
     metas = ray.get(sender.weight_metas.remote(str(checkpoint), nbytes))
     joined, world = pool.init_weight_group(host, port)
     sent = sender.send_weights.remote(host, port, world, str(checkpoint), nbytes)
-    received = pool.update_weights_broadcast(metas, str(checkpoint))
+    received = (pool.update_adapter_broadcast(metas, str(checkpoint), adapter_config(checkpoint))
+                if is_adapter_checkpoint(checkpoint) else pool.update_weights_broadcast(metas, str(checkpoint)))
     who = {sent: ("trainer rank 0 (sending)", sender)}
     for i, (j, r) in enumerate(zip(joined, received)):
         who[j] = (f"engine {i} (joining the group)", pool.engines[i])
@@ -314,7 +369,7 @@ def by_broadcast(pool, sender, checkpoint: str, bucket_mb: int, timeout_s: float
             raise WeightSyncError(
                 f"weight broadcast of {checkpoint}: {who[done[0]][0]} failed: {type(cause).__name__}: {first}"
                 + (f"; stopped {', '.join(others)}" if others else "") + ". " + _RERUN) from e
-    return {"seconds": time.perf_counter() - t0, "buckets": len(metas), "kind": ray.get(sent)["kind"]}
+    return {"seconds": time.perf_counter() - t0, "buckets": len(metas), "kind": ray.get(sent)["kind"], **moved(metas)}
 
 
 _RERUN = "Rerun the same command: a new run's engines load the published checkpoint from its path."
@@ -332,3 +387,4 @@ def _stop(who: dict, pending: list) -> None:
 
 
 TRANSPORTS = {"path": by_path, "object_store": by_object_store, "broadcast": by_broadcast}
+ADAPTER_TRANSPORTS = {"path": adapter_by_path, "object_store": adapter_by_object_store, "broadcast": by_broadcast}
