@@ -40,6 +40,7 @@ import torch
 
 from east_ds.training import batches as td
 from east_ds.training import divergence as dv
+from east_ds.training import lora
 from east_ds.training.ds_config import REPO_ROOT, build_ds_config, linear_schedule, resolve_path  # noqa: F401
 from east_ds.config import ModelConfig, TrainConfig
 from east_ds.data.load import check_model_path
@@ -107,12 +108,12 @@ def load_model(model_path: str, model_cfg: ModelConfig, ds_config: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
 
-    check_model_path(model_path)
+    check_model_path(weights := lora.base_model_path(model_path))  # an adapter directory: its base model first
     keepalive = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"].get("stage", 0) == 3 else None
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[model_cfg.dtype]
     try:
         tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
+        model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype,
                                                      trust_remote_code=model_cfg.trust_remote_code)
     except OSError as e:
         raise FileNotFoundError(f"cannot load model {model_path!r}: {e}") from None
@@ -139,6 +140,8 @@ class TrainingEngine:
         model, self.tokenizer, self._hf_ds = load_model(model_path, model_cfg, self.ds_config)
         if training and train_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = lora.attach(model, model_path, train_cfg.lora, training, train_cfg.seed)  # training.lora, peft
+        self.adapter = hasattr(model, "peft_config")  # frozen base: checkpoints and exports hold the adapter only
         self.stage = self.ds_config["zero_optimization"].get("stage", 0)
         kw = {}
         if training:
@@ -230,7 +233,8 @@ class TrainingEngine:
         """DeepSpeed checkpoint `step_<n>` (all ranks), then rank 0 removes older ones."""
         import deepspeed.comm as dist
 
-        self.engine.save_checkpoint(str(ckpt_dir), tag=f"step_{step}", client_state={**client_state, "step": step})
+        self.engine.save_checkpoint(str(ckpt_dir), tag=f"step_{step}", client_state={**client_state, "step": step},
+                                    exclude_frozen_parameters=self.adapter)
         dist.barrier()
         if self.rank == 0:
             for old in ckpt_dir.glob("step_*"):
@@ -242,7 +246,7 @@ class TrainingEngine:
         """client_state of the latest checkpoint in ckpt_dir (weights, optimizer, schedule restored), or None."""
         if not (ckpt_dir / "latest").is_file():
             return None
-        path, client = self.engine.load_checkpoint(str(ckpt_dir))
+        path, client = self.engine.load_checkpoint(str(ckpt_dir), load_module_strict=not self.adapter)
         if path is None:
             raise RuntimeError(f"{ckpt_dir}: DeepSpeed could not load the latest checkpoint")
         return client
@@ -385,7 +389,7 @@ def _schedule(model_path: str, train_cfg: TrainConfig, model_cfg: ModelConfig, e
     from transformers import AutoTokenizer
 
     df = read_table(examples_path)
-    check_model_path(model_path)
+    check_model_path(lora.base_model_path(model_path))
     tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
     ex = td.tokenize_examples(df, tok, train_cfg.loss, train_cfg.max_len, train_cfg.max_prompt_len,
                               where=str(examples_path), need_reference=loss_spec(train_cfg.loss).needs_reference)
