@@ -13,6 +13,7 @@ Each iteration is the algorithm of docs/method.md section 1, one line per phase 
     update_weights  load the checkpoint into the running engines (rollout.weight_sync: path, object_store,
                     broadcast; cluster/weight_sync.py)
     wake kv_cache   ... and their KV cache
+    merge           LoRA runs, last iteration: the adapter merged into the base, a plain HF model (iter_<k>/merged)
     evaluate        greedy accuracy on the test set
 
 Every phase writes its own output into the iteration's directory (rundir.IterDir names every file) and
@@ -116,10 +117,21 @@ class RayBackends:
         return placement, fits_now
 
     def start_engines(self, cfg: RunConfig, placement: Placement, policy: str) -> EnginesLike:
+        """The engines on `policy`. LoRA (training.lora): on the base model, serving `policy`'s adapter when it
+        is one (a resumed run), else the base."""
         from east_ds.rollout.engine_pool import EnginePool
 
-        return EnginePool(policy, placement.rollout_config(cfg.rollout), cfg.model,
-                          resources=cfg.placement.engine_resources, **placement.engine_options())
+        lora = cfg.training.lora
+        pool = EnginePool(cfg.model.path if lora.enabled else policy, placement.rollout_config(cfg.rollout),
+                          cfg.model, resources=cfg.placement.engine_resources, lora_rank=lora.r,
+                          **placement.engine_options())
+        if lora.enabled and policy != cfg.model.path:
+            try:
+                pool.load_adapter(policy)
+            except BaseException:
+                pool.shutdown()
+                raise
+        return pool
 
     def start_trainer(self, cfg: RunConfig, placement: Placement, policy: str,
                       engines: EnginesLike | None = None) -> TrainerLike:
@@ -257,6 +269,7 @@ def run_iteration(s: Session, k: int) -> None:
     ph.run("update_weights", None, lambda: sync_weights(cfg.rollout.weight_sync, s.engines, sender(s, policy),
                                                          str(it.checkpoint), cfg.rollout.weight_bucket_mb))
     ph.run("wake kv_cache", not s.asleep, lambda: wake_engines(s, ["kv_cache"]))
+    ph.run("merge", not (cfg.training.lora.enabled and k == cfg.iterations) or it.merged, lambda: merge(s, it))
     ph.run("evaluate", s.test_q is None or it.eval, lambda: evaluate(s, it))
     finish_iteration(s, k, it, ph, t0)
 
@@ -364,6 +377,15 @@ def sender(s: Session, policy: str):
     if s.trainer is None:
         start_trainer(s, policy)
     return s.trainer.sender
+
+
+def merge(s: Session, it: IterDir) -> dict:
+    """LoRA, the run's last iteration: the base model with the iteration's adapter merged in, written as a plain
+    Hugging Face model (iter_<k>/merged) that loads without peft (training.lora.merge)."""
+    from east_ds.training.lora import merge as merge_adapter
+
+    merge_adapter(it.checkpoint, it.merged, s.cfg.model.dtype, s.cfg.model.trust_remote_code)
+    return {"path": str(it.merged)}
 
 
 def evaluate(s: Session, it: IterDir) -> dict:

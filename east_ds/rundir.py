@@ -6,7 +6,8 @@
     runs/<name>/iter_<k>/shards/, rollout_stats.json, rollouts.parquet, graded.parquet, questions.parquet,
                          examples.parquet, diagnosis.parquet, [perplexity_in.parquet, perplexity.parquet],
                          [reference.parquet], train/ (DeepSpeed checkpoints, resumable), checkpoint/
-                         (Hugging Face layout), eval.parquet, metrics.json   (every one a path of IterDir)
+                         (Hugging Face layout; a peft adapter in LoRA runs), [merged/ (LoRA, last iteration)],
+                         eval.parquet, metrics.json   (every one a path of IterDir)
 
 Every file is written atomically (temp file + rename) and `checkpoint/` is renamed into place whole, so "the
 output exists" means "the phase finished": a rerun after a crash skips finished phases and redoes only the rest.
@@ -97,6 +98,11 @@ class IterDir:
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint"
+
+    @property
+    def merged(self) -> Path:
+        """LoRA runs, last iteration: the base model with the adapter merged in (a plain HF model)."""
+        return self.path / "merged"
 
     @property
     def eval(self) -> Path:

@@ -25,7 +25,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # it and neither is left with a long module at the end. Every module not named keeps its collection order after
 # them; without xdist the order is the same.
 LONGEST_FIRST = ("test_two_nodes.py", "test_train_engine.py", "test_driver.py", "test_smoke.py", "test_study.py",
-                 "test_divergence.py", "test_rollout_weights.py", "test_placement.py", "test_bench.py",
+                 "test_divergence.py", "test_lora.py", "test_rollout_weights.py", "test_placement.py", "test_bench.py",
                  "test_rollout_pool.py", "test_driver_logic.py", "test_rollout_cli_placement.py", "test_ray_job.py",
                  "test_gpu_plan.py", "test_compare.py", "test_cluster.py")
 
