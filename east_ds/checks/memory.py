@@ -64,6 +64,7 @@ class ModelShape:
     intermediate: int
     kv_dim: int  # key/value heads x head dimension
     vocab: int
+    q_dim: int = 0  # attention heads x head dimension (0: hidden)
 
 
 def module_param_counts(model: Any) -> tuple[int, int]:
@@ -88,7 +89,7 @@ def model_shape(hf_config: Any, params: int, largest_layer: int) -> ModelShape:
     return ModelShape(params=params, largest_layer=largest_layer, hidden=hidden,
                       layers=int(text.num_hidden_layers), intermediate=int(getattr(text, "intermediate_size",
                                                                                       None) or 4 * hidden),
-                      kv_dim=kv_heads * head_dim, vocab=int(text.vocab_size))
+                      kv_dim=kv_heads * head_dim, vocab=int(text.vocab_size), q_dim=heads * head_dim)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class TrainSetup:
     colocated: bool  # a sleeping vLLM engine shares each rank's GPU
     micro_batch: int  # training.micro_batch_size, for the suggestions
     global_batch: int
+    lora_params: int = 0  # training.lora: the adapter's (trainable) parameters; 0: full fine-tuning
 
     @property
     def stage(self) -> int:
@@ -137,6 +139,27 @@ def train_setup(cfg: Any, ds_config: Mapping[str, Any]) -> TrainSetup:
 # The parts
 
 
+def lora_params(shape: ModelShape, r: int, target_modules: Iterable[str]) -> int:
+    """Parameters of a LoRA adapter of rank r on the Llama-style linear layers named in `target_modules` (peft:
+    r x (in + out) per adapted matrix, in every layer); names that are not a Llama projection add nothing."""
+    q = shape.q_dim or shape.hidden
+    dims = {"q_proj": (shape.hidden, q), "k_proj": (shape.hidden, shape.kv_dim), "v_proj": (shape.hidden, shape.kv_dim),
+            "o_proj": (q, shape.hidden), "gate_proj": (shape.hidden, shape.intermediate),
+            "up_proj": (shape.hidden, shape.intermediate), "down_proj": (shape.intermediate, shape.hidden)}
+    return shape.layers * sum(r * sum(dims[m]) for m in set(target_modules) if m in dims)
+
+
+def lora_states(shape: ModelShape, setup: TrainSetup) -> tuple[int, int, str]:
+    """(GPU bytes per rank, host bytes, source) of a LoRA run's model states: the frozen base in the model dtype,
+    whole on every rank (ZeRO-3: its partition plus the largest layer gathered, twice), and the adapter's
+    16-bit weights, fp32 gradients, master weights and Adam moments, (e + 16) bytes per trainable parameter,
+    counted unsharded (at most megabytes too many: an adapter is a fraction of a percent of the model). Nothing
+    frozen has gradients or optimizer state."""
+    p, n, e, t = shape.params, setup.ranks, DTYPE_BYTES[setup.dtype], setup.lora_params
+    base = e * (math.ceil(p / n) + 2 * shape.largest_layer) if setup.stage == 3 else e * p
+    return base + (e + 16) * t, 0, "LoRA accounting (frozen base, trainable adapter)"
+
+
 def model_states(shape: ModelShape, setup: TrainSetup) -> tuple[int, int, str]:
     """(GPU bytes per rank, host bytes per node, source) of weights, gradients, master weights and Adam moments.
 
@@ -147,6 +170,8 @@ def model_states(shape: ModelShape, setup: TrainSetup) -> tuple[int, int, str]:
     moments 8; ZeRO-2's 2 + 18/N counts the fp32 gradient partition (its compact fp32 buffer) too. float32
     models: the estimators' 16-bit copies are 4 bytes (weights, ZeRO-2's gradient partition, the gathered layer).
     The host figure is the estimators' (additional_buffer_factor 1.5), all ranks on one node."""
+    if setup.lora_params:
+        return lora_states(shape, setup)
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
@@ -195,10 +220,11 @@ def zero_buffers(shape: ModelShape, setup: TrainSetup) -> tuple[int, int]:
 
     z = DeepSpeedZeroConfig(**setup.zero)
     e = DTYPE_BYTES[setup.dtype]
+    trained = setup.lora_params or shape.params  # buckets and the step's flatten hold trainable parameters only
     if setup.stage == 3:
-        step = 0 if setup.offload_optimizer else 4 * min(int(z.sub_group_size), math.ceil(shape.params / setup.ranks))
-        return e * (int(z.reduce_bucket_size) + int(z.prefetch_bucket_size)), step
-    return e * (int(z.reduce_bucket_size) + int(z.allgather_bucket_size)), 0
+        step = 0 if setup.offload_optimizer else 4 * min(int(z.sub_group_size), math.ceil(trained / setup.ranks))
+        return e * (min(int(z.reduce_bucket_size), trained) + int(z.prefetch_bucket_size)), step
+    return e * (min(int(z.reduce_bucket_size), trained) + min(int(z.allgather_bucket_size), trained)), 0
 
 
 def layer_activation_bytes(shape: ModelShape, dtype: str) -> int:
@@ -283,7 +309,8 @@ def describe(setup: TrainSetup) -> str:
     return (f"{setup.ranks} rank(s), ZeRO-{setup.stage}{f' offloading {offload} to the CPU' if offload else ''}, "
             f"{setup.dtype}, {setup.sequences} x {setup.max_len} tokens per micro-batch, gradient checkpointing "
             f"{'on' if setup.checkpointing else 'off'}"
-            f"{', colocated with a sleeping vLLM engine' if setup.colocated else ''}")
+            f"{', colocated with a sleeping vLLM engine' if setup.colocated else ''}"
+            f"{f', LoRA ({setup.lora_params / 1e6:,.1f}M trainable parameters)' if setup.lora_params else ''}")
 
 
 def _candidates(setup: TrainSetup, choices: Mapping[str, Mapping[str, Any]],
@@ -355,7 +382,7 @@ def memory_verdict(shape: ModelShape, setup: TrainSetup, gpu_bytes: int | None, 
     have = (f"the GPU has {gpu_bytes / GiB:.1f} GiB ({source}; {HEADROOM:.0%} of it kept free for "
             f"fragmentation)")
     if est.total <= usable(gpu_bytes):
-        return True, f"{need}, {have}: {parts}"
+        return True, f"{need}, {have}: {parts}{lora_comparison(shape, setup, gpu_bytes)}"
     fits = fitting_settings(shape, setup, usable(gpu_bytes), current, choices, max_ranks)
     ways = "; ".join(f"{key} ({e.total / GiB:.1f} GiB per rank"
                      + (f", {e.host_bytes / GiB:.0f} GiB of host memory per node"
@@ -363,7 +390,31 @@ def memory_verdict(shape: ModelShape, setup: TrainSetup, gpu_bytes: int | None, 
     advice = (f"settings that fit: {ways}" if fits else
               f"no shipped DeepSpeed config fits with up to {max_ranks} ranks and micro-batch 1: use GPUs with "
               f"more memory or a smaller model")
-    return False, f"{need}, more than {have}: {parts}. {advice[0].upper()}{advice[1:]}"
+    return False, f"{need}, more than {have}: {parts}. {advice[0].upper()}{advice[1:]}" \
+        f"{lora_comparison(shape, setup, gpu_bytes)}"
+
+
+LORA_SUGGESTED_RANK = 16
+
+
+def lora_comparison(shape: ModelShape, setup: TrainSetup, gpu_bytes: int) -> str:
+    """A sentence for the verdict when LoRA decides whether the run fits: a LoRA run that fits where full
+    fine-tuning would not says so; a full fine-tuning run that does not fit where LoRA (rank 16 on every linear
+    layer, training.lora's default targets) would, says that. '' otherwise."""
+    from east_ds.config import LoraConfig
+
+    if setup.lora_params:
+        full = estimate_rank_memory(shape, replace(setup, lora_params=0)).total
+        if full > usable(gpu_bytes) >= estimate_rank_memory(shape, setup).total:
+            return (f". Full fine-tuning with these settings would need about {full / GiB:.1f} GiB per rank and "
+                    f"would not fit; LoRA does")
+        return ""
+    t = lora_params(shape, LORA_SUGGESTED_RANK, LoraConfig().target_modules)
+    lora = estimate_rank_memory(shape, replace(setup, lora_params=t)).total
+    if estimate_rank_memory(shape, setup).total > usable(gpu_bytes) >= lora:
+        return (f". Full fine-tuning does not fit; LoRA would: training.lora.r={LORA_SUGGESTED_RANK} "
+                f"({t / 1e6:,.1f}M trainable parameters) needs about {lora / GiB:.1f} GiB per rank")
+    return ""
 
 
 def check_run(cfg: Any, shape: ModelShape, given_gib: float | None = None) -> tuple[str, str]:
@@ -382,6 +433,8 @@ def check_run(cfg: Any, shape: ModelShape, given_gib: float | None = None) -> tu
         setup = train_setup(cfg, build_ds_config(t, cfg.model, t.num_ranks))
     except (ValueError, FileNotFoundError):
         return "note", "not estimated: the DeepSpeed config or the batch sizes are wrong (see training)"
+    if t.lora.enabled:
+        setup = replace(setup, lora_params=lora_params(shape, t.lora.r, t.lora.target_modules))
     choices = {f"ds_configs/{p.name}": json.loads(p.read_text()).get("zero_optimization", {"stage": 0})
                for p in sorted((REPO_ROOT / "ds_configs").glob("*.json"))}
     max_ranks = cfg.rollout.num_engines * cfg.rollout.tensor_parallel_size if setup.colocated else 64
