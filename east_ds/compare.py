@@ -34,6 +34,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -143,11 +144,6 @@ def arm_configs(config: str | Path | None, overrides: list[str], arms: list[Arm]
 # Sharing the first arm's iteration 0 evaluation and iteration 1 rollout
 
 
-def share_from(first: RunConfig, other: RunConfig) -> list[str]:
-    """Copy what `first` has of SHARED into `other`'s run directory where missing. Returns the files copied."""
-    return copy_shared(first.run_dir, other.run_dir)
-
-
 def copy_shared(src_run: Path, dst_run: Path) -> list[str]:
     """Copy the SHARED files run directory `src_run` has into `dst_run` where missing (each atomically: a temp
     copy renamed into place), kept metrics before outputs. Returns the files copied, relative to the run."""
@@ -163,6 +159,17 @@ def copy_shared(src_run: Path, dst_run: Path) -> list[str]:
     return copied
 
 
+def run_paired(configs: list[RunConfig], run_one: Callable[[RunConfig, list[str]], None],
+               source: Path | None = None) -> None:
+    """Run the arms of one seed (`configs`, in order) paired on one rollout: before each arm, copy SHARED from
+    `source` (a run directory; default the first arm's, which then runs first and samples) where that arm lacks
+    it, then `run_one(config, files copied)`. A `source` from an earlier command (an arm run before, e.g. by a
+    study that adds arms later) is shared with every arm here, the first included."""
+    source = Path(source) if source is not None else Path(configs[0].run_dir)
+    for cfg in configs:
+        run_one(cfg, copy_shared(source, cfg.run_dir) if Path(cfg.run_dir) != source else [])
+
+
 def run_compare(base: RunConfig, runs: dict[tuple[str, int], RunConfig], backends=None) -> dict:
     """Run (or resume) every (arm, seed): per seed the first arm, then the others on its shared tables; then
     write the report. Returns the report's figures. `backends`: the driver's (None: Ray, vLLM, DeepSpeed)."""
@@ -171,15 +178,14 @@ def run_compare(base: RunConfig, runs: dict[tuple[str, int], RunConfig], backend
     arms = list(dict.fromkeys(a for a, _ in runs))
     seeds = list(dict.fromkeys(s for _, s in runs))
     t0 = time.perf_counter()
+
+    def run_one(cfg: RunConfig, copied: list[str]) -> None:
+        print(f"[compare] === {cfg.name}" + (f" (shared: {', '.join(copied)})" if copied else "") + " ===",
+              flush=True)
+        run(cfg, backends=backends)
     for seed in seeds:
-        first = runs[arms[0], seed]
-        for arm in arms:
-            cfg = runs[arm, seed]
-            copied = share_from(first, cfg) if arm != arms[0] else []
-            print(f"[compare] === arm {arm}, seed {seed}" + (f" (shared from {arms[0]}: {', '.join(copied)})"
-                                                             if copied else "") + " ===", flush=True)
-            run(cfg, backends=backends)
-    return write_compare_report(base, runs, seconds=time.perf_counter() - t0)
+        run_paired([runs[arm, seed] for arm in arms], run_one)
+    return write_compare_report(compare_dir(base), runs, seconds=time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -313,14 +319,15 @@ def _band_lines(arms: list[str], bands: pd.DataFrame) -> list[str]:
     return out
 
 
-def write_compare_report(base: RunConfig, runs: dict[tuple[str, int], RunConfig], seconds: float = math.nan) -> dict:
-    """compare.md, compare.json (the figures) and accuracy.parquet (per arm, seed, iteration) under the compare
-    directory, from the runs' own tables. Returns the figures."""
+def write_compare_report(out: Path, runs: dict[tuple[str, int], RunConfig], seconds: float = math.nan) -> dict:
+    """compare.md, compare.json (the figures) and accuracy.parquet (per arm, seed, iteration) in folder `out`
+    (a compare's: compare_dir), from the runs' own tables; the first arm of `runs` is the reference. Returns the
+    figures."""
     arms = list(dict.fromkeys(a for a, _ in runs))
     seeds = list(dict.fromkeys(s for _, s in runs))
     acc, bands, spent = accuracy_rows(runs), band_rows(runs), {**cost(runs), "seconds": seconds}
     paired = paired_rows(acc, arms[0])
-    out = compare_dir(base)
+    out = Path(out)
     write_table(acc, out / "accuracy.parquet")
     text = markdown(arms, seeds, acc, paired, bands, spent)
     (out / "compare.md").write_text(text)

@@ -56,6 +56,14 @@ def test_tiny_study_records_resumes_and_analyzes(tmp_path, warm_model, ray_sessi
         ev = read_table(results / "eval" / f"seed{s}_vanilla.parquet")
         assert sorted(ev["iteration"].unique()) == [0, 1, 2] and len(ev) == 3 * 32
 
+    # east-ds compare's report of the same runs (study.compare_report): vanilla the reference, the recorded
+    # accuracies, and east_a1's iteration 1 rollout and iteration 0 evaluation shared on each seed
+    figures = json.loads((results / "compare" / "compare.json").read_text())
+    assert figures["reference"] == "vanilla" and figures["seeds"] == [0, 1]
+    got = {(r["arm"], r["seed"], r["iteration"]): r["accuracy"] for r in figures["accuracy"]}
+    assert got == pytest.approx({key: r["accuracy"] for key, r in by.items()})
+    assert (figures["cost"]["rollouts_shared"], figures["cost"]["evaluations_shared"]) == (2, 2)
+
     # The analysis: tables, plots, and STUDY.md's generated block (the hand-written text around it is kept).
     for png in ("accuracy.png", "paired_diff.png", "entropy_iter1.png", "mechanism.png"):
         assert (results / png).stat().st_size > 1000

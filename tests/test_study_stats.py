@@ -105,20 +105,66 @@ def test_dpo_arms_pair_with_dpo_vanilla():
 
 
 def test_added_arms_share_the_seeds_first_rollouts(tmp_path):
-    """A later command with other --arms (the DPO arms) copies iteration 1's rollouts from an arm an earlier
-    command ran on the same seed, so it starts from the same samples; an arm that has its own keeps them."""
-    from benchmarks.study.study import StudyConfig, share_first_rollouts
+    """A later command with other --arms (the DPO arms) shares iteration 1's rollouts of an arm an earlier
+    command ran on the same seed (study.shared_source, through east_ds.compare.run_paired), so it starts from
+    the same samples; an arm that has its own keeps them; on a seed no arm has sampled, the first arm samples."""
+    from benchmarks.study.study import StudyConfig, run_config, shared_source
+    from east_ds.compare import run_paired
 
     cfg = StudyConfig(arms=("dpo_vanilla", "dpo_east_a1"), out=tmp_path)
     theirs = tmp_path / "seed_3" / "vanilla" / "iter_1" / "rollouts.parquet"
     theirs.parent.mkdir(parents=True)
     theirs.write_bytes(b"vanilla's samples")
-    assert share_first_rollouts(cfg, 3, "dpo_vanilla")
-    mine = tmp_path / "seed_3" / "dpo_vanilla" / "iter_1" / "rollouts.parquet"
-    assert mine.read_bytes() == b"vanilla's samples"
-    mine.write_bytes(b"its own")
-    assert not share_first_rollouts(cfg, 3, "dpo_vanilla") and mine.read_bytes() == b"its own"
-    assert not share_first_rollouts(cfg, 4, "dpo_east_a1")  # no arm of seed 4 has rollouts yet
+    own = tmp_path / "seed_3" / "dpo_east_a1" / "iter_1" / "rollouts.parquet"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"its own")
+    assert shared_source(cfg, 3) == theirs.parent.parent
+    ran = []
+    run_paired([run_config(cfg, 3, arm) for arm in cfg.arms], lambda c, copied: ran.append((c.name, copied)),
+               source=shared_source(cfg, 3))
+    assert ran == [("dpo_vanilla", ["iter_1/rollouts.parquet"]), ("dpo_east_a1", [])]
+    assert (tmp_path / "seed_3" / "dpo_vanilla" / "iter_1" / "rollouts.parquet").read_bytes() == b"vanilla's samples"
+    assert own.read_bytes() == b"its own"
+    assert shared_source(cfg, 4) is None  # no arm of seed 4 has rollouts yet: dpo_vanilla samples, then shares
+    cfg_4 = [run_config(cfg, 4, arm) for arm in cfg.arms]
+    run_paired(cfg_4, lambda c, copied: ran.append((c.name, copied)) or (
+        c.name == "dpo_vanilla" and _write(c.run_dir / "iter_1" / "rollouts.parquet", b"seed 4")))
+    assert ran[2:] == [("dpo_vanilla", []), ("dpo_east_a1", ["iter_1/rollouts.parquet"])]
+    assert (cfg_4[1].run_dir / "iter_1" / "rollouts.parquet").read_bytes() == b"seed 4"
+
+
+def _write(path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_the_study_writes_compares_report_with_vanilla_as_reference(tmp_path):
+    """study.compare_report: east-ds compare's report over the command's run directories, vanilla first (the
+    reference) whatever the order of --arms; its paired differences are the arms' own accuracies' differences."""
+    from benchmarks.study.study import StudyConfig, compare_report
+    from east_ds.tables import write_table
+
+    cfg = StudyConfig(arms=("learn_a1", "vanilla"), seeds=(0, 1, 2), iterations=1, out=tmp_path / "runs",
+                      results=tmp_path / "results")
+    right = {("vanilla", 0): 5, ("vanilla", 1): 6, ("vanilla", 2): 4, ("learn_a1", 0): 6, ("learn_a1", 1): 6,
+             ("learn_a1", 2): 7}  # of 10 test questions at iteration 1; 3 at iteration 0 everywhere
+    for (arm, seed), n in right.items():
+        run = cfg.out / f"seed_{seed}" / arm
+        for k, m in ((0, 3), (1, n)):
+            table = pd.DataFrame({"question_id": [f"t{i}" for i in range(10)], "correct": [i < m for i in range(10)]})
+            write_table(table, run / f"iter_{k}" / "eval.parquet")
+        (run / "metrics.jsonl").write_text(json.dumps({"iteration": 0}) + "\n")
+    md = compare_report(cfg)
+    figures = json.loads((md.parent / "compare.json").read_text())
+    assert figures["reference"] == "vanilla" and figures["arms"] == ["vanilla", "learn_a1"]
+    (row,) = figures["paired"]
+    assert (row["arm"], row["iteration"], row["seeds"]) == ("learn_a1", 1, 3)
+    assert row["mean"] == pytest.approx(100 * (0.1 + 0.0 + 0.3) / 3)  # +10, 0, +30 points
+    assert row["positive"] == 2
+    # learn_a1's iteration 0 tables here are byte-identical to vanilla's, so the report counts them as shared
+    assert (figures["cost"]["evaluations_run"], figures["cost"]["evaluations_shared"]) == (9, 3)
+    assert compare_report(StudyConfig(arms=("vanilla",), seeds=(9,), out=tmp_path / "none")) is None
+
 
 def test_mechanism_table_skips_arms_with_equal_weights():
     """dpo_vanilla (every weight 1) has no slope against vanilla; the table lists only arms whose weights vary."""

@@ -7,10 +7,13 @@
 
 Each seed builds its own tiny model (east_ds.data.tiny) and warm-starts it (east_ds.demo.warm_start) on a task of
 mixed difficulty (east_ds.data.synthetic.make_mixed_problems); every arm of that seed starts from that same model and
-runs `east_ds.driver.run` with the demo's config, differing only in the weighting (or the loss). Arms of a seed
-also share iteration 1's rollouts (copied into each run directory, where the driver skips the phase), so at
-iteration 1 the only difference between arms is the weight. Seeds run one after another, all arms of a seed
-together, so a study cut short leaves complete paired seeds.
+runs `east_ds.driver.run` with the demo's config, differing only in the weighting (or the loss). The arms are
+`east-ds compare` arms (east_ds.compare: weighting.* and training.* overrides only), and each seed runs through
+compare's pairing (compare.run_paired): the arms of a seed share iteration 1's rollouts and iteration 0's
+evaluation (copied into each run directory, where the driver skips those phases), so at iteration 1 the only
+difference between arms is the weight. Seeds run one after another, all arms of a seed together, so a study cut
+short leaves complete paired seeds. After running, compare's report of the command's runs (paired differences,
+where the weight went, rollouts run and shared) is written to <results>/compare/.
 
 Resumable: every finished (arm, seed, iteration) appends one row to <results>/results.jsonl (and that run's
 per-question tables to <results>/questions/ and <results>/eval/); rerunning the same command skips recorded
@@ -74,6 +77,13 @@ QUICK = dict(seeds=(0, 1), arms=("vanilla", "east_a1"), iterations=2, train_ques
 # one seed: data and warm start
 
 
+def seed_paths(cfg: StudyConfig, seed: int) -> tuple[Path, Path, Path]:
+    """Where the seed's training set, the shared test set and the seed's warm-started model live."""
+    root = cfg.out / f"seed_{seed}"
+    return (root / "data" / "train.jsonl", cfg.out / "test.jsonl",
+            Path(cfg.start_model) if cfg.start_model else root / "warm_start")
+
+
 def prepare_seed(cfg: StudyConfig, seed: int) -> tuple[Path, Path, Path]:
     """The seed's training set, the shared test set and the seed's warm-started model (built once, reused)."""
     import pandas as pd
@@ -84,8 +94,7 @@ def prepare_seed(cfg: StudyConfig, seed: int) -> tuple[Path, Path, Path]:
     from east_ds.data.tiny import build_tiny_model
 
     root = cfg.out / f"seed_{seed}"
-    data = root / "data"
-    train, test = data / "train.jsonl", cfg.out / "test.jsonl"
+    train, test, start = seed_paths(cfg, seed)
     if not test.is_file():
         write_table(pd.DataFrame(to_gsm8k_rows(make_mixed_problems(cfg.test_questions, seed=2, prefix="test"))),
                     test)
@@ -93,8 +102,7 @@ def prepare_seed(cfg: StudyConfig, seed: int) -> tuple[Path, Path, Path]:
         problems = make_mixed_problems(cfg.train_questions, seed=1000 * seed + 1, prefix="train")
         write_table(pd.DataFrame(to_gsm8k_rows(problems)), train)
     if cfg.start_model:
-        return train, test, Path(cfg.start_model)
-    start = root / "warm_start"
+        return train, test, start
     if not (start / "warm_start.json").is_file():
         base = build_tiny_model(root / "base_model", size="tiny", seed=seed)
         warm = make_mixed_problems(cfg.warm_questions, seed=1000 * seed + 3, prefix="warm")
@@ -103,31 +111,33 @@ def prepare_seed(cfg: StudyConfig, seed: int) -> tuple[Path, Path, Path]:
     return train, test, start
 
 
-def run_config(cfg: StudyConfig, seed: int, arm: str, start: Path, train: Path, test: Path):
-    """The demo's config for one (seed, arm) run: its weighting, loss and seeds set."""
+def study_arm(name: str):
+    """ARMS[name] as an `east-ds compare` arm (east_ds.compare.Arm): its weighting and training overrides."""
+    from east_ds.compare import Arm
+
+    value, a, loss, extra = ARMS[name]
+    return Arm(name, (f"weighting.value={value}", f"weighting.a={a}", f"training.loss={loss}", *extra))
+
+
+def run_config(cfg: StudyConfig, seed: int, arm: str):
+    """The demo's config for one (seed, arm) run: the arm's overrides and the seed's rollout and weighting seeds
+    (training.seed stays the config's, as in the recorded runs), then the study's common overrides."""
     from east_ds.demo import demo_config
 
-    value, a, loss, extra = ARMS[arm]
-    return demo_config(cfg.out / f"seed_{seed}", arm, a, start, train, test, cfg.iterations, (
-        f"weighting.value={value}", f"training.loss={loss}", f"rollout.seed={seed}", f"weighting.seed={seed}",
-        *extra, *cfg.overrides))
+    train, test, start = seed_paths(cfg, seed)
+    return demo_config(cfg.out / f"seed_{seed}", arm, ARMS[arm][1], start, train, test, cfg.iterations, (
+        *study_arm(arm).overrides, f"rollout.seed={seed}", f"weighting.seed={seed}", *cfg.overrides))
 
 
-def share_first_rollouts(cfg: StudyConfig, seed: int, arm: str) -> bool:
-    """Copy iteration 1's rollouts (and iteration 0's evaluation, with the metrics the driver keeps beside them)
-    from another arm of the seed (same start model, same rollout config and seed; the loss and weighting act
-    later) into this arm's run directory, where the driver then skips those phases: `east-ds compare`'s sharing
-    (east_ds.compare.copy_shared). True if the rollouts were copied."""
-    from east_ds.compare import copy_shared
-
-    mine = cfg.out / f"seed_{seed}" / arm / "iter_1" / "rollouts.parquet"
-    if mine.is_file():
-        return False
-    for other in ARMS:  # any arm of the seed, also one run by an earlier command with other --arms
-        theirs = cfg.out / f"seed_{seed}" / other
-        if other != arm and (theirs / "iter_1" / "rollouts.parquet").is_file():
-            return "iter_1/rollouts.parquet" in copy_shared(theirs, mine.parent.parent)
-    return False
+def shared_source(cfg: StudyConfig, seed: int) -> Path | None:
+    """The run directory of an arm of the seed that already sampled iteration 1, also one run by an earlier
+    command with other --arms (same start model, same rollout config and seed: the loss and the weighting act
+    later), or None: then the seed's first arm samples and the others share its tables (compare.run_paired)."""
+    for arm in ARMS:
+        run_dir = cfg.out / f"seed_{seed}" / arm
+        if (run_dir / "iter_1" / "rollouts.parquet").is_file():
+            return run_dir
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,14 +219,16 @@ class RecordingSink:
 
 
 def run_study(cfg: StudyConfig) -> int:
-    """Run (or resume) every (seed, arm) not fully recorded, seed by seed. Returns the number of failed runs."""
-    from east_ds.driver import run
+    """Run (or resume) every (seed, arm) not fully recorded, seed by seed, each seed's arms paired through
+    east_ds.compare.run_paired. Returns the number of failed runs."""
+    from east_ds.compare import check_arms, run_paired
 
     for arm in cfg.arms:
         if arm not in ARMS:
             raise SystemExit(f"study: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+    check_arms([study_arm(a) for a in ARMS], None)  # every arm differs only where compare allows
     t_study = time.perf_counter()
-    failed = 0
+    failed = []
     for seed in cfg.seeds:
         todo = [arm for arm in cfg.arms
                 if not all((arm, seed, k) in recorded(cfg.results) for k in range(cfg.iterations + 1))]
@@ -224,27 +236,53 @@ def run_study(cfg: StudyConfig) -> int:
             print(f"[study] seed {seed}: every arm recorded earlier", flush=True)
             continue
         t0 = time.perf_counter()
-        train, test, start = prepare_seed(cfg, seed)
+        prepare_seed(cfg, seed)
         print(f"[study] seed {seed}: data and warm start ready ({time.perf_counter() - t0:.0f} s)", flush=True)
-        for arm in todo:
-            run_cfg = run_config(cfg, seed, arm, start, train, test)
-            shared = share_first_rollouts(cfg, seed, arm)
-            print(f"[study] === seed {seed}, arm {arm}" + (" (iteration 1 rollouts shared)" if shared else "")
-                  + " ===", flush=True)
-            t0 = time.perf_counter()
-            for attempt in (1, 2):  # a crashed run resumes from its run directory once
-                try:
-                    run(run_cfg, sink=RecordingSink(cfg, seed, arm))
-                    break
-                except Exception:  # noqa: BLE001 - keep the study going; the failure is logged and counted
-                    traceback.print_exc()
-                    print(f"[study] seed {seed}, arm {arm}: attempt {attempt} failed", flush=True)
-            else:
-                failed += 1
-            collect(cfg, seed, arm)
-            print(f"[study] seed {seed}, arm {arm}: {time.perf_counter() - t0:.0f} s "
-                  f"(study so far {time.perf_counter() - t_study:.0f} s)", flush=True)
+
+        def run_one(run_cfg, copied: list[str], seed=seed) -> None:  # the run's name is its arm's
+            failed.extend(run_arm(cfg, seed, run_cfg.name, run_cfg, copied, t_study))
+        run_paired([run_config(cfg, seed, arm) for arm in todo], run_one, source=shared_source(cfg, seed))
+    return len(failed)
+
+
+def run_arm(cfg: StudyConfig, seed: int, arm: str, run_cfg, copied: list[str], t_study: float) -> list[str]:
+    """One (seed, arm) run, recorded as it goes; a crashed run resumes from its run directory once. Returns
+    [arm] if both attempts failed, else []."""
+    from east_ds.driver import run
+
+    print(f"[study] === seed {seed}, arm {arm}" + (" (iteration 1 rollouts shared)"
+                                                   if "iter_1/rollouts.parquet" in copied else "") + " ===",
+          flush=True)
+    t0 = time.perf_counter()
+    failed = [arm]
+    for attempt in (1, 2):
+        try:
+            run(run_cfg, sink=RecordingSink(cfg, seed, arm))
+            failed = []
+            break
+        except Exception:  # noqa: BLE001 - keep the study going; the failure is logged and counted
+            traceback.print_exc()
+            print(f"[study] seed {seed}, arm {arm}: attempt {attempt} failed", flush=True)
+    collect(cfg, seed, arm)
+    print(f"[study] seed {seed}, arm {arm}: {time.perf_counter() - t0:.0f} s "
+          f"(study so far {time.perf_counter() - t_study:.0f} s)", flush=True)
     return failed
+
+
+def compare_report(cfg: StudyConfig) -> Path | None:
+    """`east-ds compare`'s report (east_ds.compare.write_compare_report) over this command's (arm, seed) runs
+    that have run directories, in <results>/compare/: accuracy, paired differences against the reference arm
+    (vanilla when among the arms), where each arm's weight went, rollouts run and shared. None if no run."""
+    from east_ds.compare import write_compare_report
+
+    arms = sorted(cfg.arms, key=lambda a: a != "vanilla")  # vanilla first: the reference
+    runs = {(arm, seed): run_config(cfg, seed, arm) for seed in cfg.seeds for arm in arms
+            if (cfg.out / f"seed_{seed}" / arm / "metrics.jsonl").is_file()}
+    if not runs:
+        return None
+    out = cfg.results / "compare"
+    write_compare_report(out, runs)
+    return out / "compare.md"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         (cfg.out / "study_config.json").write_text(json.dumps(
             {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()}, indent=2))
         failed = run_study(cfg)
+        report = compare_report(cfg)
+        if report is not None:
+            print(f"[study] compare report of this command's runs: {report}", flush=True)
     if not args.no_analysis:
         from benchmarks.study.study_report import analyze
 

@@ -20,6 +20,9 @@ from benchmarks.study.study_stats import (discordance, mde_paired, mechanism, pa
 from east_ds.report import _plt
 
 BEGIN, END = "<!-- study-results:begin -->", "<!-- study-results:end -->"
+# STUDY.md's learnability block: learn_a1_section over <results>/learn_rebuilt (its own warm starts, see there)
+LEARN_BEGIN, LEARN_END = "<!-- learn-a1:begin -->", "<!-- learn-a1:end -->"
+LEARN_DIR = "learn_rebuilt"
 
 
 def load_results(results: Path) -> pd.DataFrame:
@@ -326,8 +329,8 @@ def plot_mechanism(questions: pd.DataFrame, out: Path, reference: str) -> None:
 
 
 def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = None) -> str:
-    """Write tables.md and the plots into `results`; rewrite STUDY.md's results block if given. Returns the
-    Markdown of the results."""
+    """Write tables.md and the plots into `results`; rewrite STUDY.md's results block if given (and its
+    learnability block when `results` holds the learn_rebuilt folder). Returns the Markdown of the results."""
     df = load_results(results)
     arms = list(dict.fromkeys([reference, *sorted(df["arm"].unique())]))
     last = int(df["iteration"].max())
@@ -402,6 +405,8 @@ def analyze(results: Path, reference: str = "vanilla", study_md: Path | None = N
     (results / "tables.md").write_text(text + "\n")
     if study_md is not None:
         write_block(study_md, text)
+        if (results / LEARN_DIR / "results.jsonl").is_file():  # the learnability runs, paired among themselves
+            write_block(study_md, learn_a1_section(results / LEARN_DIR), LEARN_BEGIN, LEARN_END)
     print(text)
     return text
 
@@ -431,11 +436,11 @@ def learn_a1_section(results: Path) -> str:
         *mde_lines(ev, vs_v, "vanilla", last, len(seeds))])
 
 
-def write_block(path: Path, text: str) -> None:
-    """Replace what lies between BEGIN and END in `path` with `text`."""
+def write_block(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace what lies between the markers `begin` and `end` in `path` with `text`."""
     doc = path.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"study: {path} lacks the markers {BEGIN} ... {END}")
-    head, rest = doc.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"study: {path} lacks the markers {begin} ... {end}")
+    head, rest = doc.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
