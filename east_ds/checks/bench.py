@@ -98,6 +98,7 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
     """Measure the pipeline of `cfg` (see the module docstring); write out/bench.json and out/bench.md."""
     from east_ds.checks.preflight import check_before_run
     from east_ds.cluster.ray_utils import cluster_gpus, init_ray
+    from east_ds.cluster.weight_sync import sync_weights
     from east_ds.data.load import load_dataset, load_tokenizer
     from east_ds.metrics import Phases
     from east_ds.schema import REFERENCE_COLUMNS
@@ -132,14 +133,64 @@ def bench(cfg: RunConfig, out: str | Path, prompts: int = 64, steps: int = 4, en
                 result.setdefault("reference_s", b.phases.seconds[f"reference_{r}"])
         scaling(train_rows, "ranks", "tokens_per_s")
 
+        exported = work / f"ranks_{ranks[0]}" / "hf"
         with b.phases("update_weights"):
-            b.pool.update_weights_from_path(str(work / f"ranks_{ranks[0]}" / "hf"))
+            sync_weights("path", b.pool, None, str(exported), 0)  # LoRA: the adapter
         result["weight_update_s"] = b.phases.seconds["update_weights"]
+        result["weight_update_bytes"], result["weight_read_bytes_per_s"] = read_rate(exported)
     finally:
         if b.pool is not None:
             b.pool.shutdown()
     _report(result, rollout_rows, train_rows, peak, out)
     return result
+
+
+def read_rate(folder: Path) -> tuple[int, float | None]:
+    """(bytes, bytes/s) of reading the weight files in `folder` (*.safetensors, *.bin) once, as the engines just
+    did: the link a `path` weight update moves them over, here the storage (or its page cache)."""
+    import time
+
+    files = [f for f in sorted(folder.iterdir()) if f.suffix in (".safetensors", ".bin")]
+    t0 = time.perf_counter()
+    nbytes = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                nbytes += len(chunk)
+    seconds = time.perf_counter() - t0
+    return nbytes, nbytes / seconds if seconds else None
+
+
+def limits(r: dict) -> list[dict]:
+    """Each phase of one iteration against its limit, from bench.json's figures (the first engine and rank
+    counts): seconds, share of the iteration, the measured rate, the limit's rate, and rate / limit. A limit
+    only a GPU gives is None in `limit` with `gpu_only` set."""
+    roll, train = r["rollout"][0], r["train"][0]
+    seconds = {"rollout": roll["seconds"], "weigh": r["weigh_seconds"], "reference": r.get("reference_s"),
+               "train": train["seconds"], "weight update": r["weight_update_s"]}
+    total = sum(v for v in seconds.values() if v)
+    update_rate = r["weight_update_bytes"] / r["weight_update_s"] / 1e9 if r["weight_update_s"] else None
+    read_rate = r["weight_read_bytes_per_s"] / 1e9 if r.get("weight_read_bytes_per_s") else None
+    rows = [
+        ("rollout", "tokens/s", roll["tokens_per_s"], roll.get("limit_tokens_per_s"),
+         "one raw LLM.generate per engine, same requests", False),
+        ("weigh", "responses/s", r["grade_responses_per_s"], None, "share of the iteration only", False),
+        ("reference", None, None, None, "share of the iteration only", False),
+        ("train", "tokens/s", train["tokens_per_s"], train.get("limit_tokens_per_s"),
+         "plain DeepSpeed steps, same batches", False),
+        ("train", "MFU", train["mfu"], 1.0 if r["peak_flops_per_gpu"] else None, "the GPU's peak FLOP/s",
+         not r["peak_flops_per_gpu"]),
+        ("weight update", "GB/s", update_rate, read_rate,
+         "reading the same files once", False),
+    ]
+    out = []
+    for phase, unit, value, limit, against, gpu_only in rows:
+        if phase == "reference" and seconds["reference"] is None:
+            continue
+        out.append({"phase": phase, "seconds": seconds[phase], "share": seconds[phase] / total if total else None,
+                    "unit": unit, "value": value, "limit": limit, "against": against, "gpu_only": gpu_only,
+                    "of_limit": value / limit if value is not None and limit else None})
+    return out
 
 
 def _check_ranks(t: TrainConfig, ranks: list[int]) -> None:
@@ -161,7 +212,8 @@ def _start_engines(b: _Bench) -> EnginePool:
     placement = Placement.of(dataclasses.replace(cfg, rollout=b.rcfg), b.gpus)
     placement.check_resources(total_resources(), free_resources(), cfg.placement.wait_for_resources)
     return EnginePool(cfg.model.path, placement.rollout_config(b.rcfg), cfg.model,
-                      resources=cfg.placement.engine_resources, **placement.engine_options())
+                      resources=cfg.placement.engine_resources, lora_rank=cfg.training.lora.r,
+                      **placement.engine_options())
 
 
 def _bench_rollout(b: _Bench, questions: pd.DataFrame, tokenizer, engines: list[int]) -> list[dict]:
@@ -179,7 +231,20 @@ def _bench_rollout(b: _Bench, questions: pd.DataFrame, tokenizer, engines: list[
                      "tokens_per_s": tps, "tokens_per_s_per_engine": tps / serving,
                      "mfu": mfu(tps, 2 * (b.params or 0), serving * b.cfg.rollout.tensor_parallel_size, b.peak)})
     scaling(rows, "engines", "tokens_per_s")
+    rows[0]["limit_tokens_per_s"] = rows[0]["engines"] * _raw_generate(b, questions, tokenizer)
     return rows
+
+
+def _raw_generate(b: _Bench, questions: pd.DataFrame, tokenizer) -> float:
+    """Tokens/s of the rollout's own requests (same prompts, seeds, sampling) in one raw `LLM.generate` call on
+    engine 0: the most one engine gives on them, with no shards, no Ray round trips, no tables."""
+    import ray
+
+    from east_ds.rollout.stage import rollout_requests
+
+    requests = rollout_requests(b.pool, questions, tokenizer, b.rcfg, b.cfg.data.system_prompt)
+    results, seconds = ray.get(b.pool.engines[0].generate.remote(requests))
+    return sum(s["num_tokens"] for r in results for s in r) / seconds if seconds else 0.0
 
 
 def _bench_weigh(b: _Bench, rollouts_path: Path, steps: int, result: dict) -> Path:
@@ -226,6 +291,7 @@ def _bench_train(b: _Bench, r: int, steps: int, examples: Path) -> dict:
                 group.reference_logprobs(str(examples), str(work / f"reference_{r}.parquet"))
             train_input = work / f"reference_{r}.parquet"
         group.fit(str(train_input), str(work / f"ranks_{r}"), resume=False)
+        plain = group.plain_steps(str(train_input), steps)
     finally:
         group.shutdown()
         if asleep:  # slept engines discarded their weights (sleep level 2): reload them
@@ -234,7 +300,11 @@ def _bench_train(b: _Bench, r: int, steps: int, examples: Path) -> dict:
     tokens, seconds = sum(m["tokens"] for m in log), sum(m["step_time"] for m in log)
     tps = tokens / seconds if seconds else None
     return {"ranks": r, "steps": len(log), "tokens": tokens, "seconds": seconds, "tokens_per_s": tps,
-            "tokens_per_s_per_rank": tps / r if tps else None, "mfu": mfu(tps, 6 * (b.params or 0), r, b.peak)}
+            "tokens_per_s_per_rank": tps / r if tps else None, "mfu": mfu(tps, 6 * (b.params or 0), r, b.peak),
+            # the same steps as plain DeepSpeed steps, counted in east_ds's tokens (KTO's KL forward included)
+            "plain_seconds": plain["seconds"],
+            "limit_tokens_per_s": tokens / plain["seconds"] if plain["seconds"] and plain["steps"] == len(log)
+            else None}
 
 
 def _report(result: dict, rollout_rows: list[dict], train_rows: list[dict], peak: float | None, out: Path) -> None:
@@ -246,6 +316,7 @@ def _report(result: dict, rollout_rows: list[dict], train_rows: list[dict], peak
                   train_tokens_per_s=train_rows[0]["tokens_per_s"],
                   train_tokens_per_s_per_rank=train_rows[0]["tokens_per_s_per_rank"],
                   mfu={"rollout": rollout_rows[0]["mfu"], "train": train_rows[0]["mfu"]} if peak else None)
+    result["limits"] = limits(result)
     write_json(result, out / "bench.json")
     (out / "bench.md").write_text(to_markdown(result))
 
@@ -275,6 +346,15 @@ def to_markdown(r: dict) -> str:
     lines += ["", f"grading: {r['grade_responses_per_s']:.0f} responses/s; weighing (grade, cluster, weights, "
                   f"examples): {r['weigh_seconds']:.2f} s; weight update: {r['weight_update_s']:.2f} s"
               + (f"; reference log-probs: {r['reference_s']:.2f} s" if "reference_s" in r else ""), ""]
+    lines += ["Each phase against its limit (the first engine and rank counts):", "",
+              "| phase | seconds | share | measured | limit | of limit | limit is |", "|---|---|---|---|---|---|---|"]
+    for x in r["limits"]:
+        unit = f" {x['unit']}" if x["unit"] else ""
+        limit = "GPU only" if x["gpu_only"] else (_fmt(x["limit"], ".4g") + unit if x["limit"] else "-")
+        value = _fmt(x["value"], ".4g") + unit if x["value"] is not None else "-"
+        lines.append(f"| {x['phase']} | {x['seconds']:.2f} | {_fmt(x['share'] and 100 * x['share'], '.0f')}% | "
+                     f"{value} | {limit} | {_fmt(x['of_limit'], '.2f')} | {x['against']} |")
+    lines.append("")
     return "\n".join(lines)
 
 

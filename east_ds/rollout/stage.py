@@ -120,6 +120,20 @@ def run_rollout(
     return _consolidate(out_dir, questions, cfg.n, num_shards, missing, t0)
 
 
+def rollout_requests(pool: EnginePool, questions: pd.DataFrame, tokenizer, cfg: RolloutConfig,
+                     system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
+    """The engine requests `run_rollout` sends for `questions`, in question order, with the same per-question
+    seeds; questions too long to fit are left out. `east-ds bench` runs them in one raw `generate` call on one
+    engine: the limit the pool's rollout is measured against."""
+    questions = questions.reset_index(drop=True)
+    sampling = Sampling(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    size = max(1, cfg.shard_size)
+    seeded = rollout_defaults(pool.on_gpu, False, seed_per_request=cfg.seed_per_request).seed_per_request
+    _, ids = _prompts(questions, tokenizer, system_prompt)
+    return [pool.request(x, sampling, request_seed(cfg.seed, j // size, j % size) if seeded else None)
+            for j, x in enumerate(ids) if not pool.fits(len(x), sampling.max_new_tokens)]
+
+
 def _manifest(questions: pd.DataFrame, cfg: RolloutConfig, size: int, num_shards: int, system_prompt: str) -> dict:
     """The settings and question ids (hashed) that decide a rollout's shards: what shards/manifest.json holds."""
     return {

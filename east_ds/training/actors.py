@@ -122,6 +122,10 @@ class TrainRank:
         return self._timed("fit", te.fit, model_path, train_cfg, model_cfg, examples_path, out_dir, resume=resume,
                            progress=self.rank == 0)
 
+    def plain_steps(self, model_path, train_cfg, model_cfg, examples_path, steps) -> dict:
+        from east_ds.training.plain import plain_steps
+        return plain_steps(model_path, train_cfg, model_cfg, examples_path, steps)
+
     def weight_metas(self, checkpoint: str, bucket_bytes: int) -> list:
         """The buckets' `(name, dtype, shape)` lists that `send_weights` will broadcast, in order (from the
         safetensors headers: no tensor is read)."""
@@ -233,6 +237,11 @@ class TrainerGroup:
         """Train on examples_path from model_path; see training.engine.fit for the outputs. Returns a summary."""
         return self._all("fit", self.model_path, self.train_cfg, self.model_cfg, str(examples_path), str(out_dir),
                          resume)
+
+    def plain_steps(self, examples_path: str, steps: int) -> dict:
+        """The first `steps` steps of fit's plan on examples_path as plain DeepSpeed steps (training.plain), from
+        model_path; nothing is written. `east-ds bench`'s yardstick for the training step."""
+        return self._all("plain_steps", self.model_path, self.train_cfg, self.model_cfg, str(examples_path), steps)
 
     @property
     def sender(self):
