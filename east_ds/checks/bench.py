@@ -9,6 +9,12 @@ pipeline: the same EnginePool, run_rollout, weigh, TrainerGroup and phase timers
     train       --steps K optimizer steps, once per --ranks value (global batch kept; accumulation adjusted)
     update      the trained checkpoint loaded into the running engines
 
+Each phase is also set against its limit, so one table says which phase to fix: the rollout's tokens/s against
+the same requests in one raw `LLM.generate` call on one engine (times the engines); training tokens/s against
+the same steps as plain DeepSpeed steps (forward, backward, step; no weights, metrics or checkpoints); the weight
+update's GB/s against reading the same files once; MFU against the GPU's peak (GPU only); and every phase's
+share of the iteration.
+
 Writes DIR/bench.json and DIR/bench.md. Throughputs are tokens generated (or trained on, padding excluded) per
 second of the phase; the top-level figures are those of the first --engines / --ranks value. With several values
 the scaling efficiency of k is throughput(k) / (k x throughput(1)) (against the smallest value when 1 is not
