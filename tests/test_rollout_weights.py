@@ -202,3 +202,24 @@ def test_a_failed_broadcast_names_the_participant_and_stops_the_others(dirs, poo
         ray.get(sender.where.remote(), timeout=60)  # killed, not left waiting in the collective
     live.update_weights_from_path(dirs[1])
     assert greedy(live, prompts) == greedy(fresh, prompts)
+
+
+def test_shards_are_fed_into_a_running_batch_across_the_engine_core_boundary(pools, prompts):
+    """`LLMEngine.feed` with vLLM's engine core in its own process (the GPU layout): it enqueues requests and steps
+    `llm_engine` from the actor, and matches finished outputs to requests by the names vLLM's LLM gives them. A
+    short shard queued after a long one finishes first (they share the batch), and the seeded samples equal one
+    blocking generate of the same requests."""
+    import ray
+
+    live, _ = pools
+    sampling = Sampling(n=2, temperature=1.0, max_new_tokens=30)
+    long = dict(live.request(prompts[0], sampling, 5), ignore_eos=True)
+    short = dict(live.request(prompts[1], sampling, 6), ignore_eos=True, max_tokens=3)
+    engine = live.engines[0]
+    first = ray.get(engine.feed.remote([("long", [long]), ("short", [short])]))
+    rest = ray.get(engine.feed.remote([]))
+    assert [k for k, _, _ in first] == ["short"] and [k for k, _, _ in rest] == ["long"]
+    alone, _ = ray.get(engine.generate.remote([long, short]))
+    assert [[s["response"] for s in r] for r in alone] == [[s["response"] for s in rest[0][1][0]],
+                                                           [s["response"] for s in first[0][1][0]]]
+    assert [s["num_tokens"] for s in rest[0][1][0]] == [30, 30]
