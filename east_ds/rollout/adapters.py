@@ -88,10 +88,10 @@ class AdapterEngineMethods:
 
     def load_adapter_broadcast(self, buckets_meta: list, config: dict) -> float:
         """Every worker receives the adapter from trainer rank 0 and loads it (AdapterWorkerMethods)."""
-        from east_ds.cluster.weight_sync import _meta_bytes
+        from east_ds.cluster.weight_sync import moved
 
         t0 = time.perf_counter()
-        handoff = self._handoff(sum(_meta_bytes(x) for m in buckets_meta for x in m))
+        handoff = self._handoff(moved(buckets_meta)["bytes"])
         self.llm.collective_rpc("east_adapter_from_broadcast", args=(buckets_meta, config, handoff))
         self._serve_adapter(os.path.join(handoff, "worker_0"), handoff, "broadcast")
         return time.perf_counter() - t0
