@@ -167,7 +167,7 @@ def test_engines_serve_the_adapter_each_transport_moves(setup, ray_session):
             info = sync_weights(method, pool, sender, setup[a], bucket_mb=1)
             assert (info["tensors"], info["bytes"]) == (ADAPTER_TENSORS, adapter_bytes), (method, info)
             assert greedy() == expected[a], method
-        merged = merge(setup["a2"], setup["root"] / "merged")
+        merged = merge(setup["a1"], setup["root"] / "merged")  # the adapter the engine serves now
         assert not (merged / "adapter_config.json").exists()
         assert hf_greedy(str(merged), prompts) == greedy()
     finally:
@@ -201,26 +201,27 @@ def _run_config(tmp: Path, model: Path, name: str, **training) -> Path:
 
 @pytest.mark.parametrize("loss", ["sft", "dpo"])
 def test_driver_runs_two_lora_iterations(loss, tmp_path, warm_model, ray_session):
-    """`training.lora.r=8` on the demo config: two iterations end to end, iteration 1 synced by path and, resumed,
-    iteration 2 by the object store; each checkpoint is an adapter, each update moved only its tensors, and the
-    run's last iteration (of each call) has a merged model whose greedy answers are the evaluation's (the engine
-    with the adapter)."""
+    """`training.lora.r=8` on the demo config: two iterations end to end. SFT: iteration 1 synced by path, then,
+    resumed with iterations=2, iteration 2 by the object store (the resumed run's engines load iteration 1's
+    adapter at start); DPO: both by path in one call, through the reference phase. Each checkpoint is an
+    adapter, each update moved only its tensors, and a call's last iteration has a merged model; for SFT its
+    greedy answers are the evaluation's (the engine with the adapter)."""
     from east_ds.driver import run
 
     path = _run_config(tmp_path, warm_model, f"lora_{loss}", loss=loss, **({"beta": 0.1} if loss == "dpo" else {}))
-    first = run(load_config(path, ["iterations=1", "rollout.weight_sync=path"]))
-    assert [m["iteration"] for m in first] == [0, 1]
-    cfg = load_config(path, ["rollout.weight_sync=object_store"])
+    if loss == "sft":
+        first = run(load_config(path, ["iterations=1", "rollout.weight_sync=path"]))
+        assert [m["iteration"] for m in first] == [0, 1]
+        assert (load_config(path).run_dir / "iter_1" / "merged").is_dir()  # the first call's last iteration
+    cfg = load_config(path, ["rollout.weight_sync=object_store" if loss == "sft" else "rollout.weight_sync=path"])
     log = run(cfg)
     assert [m["iteration"] for m in log] == [0, 1, 2]
     for k in (1, 2):
         it = cfg.run_dir / f"iter_{k}"
         assert (it / "checkpoint" / "adapter_model.safetensors").is_file()
         assert not (it / "checkpoint" / "model.safetensors").exists()
-        update = log[k]["update_weights"]
-        assert update["tensors"] == 2 * 7 * 2, update  # the warm model's 2 layers x 7 adapted linear layers
+        assert log[k]["update_weights"]["tensors"] == 2 * 7 * 2  # the warm model's 2 layers x 7 linear layers
         assert ("reference" in log[k]["phase_seconds"]) == (loss == "dpo")
-    assert (cfg.run_dir / "iter_1" / "merged").is_dir()  # the first call's last iteration
     merged = cfg.run_dir / "iter_2" / "merged"
     assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
     if loss == "sft":
