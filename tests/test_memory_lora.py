@@ -43,7 +43,7 @@ def test_the_shipped_8b_lora_config_fits_one_80_gb_gpu_where_full_fine_tuning_do
     fits, message = mem.memory_verdict(SHAPE, s, 80 * GiB, "--gpu-memory-gib=80", cfg.training.deepspeed_config,
                                        shipped_choices(), 1)
     assert fits and message.startswith("each trainer rank needs about 22.2 GiB of GPU memory, the GPU has 80.0")
-    assert "LoRA (41.9M trainable parameters)" in message
+    assert "LoRA (41,943,040 trainable parameters)" in message
     assert message.endswith("Full fine-tuning with these settings would need about 156.2 GiB per rank and would "
                             "not fit; LoRA does")
 

@@ -310,7 +310,7 @@ def describe(setup: TrainSetup) -> str:
             f"{setup.dtype}, {setup.sequences} x {setup.max_len} tokens per micro-batch, gradient checkpointing "
             f"{'on' if setup.checkpointing else 'off'}"
             f"{', colocated with a sleeping vLLM engine' if setup.colocated else ''}"
-            f"{f', LoRA ({setup.lora_params / 1e6:,.1f}M trainable parameters)' if setup.lora_params else ''}")
+            f"{f', LoRA ({setup.lora_params:,} trainable parameters)' if setup.lora_params else ''}")
 
 
 def _candidates(setup: TrainSetup, choices: Mapping[str, Mapping[str, Any]],
