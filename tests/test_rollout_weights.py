@@ -216,8 +216,8 @@ def test_shards_are_fed_into_a_running_batch_across_the_engine_core_boundary(poo
     long = dict(live.request(prompts[0], sampling, 5), ignore_eos=True)
     short = dict(live.request(prompts[1], sampling, 6), ignore_eos=True, max_tokens=3)
     engine = live.engines[0]
-    first = ray.get(engine.feed.remote([("long", [long]), ("short", [short])]))
-    rest = ray.get(engine.feed.remote([]))
+    first = ray.get(engine.feed.remote([("long", [long]), ("short", [short])]))["finished"]
+    rest = ray.get(engine.feed.remote([]))["finished"]
     assert [k for k, _, _ in first] == ["short"] and [k for k, _, _ in rest] == ["long"]
     alone, _ = ray.get(engine.generate.remote([long, short]))
     assert [[s["response"] for s in r] for r in alone] == [[s["response"] for s in rest[0][1][0]],

@@ -1,11 +1,13 @@
 """How an EnginePool's shards reach its engines (`rollout.feed`), and what happens when a shard finishes or its
 engine dies.
 
-continuous  Each engine holds several shards in its running vLLM batch (`LLMEngine.feed`). When one of them
-            finishes, the pool hands the engine the next shards in the same call that resumes stepping, so the
-            engine decodes the stragglers of older shards beside the requests of newer ones and its batch stays
-            full until the rollout's last shard. Each engine keeps at least two shards and two decode steps' worth
-            of samples (`queue_target`) while shards remain; shards go to the idle engine holding the fewest.
+continuous  Each engine holds several shards in its running vLLM batch (`LLMEngine.feed`). It returns as soon as
+            one of them has finished, or when fewer than 1.5 decode steps' worth of sequences (`refill_below`:
+            1.5 x its max_num_seqs) are left unfinished while shards wait; the pool then hands it the next shards
+            in the same call that resumes stepping, topping it up to two steps' worth (`queue_target`) and at
+            least two shards. So the engine decodes the stragglers of older shards beside the requests of newer
+            ones and its batch stays full until the rollout's last shard; shards go to the idle engine holding
+            the fewest unfinished sequences.
 shard       One blocking `LLMEngine.generate` per shard, at most two shards queued per engine. The batch drains at
             the end of every shard: with long-tailed answer lengths the engine decodes the last few answers of a
             shard nearly alone (benchmarks/rollout_tail.py measures the cost). Kept as the baseline.
@@ -63,17 +65,19 @@ def samples(shards: Mapping[Any, list[dict]]) -> int:
 
 
 def queue_target(pool, i: int) -> int:
-    """Samples the pool keeps on engine i while shards remain: two decode steps' worth (vLLM's max_num_seqs, as
-    the engine reported it when it was built), so the next shards fill the batch while one shard's stragglers
-    decode."""
+    """Unfinished sequences the pool keeps on engine i while shards remain: two decode steps' worth (vLLM's
+    max_num_seqs, as the engine reported it when it was built), so the next shards fill the batch while older
+    shards' stragglers decode. The engine asks for more below three quarters of it (`feed`'s refill_below)."""
     return 2 * int(pool.locations[i].get("max_num_seqs") or 256)
 
 
-def hand_out(pending: deque, held: dict[int, dict], idle: list[int], target) -> dict[int, list[Shard]]:
-    """Which pending shards each idle engine takes now: one at a time to the idle engine holding the fewest
-    samples among those below two shards or `target(i)` samples, until none is or nothing is pending."""
+def hand_out(pending: deque, held: dict[int, dict], left: dict[int, int], idle: list[int],
+             target) -> dict[int, list[Shard]]:
+    """Which pending shards each idle engine takes now: one at a time to the idle engine with the fewest
+    unfinished sequences (`left`, as it last reported, plus what it takes now) among those holding fewer than two
+    shards or `target(i)` sequences, until none is or nothing is pending."""
     new: dict[int, list[Shard]] = {i: [] for i in idle}
-    count = {i: samples(held[i]) for i in idle}
+    count = {i: left[i] for i in idle}
     while pending:
         hungry = [i for i in idle if len(held[i]) + len(new[i]) < 2 or count[i] < target(i)]
         if not hungry:
@@ -91,35 +95,40 @@ def feed_continuously(run: ShardRun) -> None:
     every engine still holding shards drops them (`LLMEngine.abort`)."""
     pool = run.pool
     held: dict[int, dict[Any, list[dict]]] = {i: {} for i in range(pool.serving)}
+    left = {i: 0 for i in held}  # unfinished sequences each engine reported last
     calls: dict[Any, tuple[int, int]] = {}
     try:
-        _feed_loop(run, held, calls)
+        _feed_loop(run, held, left, calls)
     except BaseException:
         for i in (i for i in held if held[i]):  # queued behind the engine's call in flight, if any
             pool.engines[i].abort.remote()
         raise
 
 
-def _feed_loop(run: ShardRun, held: dict[int, dict[Any, list[dict]]], calls: dict[Any, tuple[int, int]]) -> None:
+def _feed_loop(run: ShardRun, held: dict[int, dict[Any, list[dict]]], left: dict[int, int],
+               calls: dict[Any, tuple[int, int]]) -> None:
     import ray
 
     pool = run.pool
     while run.pending or any(held.values()):  # an engine holding shards always has a call in flight
         busy = {i for i, _ in calls.values()}
         idle = [i for i in held if i not in busy and (run.pending or held[i])]
-        for i, new in hand_out(run.pending, held, idle, lambda j: queue_target(pool, j)).items():
+        for i, new in hand_out(run.pending, held, left, idle, lambda j: queue_target(pool, j)).items():
             if new or held[i]:
                 held[i].update(new)
-                calls[pool.engines[i].feed.remote(new)] = (i, pool._generation[i])
+                left[i] += samples(dict(new))
+                refill = 3 * queue_target(pool, i) // 4 if run.pending else 0
+                calls[pool.engines[i].feed.remote(new, refill)] = (i, pool._generation[i])
         [ref], _ = ray.wait(list(calls), num_returns=1)
         i, generation = calls.pop(ref)
         try:
-            finished = ray.get(ref)
+            reply = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-            lost, held[i] = list(held[i].items()), {}
+            lost, held[i], left[i] = list(held[i].items()), {}, 0
             run.lost(i, generation, lost, e)
             continue
-        for key, results, seconds in finished:
+        left[i] = reply["unfinished"]
+        for key, results, seconds in reply["finished"]:
             run.finished(i, key, held[i].pop(key), results, seconds)
 
 

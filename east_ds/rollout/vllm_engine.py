@@ -209,22 +209,23 @@ class LLMEngine(AdapterEngineMethods):
                                     lora_request=self.lora_request)
         return [_records(out) for out in outputs], time.perf_counter() - t0
 
-    def feed(self, shards: list[tuple]) -> list[tuple]:
+    def feed(self, shards: list[tuple], refill_below: int = 0) -> dict:
         """Add `(key, requests)` shards to the engine's running batch, then step the engine until at least one of
-        the shards it holds (these or earlier ones) has finished; return the finished ones as
-        `(key, per-request sample records, seconds since the shard was added)`.
+        the shards it holds (these or earlier ones) has finished, or, with `refill_below`, until fewer than that
+        many sequences are left unfinished. Returns {"finished": [(key, per-request sample records, seconds since
+        the shard was added)], "unfinished": sequences still in the engine}.
 
         The pool calls this again, with the next shards, as soon as it returns, so the engine's batch takes new
         requests while the stragglers of older shards decode: the batch stays full until the rollout's last shard
-        (EnginePool.run_shards). Requests are as in `generate`; a seeded request's samples do not depend on what
-        runs beside it."""
+        (rollout.feeding). Requests are as in `generate`; a seeded request's samples do not depend on what runs
+        beside it."""
         keys = [key for key, _ in shards]
         if repeated := sorted({str(k) for k in keys if keys.count(k) > 1 or k in self._open}):
             raise ValueError(f"engine {self.engine_index}: shards {repeated} are already in the batch")
         try:
             for key, requests in shards:
                 self._enqueue(key, requests)
-            done = self._step_until_a_shard_is_done([key for key, requests in shards if not requests])
+            done = self._step([key for key, requests in shards if not requests], refill_below)
         except BaseException:
             self.abort()  # nothing half-fed stays behind to surface in a later call
             raise
@@ -233,12 +234,15 @@ class LLMEngine(AdapterEngineMethods):
             shard = self._open.pop(key)
             results = [shard["results"][i] for i in range(shard["size"])]
             finished.append((key, results, time.perf_counter() - shard["t0"]))
-        return finished
+        return {"finished": finished, "unfinished": self.llm.llm_engine.get_num_unfinished_requests()}
 
-    def _step_until_a_shard_is_done(self, done: list) -> list:
-        """Step vLLM until at least one open shard has all its outputs (`done` may already name some)."""
+    def _step(self, done: list, refill_below: int) -> list:
+        """Step vLLM until at least one open shard has all its outputs (`done` may already name some) or, after at
+        least one step, fewer than `refill_below` sequences are unfinished. vLLM counts sequences: a request of n
+        samples is n child requests (vllm/v1/engine/llm_engine.py, `add_request`)."""
         engine = self.llm.llm_engine
-        while not done:
+        stepped = False
+        while not done and not (stepped and engine.get_num_unfinished_requests() < refill_below):
             if not engine.has_unfinished_requests():
                 raise RuntimeError(f"engine {self.engine_index}: no request left to step, but shards "
                                    f"{sorted(map(str, self._open))} are unfinished")
@@ -249,6 +253,7 @@ class LLMEngine(AdapterEngineMethods):
                     shard["results"][position] = _records(out)
                     if len(shard["results"]) == shard["size"]:
                         done.append(key)
+            stepped = True
         return done
 
     def abort(self) -> list:
