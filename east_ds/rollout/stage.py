@@ -100,7 +100,7 @@ def run_rollout(
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     questions = questions.reset_index(drop=True)
-    sampling = Sampling(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    sampling = _sampling(cfg)
     size = max(1, cfg.shard_size)
     num_shards = (len(questions) + size - 1) // size
     _check_manifest(out_dir, _manifest(questions, cfg, size, num_shards, system_prompt))
@@ -108,8 +108,7 @@ def run_rollout(
     prompts, ids = _prompts(questions, tokenizer, system_prompt)
     records = questions.to_dict("records")
     missing = [k for k in range(num_shards) if not _shard_path(out_dir, k).is_file()]
-    seeded = rollout_defaults(pool.on_gpu, False, seed_per_request=cfg.seed_per_request).seed_per_request
-    seeds = [request_seed(cfg.seed, j // size, j % size) if seeded else None for j in range(len(questions))]
+    seeds = _seeds(pool, cfg, len(questions))
     shards = _Shards(out_dir, size, cfg.n, records, prompts, seeds)
     requests = _shard_requests(pool, shards, ids, missing, sampling)
 
@@ -126,12 +125,22 @@ def rollout_requests(pool: EnginePool, questions: pd.DataFrame, tokenizer, cfg: 
     seeds; questions too long to fit are left out. `east-ds bench` runs them in one raw `generate` call on one
     engine: the limit the pool's rollout is measured against."""
     questions = questions.reset_index(drop=True)
-    sampling = Sampling(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    sampling = _sampling(cfg)
+    _, ids = _prompts(questions, tokenizer, system_prompt)
+    return [pool.request(x, sampling, seed) for x, seed in zip(ids, _seeds(pool, cfg, len(ids)))
+            if not pool.fits(len(x), sampling.max_new_tokens)]
+
+
+def _sampling(cfg: RolloutConfig) -> Sampling:
+    return Sampling(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+
+
+def _seeds(pool: EnginePool, cfg: RolloutConfig, count: int) -> list[int | None]:
+    """The vLLM seed of each of `count` questions in order (shards of cfg.shard_size), or all None when the
+    rollout is unseeded (`rollout.seed_per_request`, by default by the engines' device)."""
     size = max(1, cfg.shard_size)
     seeded = rollout_defaults(pool.on_gpu, False, seed_per_request=cfg.seed_per_request).seed_per_request
-    _, ids = _prompts(questions, tokenizer, system_prompt)
-    return [pool.request(x, sampling, request_seed(cfg.seed, j // size, j % size) if seeded else None)
-            for j, x in enumerate(ids) if not pool.fits(len(x), sampling.max_new_tokens)]
+    return [request_seed(cfg.seed, j // size, j % size) if seeded else None for j in range(count)]
 
 
 def _manifest(questions: pd.DataFrame, cfg: RolloutConfig, size: int, num_shards: int, system_prompt: str) -> dict:
