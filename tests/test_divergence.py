@@ -11,10 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from sft_examples import write_sft_examples
 
 from east_ds.config import ModelConfig, RunConfig, TrainConfig, load_config
 from east_ds.rundir import RunDir, RunDirError, iteration_number
@@ -140,18 +140,12 @@ def test_optimizer_settings_are_refused_once_training_finished_or_with_other_cha
 def tiny(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from east_ds.data.load import render_prompt
     from east_ds.data.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("diverge")
     model = str(build_tiny_model(root / "model"))
     tok = AutoTokenizer.from_pretrained(model)
-    rng = np.random.default_rng(0)
-    rows = [dict(question_id=str(i), prompt=render_prompt(tok, f"What is {i} + {3 * i}?"),
-                 response=f"{i} + {3 * i} = {4 * i}. \\boxed{{{4 * i}}}", weight=float(rng.uniform(0.5, 2)))
-            for i in range(12)]
-    pd.DataFrame(rows).to_parquet(root / "examples.parquet")
-    return {"root": root, "model": model, "examples": str(root / "examples.parquet")}
+    return {"root": root, "model": model, "examples": write_sft_examples(tok, root / "examples.parquet", 12, (0.5, 2))}
 
 
 def _steps(out: Path) -> list[int]:

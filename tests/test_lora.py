@@ -13,10 +13,10 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sft_examples import write_sft_examples
 
 from east_ds.config import LoraConfig, ModelConfig, RolloutConfig, TrainConfig, load_config
 
@@ -44,12 +44,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     base = str(build_tiny_model(root / "base"))
     tok = AutoTokenizer.from_pretrained(base)
-    rng = np.random.default_rng(0)
-    rows = [dict(question_id=str(i), prompt=render_prompt(tok, f"What is {i} + {3 * i}?"),
-                 response=f"{i} + {3 * i} = {4 * i}. \\boxed{{{4 * i}}}", weight=float(rng.uniform(0.2, 2)))
-            for i in range(16)]
-    pd.DataFrame(rows).to_parquet(root / "examples.parquet")
-    examples = str(root / "examples.parquet")
+    examples = write_sft_examples(tok, root / "examples.parquet", 16, (0.2, 2))
     fit(base, TRAIN, MC, examples, str(root / "a1"), progress=False)
     fit(str(root / "a1" / "hf"), dataclasses.replace(TRAIN, epochs=1), MC, examples, str(root / "a2"), progress=False)
     prompts = [tok.encode(render_prompt(tok, f"What is {i} + {2 * i}?"), add_special_tokens=False) for i in range(3)]
